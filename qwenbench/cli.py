@@ -1,0 +1,369 @@
+"""The qwenbench command line: thin commands over the library, and the only place that prints.
+
+Imports stay light here (no llama_cpp, numpy or pandas) so `qwenbench --help` starts fast; each
+command imports what it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import QwenbenchError, UsageError
+
+if TYPE_CHECKING:
+    from .harness import RunReport
+    from .runspec import RunSettings
+
+app = typer.Typer(
+    name="qwenbench",
+    help="Which Qwen model, at which quantization, runs how fast on this machine, and why.\n\n"
+         "Measures llama.cpp (through llama-cpp-python) the way llama-bench does and records every "
+         "result as a CSV row that compares across machines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"qwenbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+def _int_list(flag: str, text: str) -> tuple[int, ...]:
+    """llama-bench style value lists: '512' or '128,512'."""
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            values.append(int(part))
+        except ValueError:
+            raise UsageError(f"{flag}: {part!r} is not a whole number",
+                             hint=f"give a number or a comma-separated list, e.g. {flag.split('/')[0]} 512") from None
+    return tuple(values)
+
+
+def _bytes(n: int | None) -> str:
+    if not n:
+        return "-"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+# ----------------------------------------------------------------------------------------- models
+
+
+@app.command("models")
+def models_command(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
+    """List the model catalog (configs/models.toml) and the quant presets."""
+    from rich.table import Table
+
+    from .catalog import load_catalog
+    from .quants import PRESETS
+
+    catalog = load_catalog()
+    if as_json:
+        out.print_json(json.dumps({"models": [
+            {"key": s.key, "name": s.name, "arch": s.arch, "is_moe": s.is_moe, "n_layer": s.n_layer,
+             "params_total": s.params_total} for s in catalog.values()], "quants": list(PRESETS)}))
+        return
+    table = Table(title="qwenbench model catalog")
+    for column in ("model", "arch", "layers", "hidden", "heads/kv", "experts", "params"):
+        table.add_column(column, justify="right" if column not in ("model", "arch") else "left")
+    for spec in catalog.values():
+        experts = f"{spec.n_expert_used}/{spec.n_expert}" if spec.is_moe else "-"
+        table.add_row(spec.key, spec.arch, str(spec.n_layer), str(spec.n_embd), f"{spec.n_head}/{spec.n_head_kv}",
+                      experts, f"{spec.params_total / 1e9:.1f} B")
+    out.print(table)
+    out.print(f"quants: {', '.join(PRESETS)}")
+
+
+# ------------------------------------------------------------------------------------------ synth
+
+
+def _shape_overrides(layers: int | None, hidden: int | None, ff: int | None, heads: int | None,
+                     kv_heads: int | None, head_dim: int | None, experts: int | None,
+                     experts_used: int | None, expert_ff: int | None) -> dict[str, int]:
+    given = {"n_layer": layers, "n_embd": hidden, "n_ff": ff, "n_head": heads, "n_head_kv": kv_heads,
+             "head_dim": head_dim, "n_expert": experts, "n_expert_used": experts_used, "n_ff_exp": expert_ff}
+    for name, value in given.items():
+        if value is not None and value < 1:
+            raise UsageError(f"shape override {name} must be >= 1, got {value}")
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _progress_bytes(description: str):
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(TextColumn(description), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=err, transient=True)
+
+
+@app.command("synth")
+def synth_command(
+    model: str = typer.Option(..., "--model", "-m", help="Catalog model key, e.g. qwen3-30b-a3b."),
+    quant: str = typer.Option("Q4_K_M", "--quant", "-q", help="Quant preset, e.g. Q3_K_L."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Where to write the .gguf file."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    layers: int | None = typer.Option(None, "--layers", help="Tiny-model override: number of layers."),
+    hidden: int | None = typer.Option(None, "--hidden", help="Tiny-model override: embedding width."),
+    ff: int | None = typer.Option(None, "--ff", help="Tiny-model override: dense FFN width."),
+    heads: int | None = typer.Option(None, "--heads", help="Tiny-model override: attention heads."),
+    kv_heads: int | None = typer.Option(None, "--kv-heads", help="Tiny-model override: KV heads."),
+    head_dim: int | None = typer.Option(None, "--head-dim", help="Tiny-model override: head size."),
+    experts: int | None = typer.Option(None, "--experts", help="Tiny-model override (MoE): experts."),
+    experts_used: int | None = typer.Option(None, "--experts-used", help="Tiny-model override (MoE): used."),
+    expert_ff: int | None = typer.Option(None, "--expert-ff", help="Tiny-model override (MoE): expert FFN."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Write a shape-faithful synthetic GGUF: the real file's tensors, types and sizes, random weights.
+
+    llama.cpp runs it exactly as it runs the real file, so its speed is the real file's speed;
+    the file is marked synthetic so its results are never mistaken for a real model's.
+    """
+    from .catalog import get_model
+    from .modelfile import ensure_synthetic
+
+    spec = get_model(model)
+    overrides = _shape_overrides(layers, hidden, ff, heads, kv_heads, head_dim, experts, experts_used, expert_ff)
+    if overrides:
+        spec = spec.with_overrides(**overrides)
+    with _progress_bytes(f"writing {spec.name} {quant.upper()}") as progress:
+        task = progress.add_task("write", total=None)
+        path, _ = ensure_synthetic(spec, quant, out_path, seed=seed,
+                                   on_progress=lambda done, total: progress.update(task, completed=done,
+                                                                                   total=total))
+    from .gguf_info import read_header
+
+    header = read_header(path)
+    summary = {"path": str(path), "model": spec.key, "quant": quant.upper(), "tensor_bytes": header.table.n_bytes,
+               "file_bytes": path.stat().st_size, "n_params": header.table.n_params,
+               "tensor_types": header.table.type_histogram()}
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        out.print(f"wrote {path} ({_bytes(summary['file_bytes'])}, {summary['n_params'] / 1e6:.1f} M params, "
+                  f"types {summary['tensor_types']})")
+
+
+# -------------------------------------------------------------------------------------------- run
+
+
+def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool):
+    from .catalog import get_model
+    from .modelfile import ensure_synthetic, open_model_file
+
+    if gguf is not None and model is not None:
+        raise UsageError("give either --gguf or --model, not both")
+    if gguf is not None:
+        path = gguf
+    elif model is not None:
+        spec = get_model(model)
+        if not synthetic:
+            raise UsageError(f"{spec.name}: downloading real GGUFs from the Hugging Face Hub is not built yet",
+                             hint="add --synthetic to measure a shape-faithful synthetic twin, "
+                                  "or pass a file you have with --gguf PATH")
+        with _progress_bytes(f"writing synthetic {spec.name} {(quant or 'Q4_K_M').upper()}") as progress:
+            task = progress.add_task("write", total=None)
+            path, _ = ensure_synthetic(spec, quant or "Q4_K_M",
+                                       on_progress=lambda d, t: progress.update(task, completed=d, total=t))
+    else:
+        raise UsageError("no model given", hint="use --gguf PATH, or --model M --quant Q --synthetic")
+    with _progress_bytes(f"hashing {path.name}") as progress:
+        task = progress.add_task("hash", total=None)
+        return open_model_file(path, on_hash_progress=lambda d, t: progress.update(task, completed=d, total=t))
+
+
+def _run_with_progress(settings: RunSettings, model_file, machine, timeout_s: float | None, log_dir: Path):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from .harness import run_benchmark
+
+    total_samples = len(settings.tests()) * settings.repetitions
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task(f"loading {model_file.path.name}", total=total_samples)
+
+        def on_event(event: dict[str, Any]) -> None:
+            kind = event.get("event")
+            if kind == "loaded":
+                progress.update(task, description=f"loaded in {event['load_ms'] / 1000:.1f} s")
+            elif kind == "test_started":
+                progress.update(task, description=f"{event['test']} (warm-up)")
+            elif kind == "sample":
+                progress.update(task, advance=1,
+                                description=f"{event['test']} rep {event['rep']}/{event['reps']}")
+
+        return run_benchmark(settings, model_file, machine, log_dir=log_dir, timeout_s=timeout_s,
+                             on_event=on_event)
+
+
+def _print_report(report: RunReport, csv_path: Path) -> None:
+    from rich.table import Table
+
+    first = report.records[0]
+    title = f"{first.model_type or first.model_filename} [{first.weights} weights]"
+    table = Table(title=title)
+    for column in ("test", "t/s", "± sd", "TTFT ms", "peak RSS", "status"):
+        table.add_column(column, justify="left" if column in ("test", "status") else "right")
+    for r in report.records:
+        table.add_row(r.test, f"{r.avg_ts:.2f}" if r.avg_ts is not None else "-",
+                      f"{r.stddev_ts:.2f}" if r.stddev_ts is not None else "-",
+                      f"{r.ttft_ms:.0f}" if r.ttft_ms is not None else "-", _bytes(r.peak_rss_bytes),
+                      r.status if r.status == "ok" else f"[red]{r.status}[/red]: {r.error}")
+    out.print(table)
+    out.print(f"threads {first.n_threads}, ngl {first.n_gpu_layers}, batch {first.n_batch}/{first.n_ubatch}, "
+              f"fa {first.flash_attn}, kv {first.type_k}/{first.type_v}, backends {first.backends or '?'}, "
+              f"llama.cpp {first.llama_cpp_commit}, load {first.load_ms or 0:.0f} ms")
+    if first.weights == "synthetic":
+        out.print("[yellow]synthetic weights: the speed is the real file's, the text is noise[/yellow]")
+    out.print(f"{len(report.records)} rows appended to {csv_path}")
+
+
+@app.command("run", context_settings={"ignore_unknown_options": False})
+def run_command(
+    gguf: Path | None = typer.Option(None, "--gguf", help="A GGUF file to measure."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Catalog model key (qwenbench models)."),
+    quant: str | None = typer.Option(None, "--quant", "-q", help="Quant preset with --model [Q4_K_M]."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="With --model: a cached synthetic twin."),
+    n_prompt: str = typer.Option("512", "-p", "--n-prompt", help="Prompt sizes, e.g. 512 or 128,512."),
+    n_gen: str = typer.Option("128", "-n", "--n-gen", help="Generation sizes, e.g. 128."),
+    n_depth: str = typer.Option("0", "-d", "--n-depth", help="KV depth prefilled before each test."),
+    repetitions: int = typer.Option(5, "-r", "--repetitions", help="Timed repetitions per test."),
+    threads: int | None = typer.Option(None, "-t", "--threads", help="CPU threads [physical cores]."),
+    n_gpu_layers: int = typer.Option(-1, "-ngl", "--n-gpu-layers", help="Layers on the GPU (-1: all)."),
+    batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Logical batch size."),
+    ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Physical batch size."),
+    ctx_size: int = typer.Option(0, "-c", "--ctx-size", help="Context size (0: n_prompt+n_gen+n_depth per test)."),
+    flash_attn: str = typer.Option("auto", "-fa", "--flash-attn", help="Flash attention: auto, on, off."),
+    cache_type_k: str = typer.Option("f16", "-ctk", "--cache-type-k", help="K cache type (f16, q8_0, ...)."),
+    cache_type_v: str = typer.Option("f16", "-ctv", "--cache-type-v", help="V cache type (f16, q8_0, ...)."),
+    no_mmap: bool = typer.Option(False, "--no-mmap", help="Read the model into memory instead of mapping it."),
+    load_mode: str | None = typer.Option(None, "--load-mode", help="llama.cpp load mode (auto, none, mmap, "
+                                                                       "mlock, mmap+mlock, dio)."),
+    ttft: bool = typer.Option(True, "--ttft/--no-ttft", help="Also time a chat prompt's first token."),
+    think: bool = typer.Option(False, "--think/--no-think", help="Chat template with Qwen3 thinking on."),
+    timeout: float = typer.Option(3600, "--timeout", help="Seconds before the run is stopped."),
+    out_csv: Path | None = typer.Option(None, "--out", "-o", help="Results CSV [results/<host>.csv]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON for scripts."),
+) -> None:
+    """Measure a model like llama-bench: prompt (pp) and generation (tg) tokens/s, TTFT, peak memory.
+
+    Each test gets a fresh context, a warm-up, then timed repetitions on random tokens; every test
+    becomes one row appended to the results CSV, also when it fails.
+    """
+    from .machine import describe_machine
+    from .runspec import RunSettings
+
+    flash = {"1": "on", "0": "off", "true": "on", "false": "off"}.get(flash_attn.lower(), flash_attn.lower())
+    if no_mmap and load_mode not in (None, "none"):
+        raise UsageError("--no-mmap contradicts --load-mode " + str(load_mode))
+    machine = describe_machine()
+    settings = RunSettings(
+        model_path="",
+        n_prompt=_int_list("-p/--n-prompt", n_prompt),
+        n_gen=_int_list("-n/--n-gen", n_gen),
+        n_depth=_int_list("-d/--n-depth", n_depth),
+        repetitions=repetitions,
+        n_threads=threads if threads is not None else machine.n_cpu_physical,
+        n_gpu_layers=n_gpu_layers,
+        n_batch=batch_size,
+        n_ubatch=ubatch_size,
+        n_ctx=ctx_size,
+        flash_attn=flash,
+        type_k=cache_type_k.lower(),
+        type_v=cache_type_v.lower(),
+        load_mode="none" if no_mmap else (load_mode or "auto"),
+        ttft=ttft,
+        think=think,
+    )
+    _execute_run(settings, machine, gguf=gguf, model=model, quant=quant, synthetic=synthetic, timeout=timeout,
+                 out_csv=out_csv, as_json=as_json)
+
+
+def _execute_run(settings: RunSettings, machine, *, gguf: Path | None, model: str | None, quant: str | None,
+                 synthetic: bool, timeout: float, out_csv: Path | None, as_json: bool) -> None:
+    from dataclasses import replace
+
+    from .paths import default_results_path
+    from .results import append_records
+
+    settings.validate()  # before any file is written or hashed
+    if timeout <= 0:
+        raise UsageError("--timeout must be > 0 seconds")
+    model_file = _resolve_model_file(gguf, model, quant, synthetic)
+    settings = replace(settings, model_path=str(model_file.path))
+    csv_path = out_csv or default_results_path(machine.hostname)
+    report = _run_with_progress(settings, model_file, machine, timeout, csv_path.parent / "logs")
+    append_records(csv_path, list(report.records))
+    if as_json:
+        out.print_json(json.dumps({"run_id": report.run_id, "csv": str(csv_path),
+                                   "rows": [r.to_json() for r in report.records]}))
+    else:
+        _print_report(report, csv_path)
+    for note in report.notes:
+        err.print(f"note: {note}")
+    if report.log_path is not None:
+        err.print(f"llama.cpp's log of this run: {report.log_path}")
+    if report.interrupted:
+        raise typer.Exit(130)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("demo")
+def demo_command() -> None:
+    """Offline demo: write a synthetic Qwen3-0.6B Q4_K_M, measure it with real llama.cpp, record a CSV."""
+    from .machine import describe_machine
+    from .runspec import RunSettings
+
+    err.print("[bold]qwenbench demo[/bold]: a synthetic Qwen3-0.6B Q4_K_M (the real file's tensors, random "
+              "weights) measured with llama.cpp on this machine's CPU")
+    machine = describe_machine()
+    settings = RunSettings(model_path="", n_threads=machine.n_cpu_physical)
+    _execute_run(settings, machine, gguf=None, model="qwen3-0.6b", quant="Q4_K_M", synthetic=True,
+                 timeout=3600, out_csv=None, as_json=False)
+
+
+def main() -> None:
+    """Entry point: every QwenbenchError becomes one line and a hint, never a traceback."""
+    try:
+        app()
+    except QwenbenchError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        if exc.hint:
+            err.print(f"[dim]hint:[/dim] {exc.hint}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,198 @@
+"""One benchmark run: start the llama.cpp child, follow its events, measure memory, build the rows.
+
+Every requested test ends as exactly one Record: measured (ok), or with the status and error of
+whatever stopped it (failed, crashed, oom, timeout, interrupted, skipped), so nothing that
+finished is lost when something later fails.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .machine import MachineInfo
+from .memtrack import ChildOutcome, run_child
+from .metrics import summarize
+from .modelfile import ModelFile
+from .results import SCHEMA_VERSION, Record
+from .runspec import RunSettings, TestResult, TestSpec
+
+EventHandler = Callable[[dict[str, Any]], None]
+_LOG_TAIL_LINES = 12
+
+
+@dataclass(frozen=True)
+class RunReport:
+    run_id: str
+    records: tuple[Record, ...]
+    log_path: Path | None  # kept only when something failed
+    notes: tuple[str, ...]
+    interrupted: bool
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status in ("ok", "skipped") for r in self.records)
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def _log_excerpt(log_path: Path) -> str:
+    """The lines of llama.cpp's log that say what went wrong."""
+    try:
+        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    telling = [line for line in lines if any(word in line.lower() for word in
+                                              ("error", "failed", "assert", "abort", "exception"))]
+    chosen = (telling or lines)[-3:]
+    return " | ".join(chosen)[:400]
+
+
+def _failure(outcome: ChildOutcome, error_event: str | None, log_path: Path) -> tuple[str, str]:
+    """(status, error) for the tests a child did not finish."""
+    if outcome.interrupted:
+        return "interrupted", "interrupted by the user (Ctrl-C)"
+    if outcome.timed_out:
+        return "timeout", f"the run exceeded its time limit after {outcome.wall_s:.0f} s"
+    if error_event:
+        excerpt = _log_excerpt(log_path)
+        return "failed", error_event + (f" [llama.cpp: {excerpt}]" if excerpt else "")
+    code = outcome.returncode
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        if -code == signal.SIGKILL:
+            return "oom", "the benchmark process was killed by the system (out of memory?)"
+        return "crashed", f"llama.cpp crashed ({name}): {_log_excerpt(log_path)}"
+    if code != 0:
+        return "failed", f"the benchmark process exited with code {code}: {_log_excerpt(log_path)}"
+    return "failed", "the benchmark process ended without running this test"
+
+
+class _EventCollector:
+    def __init__(self, on_event: EventHandler | None) -> None:
+        self.on_event = on_event
+        self.loaded: dict[str, Any] = {}
+        self.results: dict[TestSpec, TestResult] = {}
+        self.error: str | None = None
+        self.notes: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return  # not ours: the protocol channel carries JSON only
+        kind = event.get("event")
+        if kind == "loaded":
+            self.loaded = event
+        elif kind == "test_done":
+            result = TestResult.from_json(event["result"])
+            self.results[result.test] = result
+        elif kind == "error":
+            self.error = event.get("message", "unknown error")
+        elif kind == "note":
+            self.notes.append(event.get("message", ""))
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+def _record(settings: RunSettings, model: ModelFile, machine: MachineInfo, loaded: dict[str, Any],
+            outcome: ChildOutcome, run_id: str, test: TestSpec, result: TestResult | None,
+            status: str, error: str) -> Record:
+    summary = summarize(result.samples_ns, result.n_tokens) if result else None
+    is_ttft = test.kind == "ttft"
+    header = model.header
+    return Record(
+        schema_version=SCHEMA_VERSION,
+        run_id=run_id,
+        test_time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        status=status,
+        error=error,
+        test=test.name,
+        n_prompt=result.n_tokens if (is_ttft and result) else test.n_prompt,
+        n_gen=test.n_gen,
+        n_depth=test.n_depth,
+        n_ctx=result.n_ctx if result else (settings.n_ctx or test.n_ctx_needed),
+        n_batch=settings.n_batch,
+        n_ubatch=settings.n_ubatch,
+        n_threads=settings.n_threads,
+        n_gpu_layers=settings.n_gpu_layers,
+        n_cpu_moe=settings.n_cpu_moe,
+        flash_attn=settings.flash_attn,
+        type_k=settings.type_k,
+        type_v=settings.type_v,
+        load_mode=settings.load_mode,
+        repetitions=settings.repetitions,
+        avg_ns=summary.avg_ns if summary else None,
+        stddev_ns=summary.stddev_ns if summary else None,
+        avg_ts=summary.avg_ts if summary else None,
+        stddev_ts=summary.stddev_ts if summary else None,
+        median_ts=summary.median_ts if summary else None,
+        samples_ns=summary.samples_ns if summary else (),
+        samples_ts=tuple(round(ts, 4) for ts in summary.samples_ts) if summary else (),
+        ttft_ms=summary.avg_ns / 1e6 if (summary and is_ttft) else None,
+        load_ms=loaded.get("load_ms"),
+        peak_rss_bytes=outcome.peak_rss_bytes or None,
+        peak_vram_bytes=outcome.peak_vram_bytes,
+        model_key=model.model_key,
+        model_filename=model.path.name,
+        model_type=loaded.get("model_type", ""),
+        quant=model.quant,
+        model_size=header.table.n_bytes,
+        model_n_params=header.table.n_params,
+        model_n_params_active=model.n_params_active,
+        is_moe=model.is_moe,
+        weights=model.weights,
+        model_sha256=model.sha256,
+        machine_id=machine.machine_id,
+        hostname=machine.hostname,
+        cpu_model=machine.cpu_model,
+        n_cpu_physical=machine.n_cpu_physical,
+        ram_total_bytes=machine.ram_total_bytes,
+        gpu_names=";".join(machine.gpu_names),
+        backends=",".join(loaded.get("backends", [])),
+        llama_cpp_commit=loaded.get("llama_cpp_commit", ""),
+        llama_cpp_python_version=loaded.get("llama_cpp_python_version", ""),
+        qwenbench_version=__version__,
+    )
+
+
+def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo, *, log_dir: Path,
+                  timeout_s: float | None = None, on_event: EventHandler | None = None) -> RunReport:
+    """Run every test of `settings` on `model` in one child process and return one Record per test."""
+    settings.validate()
+    run_id = new_run_id()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    collector = _EventCollector(on_event)
+    with tempfile.NamedTemporaryFile(prefix=f"{run_id}-", suffix=".log", dir=log_dir, delete=False) as log:
+        log_path = Path(log.name)
+        outcome = run_child([sys.executable, "-m", "qwenbench.runner"], json.dumps(settings.to_json()), log,
+                            collector, timeout_s=timeout_s)
+    records = []
+    failure: tuple[str, str] | None = None
+    for test in settings.tests():
+        result = collector.results.get(test)
+        if result is not None:
+            status, error = "ok", ""
+        elif (test.kind == "ttft" and outcome.returncode == 0 and not outcome.interrupted
+              and not outcome.timed_out):
+            status, error = "skipped", "; ".join(collector.notes) or "no TTFT measurement"
+        else:
+            failure = failure or _failure(outcome, collector.error, log_path)
+            status, error = failure
+        records.append(_record(settings, model, machine, collector.loaded, outcome, run_id, test, result,
+                               status, error))
+    kept_log = log_path if failure else None
+    if kept_log is None:
+        log_path.unlink(missing_ok=True)
+    return RunReport(run_id, tuple(records), kept_log, tuple(collector.notes), outcome.interrupted)

@@ -1,0 +1,156 @@
+"""Run a child process while sampling its memory from outside, with a timeout.
+
+Peak RSS comes from the kernel's own high-water mark (wait4's ru_maxrss) where the OS has it,
+so a spike between two samples is not missed; sampling (psutil, and NVML for VRAM) gives the
+rest. Nothing here imports llama_cpp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO
+
+import psutil
+
+SAMPLE_INTERVAL_S = 0.05
+
+
+@dataclass(frozen=True)
+class ChildOutcome:
+    returncode: int
+    peak_rss_bytes: int
+    peak_vram_bytes: int | None
+    timed_out: bool
+    interrupted: bool
+    wall_s: float
+
+
+class VramSampler:
+    """Per-process GPU memory through NVML; silently absent where NVML is."""
+
+    def __init__(self) -> None:
+        self._nvml = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self._nvml = pynvml
+        except Exception:
+            self._handles = []
+
+    @property
+    def available(self) -> bool:
+        return self._nvml is not None and bool(self._handles)
+
+    def used_by(self, pid: int) -> int | None:
+        if not self.available:
+            return None
+        total = 0
+        for handle in self._handles:
+            try:
+                processes = self._nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            except Exception:
+                continue
+            for process in processes:
+                if process.pid == pid and process.usedGpuMemory:
+                    total += int(process.usedGpuMemory)
+        return total
+
+    def close(self) -> None:
+        if self._nvml is not None:
+            with contextlib.suppress(Exception):
+                self._nvml.nvmlShutdown()
+
+
+def _reader(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _reap(pid: int) -> tuple[bool, int, int]:
+    """(exited, returncode, max RSS bytes or 0) without blocking."""
+    if hasattr(os, "wait4"):
+        waited, status, usage = os.wait4(pid, os.WNOHANG)
+        if waited == 0:
+            return False, 0, 0
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        return True, os.waitstatus_to_exitcode(status), usage.ru_maxrss * scale
+    return False, 0, 0
+
+
+def run_child(argv: list[str], stdin_data: str, log: IO[bytes], on_line: Callable[[str], None], *,
+              timeout_s: float | None) -> ChildOutcome:
+    """Run argv, feed stdin, hand each stdout line to on_line, and measure its peak memory.
+
+    Ctrl-C in the parent stops the child and returns with interrupted=True instead of raising,
+    so the caller can still record what finished.
+    """
+    start = time.monotonic()
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                               start_new_session=True)
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(stdin_data)
+    process.stdin.close()
+    lines: queue.Queue[str | None] = queue.Queue()
+    reader = threading.Thread(target=_reader, args=(process.stdout, lines), daemon=True)
+    reader.start()
+    vram = VramSampler()
+    peak_rss, peak_vram = 0, None
+    timed_out = interrupted = False
+    returncode = 0
+    try:
+        while True:
+            try:
+                exited, returncode, kernel_peak = _reap(process.pid) if hasattr(os, "wait4") else (
+                    process.poll() is not None, process.returncode or 0, 0)
+                if exited:
+                    peak_rss = max(peak_rss, kernel_peak)
+                    break
+                with contextlib.suppress(psutil.Error):
+                    peak_rss = max(peak_rss, psutil.Process(process.pid).memory_info().rss)
+                used = vram.used_by(process.pid)
+                if used is not None:
+                    peak_vram = max(peak_vram or 0, used)
+                _drain(lines, on_line)
+                if timeout_s is not None and time.monotonic() - start > timeout_s:
+                    timed_out = True
+                    _kill(process)
+                time.sleep(SAMPLE_INTERVAL_S)
+            except KeyboardInterrupt:
+                interrupted = True
+                _kill(process)
+    finally:
+        vram.close()
+        if hasattr(os, "wait4"):
+            process.returncode = returncode  # reaped above; keep Popen from waiting again
+        else:
+            returncode = process.wait()
+    reader.join(timeout=5)
+    _drain(lines, on_line)
+    return ChildOutcome(returncode, peak_rss, peak_vram, timed_out, interrupted, time.monotonic() - start)
+
+
+def _drain(lines: queue.Queue[str | None], on_line: Callable[[str], None]) -> None:
+    while True:
+        try:
+            line = lines.get_nowait()
+        except queue.Empty:
+            return
+        if line is not None:
+            on_line(line)
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL) if hasattr(os, "killpg") else process.kill()

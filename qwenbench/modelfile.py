@@ -1,0 +1,127 @@
+"""What a GGUF on disk is: its header, catalog identity, real or synthetic weights, and its SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .catalog import ModelSpec, load_catalog
+from .errors import InvalidModelFileError, UsageError
+from .gguf_info import GGUFHeader, read_header
+from .paths import cache_dir, synthetic_model_path
+from .recipe import tensor_table
+from .synth import write_synthetic_gguf
+
+_HASH_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: Path
+    header: GGUFHeader
+    model_key: str
+    quant: str
+    weights: str  # real | synthetic
+    sha256: str
+
+    @property
+    def is_moe(self) -> bool:
+        return self.header.n_expert > 0
+
+    @property
+    def n_params_active(self) -> int:
+        return self.header.table.n_params_active(self.header.n_expert, self.header.n_expert_used)
+
+
+def guess_model_key(header: GGUFHeader, filename: str) -> str:
+    """The catalog key of a file: recorded by our writer, else matched from its name."""
+    stored = header.metadata.get("qwenbench.model_key")
+    if stored:
+        return str(stored)
+    haystack = " ".join(str(header.metadata.get(k, "")) for k in ("general.name", "general.basename",
+                                                                  "general.size_label")) + " " + filename
+    normalized = re.sub(r"[^a-z0-9.]+", "-", haystack.lower())
+    # longest key first so qwen3-30b-a3b wins over qwen3-3... and qwen2.5-3b-instruct over qwen2.5-3b
+    for key in sorted(load_catalog(), key=len, reverse=True):
+        stem = key.removesuffix("-instruct")
+        if stem in normalized:
+            return key
+    return ""
+
+
+def file_sha256(path: Path, on_progress: Callable[[int, int], None] | None = None) -> str:
+    """SHA-256 of a file, cached by (path, size, mtime) so a 16 GB model is hashed once."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    cache_file = cache_dir() / "sha256.json"
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    digest = hashlib.sha256()
+    done = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(done, stat.st_size)
+    value = digest.hexdigest()
+    cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}
+    cache[key] = value
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(cache, indent=0))
+        os.replace(temporary, cache_file)
+    except OSError:
+        pass  # a cache we cannot write only costs a re-hash next time
+    return value
+
+
+def open_model_file(path: Path, on_hash_progress: Callable[[int, int], None] | None = None) -> ModelFile:
+    """Validate a GGUF (rejecting non-GGUF and truncated files) and identify it."""
+    header = read_header(Path(path))
+    return ModelFile(
+        path=Path(path),
+        header=header,
+        model_key=guess_model_key(header, Path(path).name),
+        quant=header.quant,
+        weights="synthetic" if header.is_synthetic else "real",
+        sha256=file_sha256(Path(path), on_hash_progress),
+    )
+
+
+def ensure_synthetic(spec: ModelSpec, quant: str, path: Path | None = None, *, seed: int = 0,
+                     on_progress: Callable[[int, int], None] | None = None) -> tuple[Path, bool]:
+    """A synthetic twin of (spec, quant) at `path` (default: the cache), reused when already valid.
+
+    Returns (path, written): written is False when an intact file with the same tensor table was reused.
+    """
+    table = tensor_table(spec, quant)
+    target = Path(path) if path else synthetic_model_path(spec.key, quant)
+    if target.exists():
+        try:
+            existing = read_header(target)
+            if existing.is_synthetic and existing.table == table:
+                return target, False
+        except InvalidModelFileError:
+            pass  # a broken leftover: write it again
+    target.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(target.parent).free
+    needed = table.n_bytes + (64 << 20)
+    if free < needed:
+        raise UsageError(f"not enough disk space for a synthetic {spec.name} {quant.upper()}: needs "
+                         f"{needed / 1e9:.1f} GB in {target.parent}, {free / 1e9:.1f} GB free",
+                         hint="free some space, or set QWENBENCH_CACHE_DIR to a larger disk")
+    write_synthetic_gguf(spec, quant, table, target, seed=seed, on_progress=on_progress)
+    return target, True

@@ -1,0 +1,340 @@
+"""The child process that runs llama.cpp: load once, then time each test the way llama-bench does.
+
+The only module that imports llama_cpp. Started as `python -m qwenbench.runner`, it reads
+RunSettings as JSON on stdin and writes one JSON event per line on the protocol channel (the
+original stdout); everything llama.cpp prints goes to stderr, which the parent keeps as a log.
+
+Timing follows llama-bench (tools/llama-bench/llama-bench.cpp): a fresh context per test sized
+n_prompt + n_gen + n_depth, one warm-up, then per repetition a cleared KV cache, an untimed depth
+fill, and the timed decode of random token ids (no sampling, no logits read) ending in
+llama_synchronize. The low-level API is used because llama_cpp.Llama's generate/eval add a
+sampler, prefix caching and Python bookkeeping to what is timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .runspec import CACHE_TYPES, FLASH_ATTN, LOAD_MODES, RunSettings, TestResult, TestSpec
+from .vocab import TTFT_PROMPT
+
+Emit = Callable[[dict[str, Any]], None]
+
+# llama-cpp-python does not expose llama.cpp's build commit; these are the vendored commits.
+KNOWN_LLAMA_CPP_COMMITS = {"0.3.36": "0c1e570"}
+
+
+class BenchmarkAbort(Exception):
+    """A failure inside llama.cpp that ends the run with a message for the user."""
+
+
+def _llama():
+    import llama_cpp
+    from llama_cpp import _logger
+
+    # INFO keeps llama.cpp's buffer-size lines in the log without its per-graph debug spam
+    _logger.logger.setLevel(logging.INFO)
+    return llama_cpp
+
+
+def _lib_dir(llama_cpp_module: Any) -> Path:
+    return Path(llama_cpp_module.__file__).resolve().parent / "lib"
+
+
+def _load_lib(lib_dir: Path, stem: str) -> ctypes.CDLL | None:
+    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
+        candidate = lib_dir / name
+        if candidate.exists():
+            return ctypes.CDLL(str(candidate))
+    return None
+
+
+def backend_names(llama_cpp_module: Any) -> list[str]:
+    """Names of the ggml backends this llama-cpp-python build registered (CPU, CUDA, Metal, ...)."""
+    ggml = _load_lib(_lib_dir(llama_cpp_module), "ggml")
+    if ggml is None:
+        return []
+    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
+    ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+    ggml.ggml_backend_reg_name.restype = ctypes.c_char_p
+    names = []
+    for index in range(ggml.ggml_backend_reg_count()):
+        name = ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(index))
+        if name:
+            names.append(name.decode())
+    return names
+
+
+class _ThreadpoolParams(ctypes.Structure):
+    _fields_ = [("cpumask", ctypes.c_bool * 512), ("n_threads", ctypes.c_int), ("prio", ctypes.c_int),
+                ("poll", ctypes.c_uint32), ("strict_cpu", ctypes.c_bool), ("paused", ctypes.c_bool)]
+
+
+@contextlib.contextmanager
+def _threadpool(llama_cpp: Any, ctx: Any, n_threads: int) -> Iterator[None]:
+    """Attach a persistent CPU threadpool as llama-bench does (llama-cpp-python has no binding)."""
+    lib_dir = _lib_dir(llama_cpp)
+    base, cpu = _load_lib(lib_dir, "ggml-base"), _load_lib(lib_dir, "ggml-cpu")
+    if base is None or cpu is None or not hasattr(cpu, "ggml_threadpool_new"):
+        yield
+        return
+    base.ggml_threadpool_params_default.restype = _ThreadpoolParams
+    base.ggml_threadpool_params_default.argtypes = [ctypes.c_int]
+    cpu.ggml_threadpool_new.restype = ctypes.c_void_p
+    cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
+    cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+    llama_lib = llama_cpp.llama_cpp._lib
+    llama_lib.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    llama_lib.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
+    params = base.ggml_threadpool_params_default(n_threads)
+    pool = cpu.ggml_threadpool_new(ctypes.byref(params))
+    if not pool:
+        raise BenchmarkAbort(f"llama.cpp could not create a threadpool of {n_threads} threads")
+    llama_lib.llama_attach_threadpool(ctx, pool, None)
+    try:
+        yield
+    finally:
+        llama_lib.llama_detach_threadpool(ctx)
+        cpu.ggml_threadpool_free(pool)
+
+
+class Bench:
+    """One loaded model and the timed tests on it."""
+
+    def __init__(self, settings: RunSettings, emit: Emit) -> None:
+        self.settings = settings
+        self.emit = emit
+        self.ll = _llama()
+        self.C = self.ll.llama_cpp
+        self.rng = random.Random(settings.seed)
+        self.model = None
+
+    def load(self) -> dict[str, Any]:
+        C, s = self.C, self.settings
+        C.llama_backend_init()
+        mparams = C.llama_model_default_params()
+        mparams.n_gpu_layers = s.n_gpu_layers
+        mparams.load_mode = LOAD_MODES[s.load_mode]
+        start = time.perf_counter_ns()
+        self.model = C.llama_model_load_from_file(s.model_path.encode(), mparams)
+        load_ns = time.perf_counter_ns() - start
+        if not self.model:
+            raise BenchmarkAbort("llama.cpp could not load the model (its log says why)")
+        self.vocab = C.llama_model_get_vocab(self.model)
+        self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
+        desc = ctypes.create_string_buffer(256)
+        C.llama_model_desc(self.model, desc, len(desc))
+        version = getattr(self.ll, "__version__", "unknown")
+        return {
+            "load_ms": load_ns / 1e6,
+            "model_type": desc.value.decode(errors="replace"),
+            "model_size": int(C.llama_model_size(self.model)),
+            "model_n_params": int(C.llama_model_n_params(self.model)),
+            "n_vocab": self.n_vocab,
+            "backends": backend_names(self.ll),
+            "gpu_offload": bool(C.llama_supports_gpu_offload()),
+            "llama_cpp_python_version": version,
+            "llama_cpp_commit": KNOWN_LLAMA_CPP_COMMITS.get(version, "unknown"),
+        }
+
+    @contextlib.contextmanager
+    def context(self, n_ctx: int) -> Iterator[Any]:
+        C, s = self.C, self.settings
+        cparams = C.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = s.n_batch
+        cparams.n_ubatch = s.n_ubatch
+        cparams.n_threads = s.n_threads
+        cparams.n_threads_batch = s.n_threads
+        cparams.type_k = CACHE_TYPES[s.type_k]
+        cparams.type_v = CACHE_TYPES[s.type_v]
+        cparams.flash_attn_type = FLASH_ATTN[s.flash_attn]
+        cparams.offload_kqv = True
+        cparams.op_offload = True
+        cparams.embeddings = False
+        cparams.swa_full = False
+        ctx = C.llama_init_from_model(self.model, cparams)
+        if not ctx:
+            raise BenchmarkAbort(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
+        try:
+            with _threadpool(self.ll, ctx, s.n_threads):
+                yield ctx
+        finally:
+            C.llama_free(ctx)
+
+    def _decode(self, ctx: Any, tokens: list[int]) -> None:
+        array = (self.C.llama_token * len(tokens))(*tokens)
+        result = self.C.llama_decode(ctx, self.C.llama_batch_get_one(array, len(tokens)))
+        if result != 0:
+            raise BenchmarkAbort(f"llama_decode failed with code {result}")
+
+    def _random_tokens(self, n: int, first: bool) -> list[int]:
+        tokens = [self.rng.randrange(self.n_vocab) for _ in range(n)]
+        if first and tokens and self.C.llama_vocab_get_add_bos(self.vocab):
+            tokens[0] = self.C.llama_vocab_bos(self.vocab)
+        return tokens
+
+    def _prompt_batches(self, n_prompt: int) -> list[list[int]]:
+        step = self.settings.n_batch
+        return [self._random_tokens(min(step, n_prompt - i), i == 0) for i in range(0, n_prompt, step)]
+
+    def run_prompt(self, ctx: Any, n_prompt: int) -> int:
+        batches = self._prompt_batches(n_prompt)  # drawn before the clock: the clock times llama.cpp only
+        start = time.perf_counter_ns()
+        for batch in batches:
+            self._decode(ctx, batch)
+        self.C.llama_synchronize(ctx)
+        return time.perf_counter_ns() - start
+
+    def run_gen(self, ctx: Any, n_gen: int) -> int:
+        tokens = self._random_tokens(n_gen, True)
+        start = time.perf_counter_ns()
+        for token in tokens:
+            self._decode(ctx, [token])
+            self.C.llama_synchronize(ctx)
+        return time.perf_counter_ns() - start
+
+    def _clear(self, ctx: Any) -> None:
+        self.C.llama_memory_clear(self.C.llama_get_memory(ctx), False)
+
+    def run_kernel_test(self, test: TestSpec, index: int, total: int) -> TestResult:
+        s = self.settings
+        n_ctx = s.n_ctx or test.n_ctx_needed
+        with self.context(n_ctx) as ctx:
+            self._clear(ctx)
+            if s.warmup:
+                if test.n_prompt:
+                    self.run_prompt(ctx, test.n_prompt)
+                if test.n_gen:
+                    self.run_gen(ctx, 1)
+            samples = []
+            for rep in range(s.repetitions):
+                self._clear(ctx)
+                if test.n_depth:
+                    self.run_prompt(ctx, test.n_depth)
+                elapsed = self.run_prompt(ctx, test.n_prompt) if test.n_prompt else 0
+                elapsed += self.run_gen(ctx, test.n_gen) if test.n_gen else 0
+                samples.append(elapsed)
+                self.emit({"event": "sample", "test": test.name, "index": index, "total": total,
+                           "rep": rep + 1, "reps": s.repetitions, "ns": elapsed})
+        return TestResult(test, tuple(samples), n_ctx, test.n_prompt + test.n_gen)
+
+    def _chat_prompt(self) -> str | None:
+        template = self.C.llama_model_chat_template(self.model, None)
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def text(token: int) -> str:
+            raw = self.C.llama_vocab_get_text(self.vocab, token)
+            return raw.decode(errors="replace") if raw else ""
+
+        formatter = Jinja2ChatFormatter(template.decode(errors="replace"),
+                                        eos_token=text(self.C.llama_vocab_eos(self.vocab)),
+                                        bos_token=text(self.C.llama_vocab_bos(self.vocab)))
+        return formatter(messages=[{"role": "user", "content": TTFT_PROMPT}],
+                         enable_thinking=self.settings.think).prompt
+
+    def _tokenize(self, text: str) -> list[int]:
+        data = text.encode()
+        capacity = len(data) + 16
+        buffer = (self.C.llama_token * capacity)()
+        n = self.C.llama_tokenize(self.vocab, data, len(data), buffer, capacity, True, True)
+        if n < 0:
+            raise BenchmarkAbort("tokenizing the chat prompt failed")
+        return list(buffer[:n])
+
+    def _first_token(self, ctx: Any, prompt: str) -> int:
+        """Tokenize, prefill and pick the first generated token greedily: what a chat user waits for."""
+        tokens = self._tokenize(prompt)
+        step = self.settings.n_batch
+        for i in range(0, len(tokens), step):
+            self._decode(ctx, tokens[i:i + step])
+        self.C.llama_synchronize(ctx)
+        logits = self.C.llama_get_logits_ith(ctx, -1)
+        import numpy as np
+
+        # zero-copy view: greedy sampling costs what a C sampler would, not a Python loop
+        return int(np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
+
+    def run_ttft(self, test: TestSpec, index: int, total: int) -> TestResult | None:
+        prompt = self._chat_prompt()
+        if prompt is None:
+            self.emit({"event": "note", "message": "the model has no chat template: TTFT test skipped"})
+            return None
+        n_prompt_tokens = len(self._tokenize(prompt))
+        n_ctx = max(self.settings.n_ctx, n_prompt_tokens + 1)
+        with self.context(n_ctx) as ctx:
+            self._clear(ctx)
+            if self.settings.warmup:
+                self._first_token(ctx, prompt)
+            samples = []
+            for rep in range(self.settings.repetitions):
+                self._clear(ctx)
+                start = time.perf_counter_ns()
+                self._first_token(ctx, prompt)
+                elapsed = time.perf_counter_ns() - start
+                samples.append(elapsed)
+                self.emit({"event": "sample", "test": test.name, "index": index, "total": total,
+                           "rep": rep + 1, "reps": self.settings.repetitions, "ns": elapsed})
+        return TestResult(test, tuple(samples), n_ctx, n_prompt_tokens,
+                          {"prompt_tokens": n_prompt_tokens, "think": self.settings.think})
+
+    def close(self) -> None:
+        if self.model:
+            self.C.llama_model_free(self.model)
+            self.model = None
+
+
+def run(settings: RunSettings, emit: Emit) -> None:
+    bench = Bench(settings, emit)
+    try:
+        emit({"event": "loading"})
+        emit({"event": "loaded", **bench.load()})
+        tests = settings.tests()
+        for index, test in enumerate(tests):
+            emit({"event": "test_started", "test": test.name, "index": index, "total": len(tests)})
+            if test.kind == "ttft":
+                result = bench.run_ttft(test, index, len(tests))
+            else:
+                result = bench.run_kernel_test(test, index, len(tests))
+            if result is not None:
+                emit({"event": "test_done", "result": result.to_json()})
+    finally:
+        bench.close()
+
+
+def main() -> int:
+    # keep the protocol channel private: anything C code prints to stdout lands in the log instead
+    protocol = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def emit(event: dict[str, Any]) -> None:
+        protocol.write(json.dumps(event) + "\n")
+        protocol.flush()
+
+    try:
+        settings = RunSettings.from_json(json.loads(sys.stdin.read()))
+        run(settings, emit)
+    except BenchmarkAbort as exc:
+        emit({"event": "error", "message": str(exc)})
+        return 3
+    emit({"event": "finished"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Shape-faithful synthetic GGUFs: the real file's metadata, tensor names, shapes and types, random weights.
+
+Quantized tensors are written as random quantized blocks whose scale fields are small normal
+numbers (never NaN, Inf or subnormal), streamed from a small per-type pool: no full-precision
+intermediate, bounded memory, disk-speed writing. llama.cpp then loads and runs the file exactly
+as it would the real one, so its speed is the real file's speed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+
+from . import __version__
+from .catalog import ModelSpec
+from .quants import find_preset
+from .tensors import TensorInfo, TensorTable
+from .vocab import BOS_ID, CHAT_TEMPLATE, EOS_ID, build_vocab
+
+T = GGMLQuantizationType
+SYNTHETIC_KEY = "qwenbench.synthetic"
+POOL_BYTES = 4 << 20  # per-type pool of random blocks, tiled across each tensor
+WRITE_CHUNK = 16 << 20
+
+# f16 scale fields (byte offsets inside one block) of each block type
+_F16_SCALES: dict[GGMLQuantizationType, tuple[int, ...]] = {
+    T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),
+    T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
+    T.IQ4_NL: (0,), T.IQ4_XS: (0,),
+}
+# sub-block scale bytes kept small so weights stay around 1e-2 and activations never overflow
+_SMALL_SCALE_BYTES: dict[GGMLQuantizationType, tuple[int, int, int]] = {
+    T.Q4_K: (4, 12, 0x0F), T.Q5_K: (4, 12, 0x0F), T.Q2_K: (0, 16, 0x33),
+}
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    path: Path
+    tensor_bytes: int
+    file_bytes: int
+
+
+def _small_normals(rng: np.random.Generator, n: int, low: float, high: float) -> np.ndarray:
+    """Magnitudes in [low, high] with random signs: no zeros, no subnormals."""
+    return rng.uniform(low, high, n) * rng.choice((-1.0, 1.0), n)
+
+
+def random_blocks(ggml_type: GGMLQuantizationType, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    """n_blocks valid random blocks of a type, as a flat uint8 array."""
+    block_bytes = GGML_QUANT_SIZES[ggml_type][1]
+    if ggml_type == T.F32:
+        return _small_normals(rng, n_blocks, 1e-3, 5e-2).astype(np.float32).view(np.uint8)
+    if ggml_type == T.F16:
+        return _small_normals(rng, n_blocks, 1e-3, 5e-2).astype(np.float16).view(np.uint8)
+    if ggml_type == T.BF16:
+        as_f32 = _small_normals(rng, n_blocks, 1e-3, 5e-2).astype(np.float32)
+        return (as_f32.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    if ggml_type not in _F16_SCALES and ggml_type != T.MXFP4:
+        raise ValueError(f"no synthetic writer for type {ggml_type.name}")
+    blocks = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
+    for offset in _F16_SCALES.get(ggml_type, ()):
+        scales = rng.uniform(1e-4, 5e-4, n_blocks).astype(np.float16)
+        blocks[:, offset:offset + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
+    if ggml_type in _SMALL_SCALE_BYTES:
+        start, length, mask = _SMALL_SCALE_BYTES[ggml_type]
+        blocks[:, start:start + length] &= mask
+    if ggml_type == T.Q6_K:
+        blocks[:, 192:208] = rng.integers(-16, 17, size=(n_blocks, 16), dtype=np.int8).view(np.uint8)
+    if ggml_type == T.IQ4_XS:
+        blocks[:, 2:4] = 0xAA  # 6-bit sub-block scales 32..35, so (scale - 32) stays small
+        blocks[:, 4:8] &= 0x33
+    if ggml_type == T.MXFP4:
+        blocks[:, 0] = rng.integers(118, 124, size=n_blocks, dtype=np.uint8)  # E8M0 exponent: 2^-9..2^-4
+    return blocks.reshape(-1)
+
+
+def _norm_weights(n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0.9, 1.1, n).astype(np.float32)
+
+
+class _BlockPools:
+    """One pool of random blocks per type, so writing costs no random generation per byte."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+        self._pools: dict[GGMLQuantizationType, np.ndarray] = {}
+
+    def get(self, ggml_type: GGMLQuantizationType) -> np.ndarray:
+        pool = self._pools.get(ggml_type)
+        if pool is None:
+            block_bytes = GGML_QUANT_SIZES[ggml_type][1]
+            pool = random_blocks(ggml_type, max(1, POOL_BYTES // block_bytes), self._rng)
+            self._pools[ggml_type] = pool
+        return pool
+
+
+def _write_tensor(out, tensor: TensorInfo, pools: _BlockPools, rng: np.random.Generator,
+                  progress: Callable[[int], None]) -> None:
+    ggml_type = GGMLQuantizationType(tensor.ggml_type)
+    if ggml_type == T.F32 and tensor.name.endswith("norm.weight"):
+        data = _norm_weights(tensor.n_elements, rng)
+        out.write(data.tobytes())
+        progress(data.nbytes)
+        return
+    pool = memoryview(pools.get(ggml_type))
+    block_bytes = GGML_QUANT_SIZES[ggml_type][1]
+    remaining = tensor.n_bytes
+    # start each tensor at a different block of the pool so tensors do not repeat each other
+    position = int(rng.integers(0, len(pool) // block_bytes)) * block_bytes
+    while remaining:
+        take = min(remaining, len(pool) - position, WRITE_CHUNK)
+        out.write(pool[position:position + take])
+        progress(take)
+        remaining -= take
+        position = (position + take) % len(pool)
+
+
+def _add_metadata(writer: GGUFWriter, spec: ModelSpec, quant: str, seed: int) -> None:
+    preset = find_preset(quant)
+    assert preset is not None
+    writer.add_type("model")
+    writer.add_name(f"{spec.name} (synthetic weights)")
+    writer.add_file_type(int(preset.file_type))
+    writer.add_quantization_version(2)
+    writer.add_bool(SYNTHETIC_KEY, True)
+    writer.add_string("qwenbench.model_key", spec.key)
+    writer.add_string("qwenbench.quant", preset.name)
+    writer.add_uint32("qwenbench.seed", seed)
+    writer.add_string("qwenbench.version", __version__)
+
+    writer.add_block_count(spec.n_layer)
+    writer.add_context_length(spec.context_length)
+    writer.add_embedding_length(spec.n_embd)
+    writer.add_feed_forward_length(spec.n_ff)
+    writer.add_head_count(spec.n_head)
+    writer.add_head_count_kv(spec.n_head_kv)
+    # llama.cpp defaults key_length to n_embd / n_head, which is not 128 for most Qwen3 sizes
+    writer.add_key_length(spec.head_dim)
+    writer.add_value_length(spec.head_dim)
+    writer.add_layer_norm_rms_eps(spec.rms_norm_eps)
+    writer.add_rope_freq_base(spec.rope_theta)
+    if spec.is_moe:
+        writer.add_expert_count(spec.n_expert)
+        writer.add_expert_used_count(spec.n_expert_used)
+        writer.add_expert_feed_forward_length(spec.n_ff_exp)
+
+    vocab = build_vocab(spec.n_vocab)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(spec.tokenizer_pre)
+    writer.add_token_list(list(vocab.tokens))
+    writer.add_token_types(list(vocab.token_types))
+    writer.add_token_merges(list(vocab.merges))
+    writer.add_eos_token_id(EOS_ID)
+    writer.add_bos_token_id(BOS_ID)
+    writer.add_pad_token_id(BOS_ID)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+
+def write_synthetic_gguf(spec: ModelSpec, quant: str, table: TensorTable, path: Path, *, seed: int = 0,
+                         on_progress: Callable[[int, int], None] | None = None) -> SynthResult:
+    """Write `table` as a GGUF at `path` (atomically: a .part file renamed at the end)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    rng = np.random.default_rng(seed)
+    total = table.n_bytes
+    done = 0
+
+    def progress(n: int) -> None:
+        nonlocal done
+        done += n
+        if on_progress is not None:
+            on_progress(done, total)
+
+    writer = GGUFWriter(partial, spec.arch)
+    try:
+        _add_metadata(writer, spec, quant, seed)
+        for tensor in table.tensors:
+            # gguf-py takes numpy (outermost-first) shapes; ggml order is the reverse
+            writer.add_tensor_info(tensor.name, tuple(reversed(tensor.shape)), np.dtype(np.float32),
+                                   tensor.n_bytes, raw_dtype=GGMLQuantizationType(tensor.ggml_type))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        assert writer.fout is not None
+        out = writer.fout[0]
+        writer.write_padding(out, out.tell())
+        pools = _BlockPools(rng)
+        for tensor in table.tensors:
+            _write_tensor(out, tensor, pools, rng, progress)
+            writer.write_padding(out, tensor.n_bytes)
+        writer.close()
+        os.replace(partial, path)
+    except BaseException:
+        writer.close()
+        partial.unlink(missing_ok=True)
+        raise
+    return SynthResult(path=path, tensor_bytes=total, file_bytes=path.stat().st_size)

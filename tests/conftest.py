@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny synthetic models (dense and MoE) written by qwenbench's own writer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwenbench.catalog import ModelSpec, get_model
+from qwenbench.modelfile import ensure_synthetic
+
+QWENBENCH = shutil.which("qwenbench", path=str(Path(sys.executable).parent)) or "qwenbench"
+
+# A few MB each: the vocabulary keeps Qwen's 151,936 rows, everything else is shrunk.
+TINY_DENSE = {"n_layer": 2, "n_embd": 64, "n_ff": 128, "n_head": 2, "n_head_kv": 1, "head_dim": 32}
+TINY_MOE = {**TINY_DENSE, "n_expert": 8, "n_expert_used": 2, "n_ff_exp": 64}
+
+
+def tiny_spec(key: str, shape: dict[str, int]) -> ModelSpec:
+    return get_model(key).with_overrides(**shape)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never touch the user's cache (synthetic models, hashes)."""
+    monkeypatch.setenv("QWENBENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_dense(model_dir: Path) -> Path:
+    path, _ = ensure_synthetic(tiny_spec("qwen3-0.6b", TINY_DENSE), "Q4_K_M", model_dir / "tiny-dense.gguf")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_moe(model_dir: Path) -> Path:
+    path, _ = ensure_synthetic(tiny_spec("qwen3-30b-a3b", TINY_MOE), "Q4_K_M", model_dir / "tiny-moe.gguf")
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The installed console script, as a user runs it."""
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run([QWENBENCH, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
