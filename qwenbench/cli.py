@@ -153,19 +153,21 @@ def synth_command(
         spec = spec.with_overrides(**overrides)
     with _progress_bytes(f"writing {spec.name} {quant.upper()}") as progress:
         task = progress.add_task("write", total=None)
-        path, _ = ensure_synthetic(spec, quant, out_path, seed=seed,
+        path, written = ensure_synthetic(spec, quant, out_path, seed=seed,
                                    on_progress=lambda done, total: progress.update(task, completed=done,
                                                                                    total=total))
     from .gguf_info import read_header
 
     header = read_header(path)
-    summary = {"path": str(path), "model": spec.key, "quant": quant.upper(), "tensor_bytes": header.table.n_bytes,
+    summary = {"path": str(path), "written": written, "model": spec.key, "quant": quant.upper(),
+               "tensor_bytes": header.table.n_bytes,
                "file_bytes": path.stat().st_size, "n_params": header.table.n_params,
                "tensor_types": header.table.type_histogram()}
     if as_json:
         out.print_json(json.dumps(summary))
     else:
-        out.print(f"wrote {path} ({_bytes(summary['file_bytes'])}, {summary['n_params'] / 1e6:.1f} M params, "
+        verb = "wrote" if written else "kept (already identical)"
+        out.print(f"{verb} {path} ({_bytes(summary['file_bytes'])}, {summary['n_params'] / 1e6:.1f} M params, "
                   f"types {summary['tensor_types']})")
 
 
@@ -178,6 +180,8 @@ def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None,
 
     if gguf is not None and model is not None:
         raise UsageError("give either --gguf or --model, not both")
+    if gguf is not None and (quant is not None or synthetic):
+        raise UsageError("--quant and --synthetic go with --model; a --gguf file is measured as it is")
     if gguf is not None:
         path = gguf
     elif model is not None:

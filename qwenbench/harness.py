@@ -70,7 +70,10 @@ def _failure(outcome: ChildOutcome, error_event: str | None, log_path: Path) -> 
         return "failed", error_event + (f" [llama.cpp: {excerpt}]" if excerpt else "")
     code = outcome.returncode
     if code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
         if -code == signal.SIGKILL:
             return "oom", "the benchmark process was killed by the system (out of memory?)"
         return "crashed", f"llama.cpp crashed ({name}): {_log_excerpt(log_path)}"

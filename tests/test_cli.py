@@ -33,6 +33,7 @@ def assert_one_clear_error(result: subprocess.CompletedProcess[str], *needles: s
     (["run", "-p", "0", "-n", "0", "--no-ttft", "--gguf", "x.gguf"], ["nothing to measure"]),
     (["run", "-c", "100", "--gguf", "x.gguf"], ["pp512 needs a context of 512 tokens"]),
     (["run"], ["no model given"]),
+    (["run", "--gguf", "x.gguf", "--quant", "Q4_K_M"], ["go with --model"]),
     (["synth", "--model", "qwen3-4b", "--quant", "Q4_K_M", "--out", "x.gguf", "--layers", "0"], [">= 1"]),
 ])
 def test_bad_inputs(args: list[str], needles: list[str], tmp_path: Path) -> None:
