@@ -2,8 +2,8 @@
 
     python benchmarks/parity.py --llama-bench /path/to/llama-bench --gguf model.gguf --rounds 6
 
-Each round runs both tools back to back (the order alternates between rounds, so drift and
-thermal state hit both alike) and prints qwenbench/llama-bench for every test. llama-bench is not
+Each round runs the tools A-B-B-A (the order flips between rounds), so drift and thermal
+state hit both alike, and prints qwenbench/llama-bench for every test. llama-bench is not
 part of qwenbench: build it from the llama.cpp source vendored in the llama-cpp-python sdist.
 """
 
@@ -47,18 +47,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         csv = Path(scratch) / "parity.csv"
         for round_index in range(args.rounds):
-            runs = [("llama-bench", lambda: llama_bench(args.llama_bench, args.gguf, args.threads, args.reps,
-                                                        args.n_prompt, args.n_gen)),
-                    ("qwenbench", lambda: qwenbench(args.gguf, args.threads, args.reps, args.n_prompt,
-                                                    args.n_gen, csv))]
+            tools = {"llama-bench": lambda: llama_bench(args.llama_bench, args.gguf, args.threads, args.reps,
+                                                        args.n_prompt, args.n_gen),
+                     "qwenbench": lambda: qwenbench(args.gguf, args.threads, args.reps, args.n_prompt,
+                                                    args.n_gen, csv)}
+            # A-B-B-A: a linear drift (turbo budget, a neighbour's load) cancels out of each round's ratio
+            order = ["llama-bench", "qwenbench", "qwenbench", "llama-bench"]
             if round_index % 2:
-                runs.reverse()
-            results = {name: run() for name, run in runs}
-            for test, reference in results["llama-bench"].items():
-                ratio = results["qwenbench"][test] / reference
+                order.reverse()
+            runs: dict[str, list[dict[str, float]]] = {"llama-bench": [], "qwenbench": []}
+            for name in order:
+                runs[name].append(tools[name]())
+            for test in runs["llama-bench"][0]:
+                reference = statistics.fmean(r[test] for r in runs["llama-bench"])
+                measured = statistics.fmean(r[test] for r in runs["qwenbench"])
+                ratio = measured / reference
                 ratios.setdefault(test, []).append(ratio)
                 print(f"round {round_index + 1} {test}: llama-bench {reference:8.2f} t/s  "
-                      f"qwenbench {results['qwenbench'][test]:8.2f} t/s  ratio {ratio:.3f}", flush=True)
+                      f"qwenbench {measured:8.2f} t/s  ratio {ratio:.3f}", flush=True)
     for test, values in ratios.items():
         print(f"{test}: median ratio {statistics.median(values):.3f}, geometric mean "
               f"{statistics.geometric_mean(values):.3f}, range {min(values):.3f}-{max(values):.3f} "

@@ -18,7 +18,11 @@ from . import __version__
 from .errors import QwenbenchError, UsageError
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from .harness import RunReport
+    from .machine import MachineInfo
+    from .modelfile import ModelFile
     from .runspec import RunSettings
 
 app = typer.Typer(
@@ -108,7 +112,7 @@ def _shape_overrides(layers: int | None, hidden: int | None, ff: int | None, hea
     return {k: v for k, v in given.items() if v is not None}
 
 
-def _progress_bytes(description: str):
+def _progress_bytes(description: str) -> Progress:
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -174,7 +178,7 @@ def synth_command(
 # -------------------------------------------------------------------------------------------- run
 
 
-def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool):
+def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool) -> ModelFile:
     from .catalog import get_model
     from .modelfile import ensure_synthetic, open_model_file
 
@@ -201,7 +205,8 @@ def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None,
         return open_model_file(path, on_hash_progress=lambda d, t: progress.update(task, completed=d, total=t))
 
 
-def _run_with_progress(settings: RunSettings, model_file, machine, timeout_s: float | None, log_dir: Path):
+def _run_with_progress(settings: RunSettings, model_file: ModelFile, machine: MachineInfo, timeout_s: float | None,
+                       log_dir: Path) -> RunReport:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -315,8 +320,8 @@ def run_command(
                  out_csv=out_csv, as_json=as_json)
 
 
-def _execute_run(settings: RunSettings, machine, *, gguf: Path | None, model: str | None, quant: str | None,
-                 synthetic: bool, timeout: float, out_csv: Path | None, as_json: bool) -> None:
+def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | None, model: str | None,
+                 quant: str | None, synthetic: bool, timeout: float, out_csv: Path | None, as_json: bool) -> None:
     from dataclasses import replace
 
     from .paths import default_results_path
