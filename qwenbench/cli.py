@@ -98,6 +98,58 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
     out.print(f"quants: {', '.join(PRESETS)}")
 
 
+# ------------------------------------------------------------------------------------------ probe
+
+
+@app.command("probe")
+def probe_command(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    bandwidth: bool = typer.Option(True, "--bandwidth/--no-bandwidth", help="Include the RAM bandwidth figure."),
+    refresh: bool = typer.Option(False, "--refresh", help="Measure the bandwidth again instead of the cached figure."),
+) -> None:
+    """Show what this machine has for llama.cpp: CPU and its ISA features, RAM, GPUs and iGPUs with the
+    memory they can really use, the llama.cpp backends of this installation, and RAM bandwidth."""
+    from rich.table import Table
+
+    from .machine import machine_id
+    from .probe import probe_hardware
+    from .probe.bandwidth import cached_bandwidth
+
+    key = machine_id()
+    if bandwidth and (refresh or not cached_bandwidth(key)):
+        err.print("measuring RAM bandwidth (once per machine, then cached)...")
+    hardware = probe_hardware(bandwidth=bandwidth, refresh_bandwidth=refresh, machine_key=key)
+    if as_json:
+        out.print_json(json.dumps(hardware.to_json()))
+        return
+    cpu, ram = hardware.cpu, hardware.ram
+    out.print(f"[bold]CPU[/bold]   {cpu.model}: {cpu.physical_cores} cores / {cpu.logical_cores} threads; "
+              f"{' '.join(cpu.features) or 'no SIMD features found'}")
+    out.print(f"[bold]RAM[/bold]   {_bytes(ram.total_bytes)} total, {_bytes(ram.available_bytes)} available; "
+              f"swap {_bytes(ram.swap_total_bytes)}")
+    if hardware.disk_free_bytes is not None:
+        out.print(f"[bold]disk[/bold]  {_bytes(hardware.disk_free_bytes)} free at {hardware.disk_path}")
+    if hardware.gpus:
+        table = Table(title="GPUs")
+        for column in ("#", "vendor", "name", "kind", "dedicated", "free", "shared", "usable", "source"):
+            table.add_column(column)
+        for gpu in hardware.gpus:
+            table.add_row(str(gpu.index), gpu.vendor, gpu.name, gpu.kind, _bytes(gpu.memory_total_bytes),
+                          _bytes(gpu.memory_free_bytes), _bytes(gpu.shared_memory_bytes), _bytes(gpu.budget_bytes),
+                          gpu.source)
+        out.print(table)
+    else:
+        out.print("[bold]GPUs[/bold]  none found: llama.cpp runs on the CPU")
+    out.print(f"[bold]llama.cpp backends[/bold]  {', '.join(hardware.backends) or 'none (llama-cpp-python missing?)'}")
+    for name, gbps in hardware.bandwidth_gbps.items():
+        out.print(f"[bold]{name} bandwidth[/bold]  {gbps:.1f} GB/s (measured copy)")
+    for gpu in hardware.gpus:
+        for note in gpu.notes:
+            out.print(f"[dim]note ({gpu.name}):[/dim] {note}")
+    for note in hardware.notes:
+        out.print(f"[dim]note:[/dim] {note}")
+
+
 # ------------------------------------------------------------------------------------------ synth
 
 

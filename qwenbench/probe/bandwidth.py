@@ -1,0 +1,65 @@
+"""A quick RAM bandwidth figure, because decode speed is bandwidth-bound; cached per machine.
+
+Copies a buffer much larger than the CPU caches with one thread per physical core (numpy's copy
+releases the GIL), best of a few rounds, counting bytes read plus bytes written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..paths import cache_dir
+
+BUFFER_BYTES = 512 << 20
+ROUNDS = 4
+
+
+def measure_ram_bandwidth_gbps(threads: int, buffer_bytes: int = BUFFER_BYTES, rounds: int = ROUNDS) -> float:
+    import numpy as np
+
+    source = np.ones(buffer_bytes // 8, dtype=np.float64)
+    target = np.empty_like(source)
+    slices = np.array_split(np.arange(source.size), max(1, threads))
+    bounds = [(int(s[0]), int(s[-1]) + 1) for s in slices if s.size]
+
+    def copy(bound: tuple[int, int]) -> None:
+        np.copyto(target[bound[0]:bound[1]], source[bound[0]:bound[1]])
+
+    best = float("inf")
+    with ThreadPoolExecutor(max_workers=len(bounds)) as pool:
+        list(pool.map(copy, bounds))  # first touch: page faults are not bandwidth
+        for _ in range(rounds):
+            start = time.perf_counter()
+            list(pool.map(copy, bounds))
+            best = min(best, time.perf_counter() - start)
+    return 2 * source.nbytes / best / 1e9
+
+
+def _cache_file() -> Path:
+    return cache_dir() / "bandwidth.json"
+
+
+def cached_bandwidth(machine_key: str) -> dict[str, float] | None:
+    try:
+        entry = json.loads(_cache_file().read_text()).get(machine_key)
+    except (OSError, ValueError):
+        return None
+    return entry.get("bandwidth_gbps") if isinstance(entry, dict) else None
+
+
+def store_bandwidth(machine_key: str, figures: dict[str, float]) -> None:
+    path = _cache_file()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[machine_key] = {"bandwidth_gbps": figures, "measured_at": datetime.now(timezone.utc).isoformat()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data, indent=1))
+    os.replace(temporary, path)
