@@ -20,6 +20,7 @@ from .errors import QwenbenchError, UsageError
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from .fit import MemoryEstimate
     from .harness import RunReport
     from .machine import MachineInfo
     from .modelfile import ModelFile
@@ -258,7 +259,7 @@ def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None,
 
 
 def _run_with_progress(settings: RunSettings, model_file: ModelFile, machine: MachineInfo, timeout_s: float | None,
-                       log_dir: Path) -> RunReport:
+                       log_dir: Path, predicted: MemoryEstimate | None = None) -> RunReport:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -286,7 +287,7 @@ def _run_with_progress(settings: RunSettings, model_file: ModelFile, machine: Ma
                                 description=f"{event['test']} rep {event['rep']}/{event['reps']}")
 
         return run_benchmark(settings, model_file, machine, log_dir=log_dir, timeout_s=timeout_s,
-                             on_event=on_event)
+                             on_event=on_event, predicted=predicted)
 
 
 def _print_report(report: RunReport, csv_path: Path) -> None:
@@ -306,6 +307,11 @@ def _print_report(report: RunReport, csv_path: Path) -> None:
     out.print(f"threads {first.n_threads}, ngl {first.n_gpu_layers}, batch {first.n_batch}/{first.n_ubatch}, "
               f"fa {first.flash_attn}, kv {first.type_k}/{first.type_v}, backends {first.backends or '?'}, "
               f"llama.cpp {first.llama_cpp_commit}, load {first.load_ms or 0:.0f} ms")
+    if first.predicted_host_bytes and first.peak_rss_bytes:
+        vram = (f", VRAM {_bytes(first.predicted_vram_bytes)} predicted / {_bytes(first.peak_vram_bytes)} measured"
+                if first.predicted_vram_bytes else "")
+        out.print(f"memory: host {_bytes(first.predicted_host_bytes)} predicted / {_bytes(first.peak_rss_bytes)} "
+                  f"measured peak{vram}")
     if first.weights == "synthetic":
         out.print("[yellow]synthetic weights: the speed is the real file's, the text is noise[/yellow]")
     out.print(f"{len(report.records)} rows appended to {csv_path}")
@@ -323,6 +329,7 @@ def run_command(
     repetitions: int = typer.Option(5, "-r", "--repetitions", help="Timed repetitions per test."),
     threads: int | None = typer.Option(None, "-t", "--threads", help="CPU threads [physical cores]."),
     n_gpu_layers: int = typer.Option(-1, "-ngl", "--n-gpu-layers", help="Layers on the GPU (-1: all)."),
+    n_cpu_moe: int = typer.Option(0, "-ncmoe", "--n-cpu-moe", help="Keep the experts of the first N layers in RAM."),
     batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Logical batch size."),
     ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Physical batch size."),
     ctx_size: int = typer.Option(0, "-c", "--ctx-size", help="Context size (0: n_prompt+n_gen+n_depth per test)."),
@@ -335,6 +342,7 @@ def run_command(
     ttft: bool = typer.Option(True, "--ttft/--no-ttft", help="Also time a chat prompt's first token."),
     think: bool = typer.Option(False, "--think/--no-think", help="Chat template with Qwen3 thinking on."),
     timeout: float = typer.Option(3600, "--timeout", help="Seconds before the run is stopped."),
+    force: bool = typer.Option(False, "--force", help="Run even when the memory model says it will not fit."),
     out_csv: Path | None = typer.Option(None, "--out", "-o", help="Results CSV [results/<host>.csv]."),
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON for scripts."),
 ) -> None:
@@ -358,6 +366,7 @@ def run_command(
         repetitions=repetitions,
         n_threads=threads if threads is not None else machine.n_cpu_physical,
         n_gpu_layers=n_gpu_layers,
+        n_cpu_moe=n_cpu_moe,
         n_batch=batch_size,
         n_ubatch=ubatch_size,
         n_ctx=ctx_size,
@@ -369,11 +378,12 @@ def run_command(
         think=think,
     )
     _execute_run(settings, machine, gguf=gguf, model=model, quant=quant, synthetic=synthetic, timeout=timeout,
-                 out_csv=out_csv, as_json=as_json)
+                 out_csv=out_csv, as_json=as_json, force=force)
 
 
 def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | None, model: str | None,
-                 quant: str | None, synthetic: bool, timeout: float, out_csv: Path | None, as_json: bool) -> None:
+                 quant: str | None, synthetic: bool, timeout: float, out_csv: Path | None, as_json: bool,
+                 force: bool = False) -> None:
     from dataclasses import replace
 
     from .paths import default_results_path
@@ -382,13 +392,25 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
     settings.validate()  # before any file is written or hashed
     if timeout <= 0:
         raise UsageError("--timeout must be > 0 seconds")
+    from .calibration import load_calibration
+    from .planner import fit_problems, predict_run, usable_gpu
+
     model_file = _resolve_model_file(gguf, model, quant, synthetic)
     settings = replace(settings, model_path=str(model_file.path))
+    config, estimate = predict_run(settings, model_file.header, machine.hardware, load_calibration(machine.machine_id))
+    problems = fit_problems(estimate, machine.hardware, usable_gpu(machine.hardware) if config.gpu else None)
+    if problems and not force:
+        raise UsageError(f"{model_file.path.name} with these settings would not fit: {'; '.join(problems)}",
+                         hint="a smaller quant, a shorter context (-c), fewer GPU layers (-ngl) or --n-cpu-moe; "
+                              "--force runs it anyway")
+    for problem in problems:
+        err.print(f"[yellow]warning:[/yellow] {problem} (running anyway: --force)")
     csv_path = out_csv or default_results_path(machine.hostname)
-    report = _run_with_progress(settings, model_file, machine, timeout, csv_path.parent / "logs")
+    report = _run_with_progress(settings, model_file, machine, timeout, csv_path.parent / "logs", estimate)
     append_records(csv_path, list(report.records))
     if as_json:
         out.print_json(json.dumps({"run_id": report.run_id, "csv": str(csv_path),
+                                   "llama_cpp_buffers": report.buffers.to_json(),
                                    "rows": [r.to_json() for r in report.records]}))
     else:
         _print_report(report, csv_path)

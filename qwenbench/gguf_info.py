@@ -15,6 +15,7 @@ from typing import IO, Any
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .errors import InvalidModelFileError
+from .fit import ModelShape
 from .quants import preset_for_file_type
 from .synth import SYNTHETIC_KEY
 from .tensors import TensorInfo, TensorTable
@@ -79,6 +80,25 @@ class GGUFHeader:
     @property
     def n_expert_used(self) -> int:
         return int(self.arch_value("expert_used_count", 0) or 0)
+
+    def shape(self) -> ModelShape:
+        """The hyperparameters of the memory model, with llama.cpp's defaults for absent keys."""
+        n_embd = int(self.arch_value("embedding_length", 0) or 0)
+        n_head = int(self.arch_value("attention.head_count", 1) or 1)
+        head_dim = n_embd // n_head if n_head else 0
+        return ModelShape(
+            n_layer=int(self.arch_value("block_count", 0) or 0),
+            n_embd=n_embd,
+            n_head=n_head,
+            n_head_kv=int(self.arch_value("attention.head_count_kv", n_head) or n_head),
+            head_dim_k=int(self.arch_value("attention.key_length", head_dim) or head_dim),
+            head_dim_v=int(self.arch_value("attention.value_length", head_dim) or head_dim),
+            n_vocab=self.n_vocab,
+            n_ff=int(self.arch_value("feed_forward_length", 0) or 0),
+            n_expert=self.n_expert,
+            n_expert_used=self.n_expert_used,
+            n_ff_exp=int(self.arch_value("expert_feed_forward_length", 0) or 0),
+        )
 
     @property
     def split_count(self) -> int:

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .calibration import record_observation
+from .fit import MemoryEstimate
+from .llamalog import LlamaBuffers, parse_buffers
 from .machine import MachineInfo
 from .memtrack import ChildOutcome, run_child
 from .metrics import summarize
@@ -37,6 +40,7 @@ class RunReport:
     log_path: Path | None  # kept only when something failed
     notes: tuple[str, ...]
     interrupted: bool
+    buffers: LlamaBuffers  # what llama.cpp allocated, from its log
 
     @property
     def ok(self) -> bool:
@@ -111,7 +115,7 @@ class _EventCollector:
 
 def _record(settings: RunSettings, model: ModelFile, machine: MachineInfo, loaded: dict[str, Any],
             outcome: ChildOutcome, run_id: str, test: TestSpec, result: TestResult | None,
-            status: str, error: str) -> Record:
+            status: str, error: str, predicted: MemoryEstimate | None) -> Record:
     summary = summarize(result.samples_ns, result.n_tokens) if result else None
     is_ttft = test.kind == "ttft"
     header = model.header
@@ -147,6 +151,8 @@ def _record(settings: RunSettings, model: ModelFile, machine: MachineInfo, loade
         load_ms=loaded.get("load_ms"),
         peak_rss_bytes=outcome.peak_rss_bytes or None,
         peak_vram_bytes=outcome.peak_vram_bytes,
+        predicted_host_bytes=predicted.host_bytes if predicted else None,
+        predicted_vram_bytes=predicted.vram_bytes if predicted else None,
         model_key=model.model_key,
         model_filename=model.path.name,
         model_type=loaded.get("model_type", ""),
@@ -170,8 +176,16 @@ def _record(settings: RunSettings, model: ModelFile, machine: MachineInfo, loade
     )
 
 
+def _learn(predicted: MemoryEstimate, peak_rss: int, model: ModelFile, machine: MachineInfo) -> None:
+    """Keep what this CPU run measured beyond the exactly-known buffers, to calibrate later predictions."""
+    known = predicted.host_bytes - predicted.parts["host_overhead"]
+    record_observation(machine.machine_id, activation_units=predicted.activation_units,
+                       residual_bytes=peak_rss - known, model=f"{model.model_key} {model.quant}")
+
+
 def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo, *, log_dir: Path,
-                  timeout_s: float | None = None, on_event: EventHandler | None = None) -> RunReport:
+                  timeout_s: float | None = None, on_event: EventHandler | None = None,
+                  predicted: MemoryEstimate | None = None) -> RunReport:
     """Run every test of `settings` on `model` in one child process and return one Record per test."""
     settings.validate()
     run_id = new_run_id()
@@ -194,8 +208,11 @@ def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo,
             failure = failure or _failure(outcome, collector.error, log_path)
             status, error = failure
         records.append(_record(settings, model, machine, collector.loaded, outcome, run_id, test, result,
-                               status, error))
+                               status, error, predicted))
+    buffers = parse_buffers(log_path.read_text(errors="replace"))
+    if predicted is not None and failure is None and not predicted.vram_bytes and outcome.peak_rss_bytes:
+        _learn(predicted, outcome.peak_rss_bytes, model, machine)
     kept_log = log_path if failure else None
     if kept_log is None:
         log_path.unlink(missing_ok=True)
-    return RunReport(run_id, tuple(records), kept_log, tuple(collector.notes), outcome.interrupted)
+    return RunReport(run_id, tuple(records), kept_log, tuple(collector.notes), outcome.interrupted, buffers)

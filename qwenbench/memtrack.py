@@ -21,7 +21,9 @@ from typing import IO
 
 import psutil
 
-SAMPLE_INTERVAL_S = 0.05
+# the kernel keeps the exact RSS peak (wait4); sampling only adds VRAM and non-Linux figures, and each
+# wake-up of this process takes a core from llama.cpp's threads, so sample gently
+SAMPLE_INTERVAL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,10 @@ def run_child(argv: list[str], stdin_data: str, log: IO[bytes], on_line: Callabl
     reader = threading.Thread(target=_reader, args=(process.stdout, lines), daemon=True)
     reader.start()
     vram = VramSampler()
+    try:
+        watched: psutil.Process | None = psutil.Process(process.pid)
+    except psutil.Error:
+        watched = None
     peak_rss, peak_vram = 0, None
     timed_out = interrupted = False
     returncode = 0
@@ -117,8 +123,9 @@ def run_child(argv: list[str], stdin_data: str, log: IO[bytes], on_line: Callabl
                 if exited:
                     peak_rss = max(peak_rss, kernel_peak)
                     break
-                with contextlib.suppress(psutil.Error):
-                    peak_rss = max(peak_rss, psutil.Process(process.pid).memory_info().rss)
+                if watched is not None:
+                    with contextlib.suppress(psutil.Error):
+                        peak_rss = max(peak_rss, watched.memory_info().rss)
                 used = vram.used_by(process.pid)
                 if used is not None:
                     peak_vram = max(peak_vram or 0, used)

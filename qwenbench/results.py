@@ -19,6 +19,8 @@ Schema (one row per test; llama-bench's column names where they overlap):
   load_ms              model load time of the run
   peak_rss_bytes       peak resident memory of the benchmark process (kernel high-water mark)
   peak_vram_bytes      peak GPU memory of the process where NVML reports it, else empty
+  predicted_host_bytes, predicted_vram_bytes  the memory model's prediction for this run (schema 2+), so
+                       prediction error reads off any CSV as predicted / peak
   model_key            catalog key (qwen3-30b-a3b), empty if unknown
   model_filename       file name of the GGUF
   model_type           llama.cpp's description (qwen3moe 30B.A3B Q3_K - Large)
@@ -53,7 +55,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: appends stay atomic, header checks are unlocked
     fcntl = None  # type: ignore[assignment]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: predicted_host_bytes, predicted_vram_bytes
 STATUSES = ("ok", "failed", "crashed", "oom", "timeout", "interrupted", "skipped")
 
 
@@ -92,6 +94,8 @@ class Record:
     load_ms: float | None
     peak_rss_bytes: int | None
     peak_vram_bytes: int | None
+    predicted_host_bytes: int | None
+    predicted_vram_bytes: int | None
     model_key: str
     model_filename: str
     model_type: str

@@ -110,6 +110,22 @@ def _threadpool(llama_cpp: Any, ctx: Any, n_threads: int) -> Iterator[None]:
         cpu.ggml_threadpool_free(pool)
 
 
+class _BuftOverride(ctypes.Structure):
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def expert_overrides(llama_cpp: Any, n_cpu_moe: int) -> ctypes.Array | None:
+    """llama-bench's --n-cpu-moe: the experts of layers 0..n-1 in host RAM, as tensor buffer-type overrides."""
+    cpu = _load_lib(_lib_dir(llama_cpp), "ggml-cpu")
+    if cpu is None or n_cpu_moe <= 0:
+        return None
+    cpu.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
+    buft = cpu.ggml_backend_cpu_buffer_type()
+    entries = [_BuftOverride(rf"blk\.{i}\.ffn_(up|down|gate|gate_up)_(ch|)exps".encode(), buft)
+               for i in range(n_cpu_moe)]
+    return (_BuftOverride * (n_cpu_moe + 1))(*entries, _BuftOverride(None, None))
+
+
 class Bench:
     """One loaded model and the timed tests on it."""
 
@@ -127,6 +143,11 @@ class Bench:
         mparams = C.llama_model_default_params()
         mparams.n_gpu_layers = s.n_gpu_layers
         mparams.load_mode = LOAD_MODES[s.load_mode]
+        # on a CPU-only build every tensor is in host RAM already; an override there would only
+        # take the experts out of the repacked CPU buffer and change what is measured
+        self._overrides = expert_overrides(self.ll, s.n_cpu_moe) if C.llama_supports_gpu_offload() else None
+        if self._overrides is not None:
+            mparams.tensor_buft_overrides = ctypes.cast(self._overrides, ctypes.c_void_p)
         start = time.perf_counter_ns()
         self.model = C.llama_model_load_from_file(s.model_path.encode(), mparams)
         load_ns = time.perf_counter_ns() - start

@@ -1,0 +1,70 @@
+"""What this machine taught the memory model: measured overhead beyond the exactly-known buffers.
+
+After each CPU run the harness stores (activation units, measured peak RSS minus weights, repacked copies,
+KV cache and output buffer); predictions then use a least-squares fit of those residuals for this
+machine, or the defaults until there are two different shapes to fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from .fit import MIB, Calibration
+from .paths import cache_dir
+
+MAX_OBSERVATIONS = 64
+
+
+def _path() -> Path:
+    return cache_dir() / "calibration.json"
+
+
+def _load() -> dict:
+    try:
+        data = json.loads(_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def fit_calibration(observations: list[dict]) -> Calibration:
+    """Least squares of residual = base + factor * activation_units over this machine's observations."""
+    points = [(o["activation_units"], o["residual_bytes"]) for o in observations]
+    xs = {x for x, _ in points}
+    if len(xs) < 2:
+        return Calibration()
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    factor = sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+    if factor < 0:  # noise, not physics: more activations never need less memory
+        return replace(Calibration(), host_base_bytes=mean_y, host_activation_factor=0.0,
+                       source=f"measured ({n} runs)")
+    return replace(Calibration(), host_base_bytes=max(0.0, mean_y - factor * mean_x), host_activation_factor=factor,
+                   source=f"measured ({n} runs)")
+
+
+def load_calibration(machine_id: str) -> Calibration:
+    return fit_calibration(_load().get(machine_id, {}).get("observations", []))
+
+
+def record_observation(machine_id: str, *, activation_units: float, residual_bytes: int, model: str) -> None:
+    """Keep one measured residual (bounded history); a cache that cannot be written is skipped."""
+    if residual_bytes <= 0 or residual_bytes > 4096 * MIB:
+        return  # not a plausible overhead: a GPU run, swapping, or another process's memory
+    data = _load()
+    entry = data.setdefault(machine_id, {"observations": []})
+    observation = {"model": model, "activation_units": activation_units, "residual_bytes": residual_bytes}
+    entry["observations"] = [*entry["observations"], observation][-MAX_OBSERVATIONS:]
+    path = _path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(data, indent=1))
+        os.replace(temporary, path)
+    except OSError:
+        pass

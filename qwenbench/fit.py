@@ -1,0 +1,238 @@
+"""The memory and speed model of a llama.cpp run. Pure arithmetic over a tensor table: no I/O.
+
+Where each tensor lives (this llama.cpp offloads the output layer first, keeps token_embd on the
+CPU, and keeps the experts of the first n_cpu_moe layers in host RAM), how many bytes each device
+needs (weights exact from the GGUF header; KV cache exact; the CPU backend's repacked weight copies
+exact by its rules; compute buffers and per-process overhead calibrated from measurement), and how
+fast decode can go (bytes read per token on each device over that device's bandwidth).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from gguf import GGMLQuantizationType
+
+from .tensors import TensorInfo, TensorTable
+
+T = GGMLQuantizationType
+MIB = 1 << 20
+KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
+                 "q5_0": 22 / 32, "q5_1": 24 / 32, "iq4_nl": 18 / 32}
+KV_CELL_PAD = 256
+_LAYER = re.compile(r"^blk\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The hyperparameters the memory model needs (from a GGUF header or the catalog)."""
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    n_vocab: int
+    n_ff: int
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_expert > 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The llama.cpp settings that decide memory and speed."""
+
+    n_ctx: int
+    n_gpu_layers: int = -1  # -1: all layers (if there is a GPU backend)
+    n_cpu_moe: int = 0
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: bool = True
+    use_mmap: bool = True
+    gpu: bool = False  # a GPU backend and a GPU to put layers on
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What formulas cannot know, learned from measured runs (defaults: a 2-core x86 Linux machine).
+
+    Host: peak RSS beyond weights, repacked copies, KV cache and output buffer is
+    host_base_bytes + host_activation_factor * n_layer * n_embd * n_ubatch * 4 (interpreter, libraries,
+    vocabulary, touched compute buffer). GPU: the CUDA context and libraries per device.
+    """
+
+    host_base_bytes: float = 75.8 * MIB
+    host_activation_factor: float = 0.468
+    gpu_base_bytes: float = 400 * MIB
+    source: str = "default"
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    host_bytes: int
+    vram_bytes: int
+    parts: dict[str, int] = field(default_factory=dict)  # named contributions, to explain a plan
+    activation_units: float = 0.0  # n_layer * n_embd * n_ubatch * 4: what host overhead scales with
+
+
+def layer_index(name: str, n_layer: int) -> int:
+    """The llama.cpp layer a tensor belongs to: blk.N -> N, output -> n_layer, token_embd -> -1 (input)."""
+    match = _LAYER.match(name)
+    if match:
+        return int(match.group(1))
+    if name.startswith("output"):
+        return n_layer
+    return -1
+
+
+def first_gpu_layer(n_layer: int, n_gpu_layers: int) -> int:
+    """-ngl k offloads the last k layers counting the output layer (index n_layer) as the first offloaded."""
+    if n_gpu_layers < 0:
+        return 0
+    return max(n_layer + 1 - n_gpu_layers, 0)
+
+
+def on_gpu(tensor: TensorInfo, shape: ModelShape, config: RunConfig) -> bool:
+    if not config.gpu:
+        return False
+    layer = layer_index(tensor.name, shape.n_layer)
+    if layer < 0 or layer < first_gpu_layer(shape.n_layer, config.n_gpu_layers):
+        return False
+    return not (tensor.is_expert and layer < config.n_cpu_moe)
+
+
+def _is_matmul_weight(tensor: TensorInfo) -> bool:
+    name = tensor.name
+    return (len(tensor.shape) >= 2 and name.endswith(".weight") and not name.startswith("token_embd")
+            and "_norm" not in name and "ffn_gate_inp" not in name)
+
+
+def repacked_on_cpu(tensor: TensorInfo, cpu_features: tuple[str, ...]) -> bool:
+    """Whether the CPU backend keeps an extra, repacked copy of this weight (ggml-cpu repack.cpp rules)."""
+    if not _is_matmul_weight(tensor):
+        return False
+    rows = tensor.shape[1]
+    features = set(cpu_features)
+    kind = GGMLQuantizationType(tensor.ggml_type)
+    if "AVX2" in features:
+        if kind in (T.Q4_0, T.Q4_K, T.IQ4_NL, T.MXFP4) or (kind == T.Q2_K and "AVX512" in features):
+            return rows % 8 == 0
+        return False
+    if "NEON" in features and ({"DOTPROD", "MATMUL_INT8"} & features):
+        if kind in (T.Q4_0, T.Q4_K, T.Q5_K, T.Q6_K):
+            return rows % 8 == 0 if kind != T.Q4_0 else rows % 4 == 0
+        if kind in (T.IQ4_NL, T.MXFP4, T.Q8_0):
+            return rows % 4 == 0
+    return False
+
+
+def kv_cells(n_ctx: int) -> int:
+    return math.ceil(n_ctx / KV_CELL_PAD) * KV_CELL_PAD
+
+
+def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, type_k: str, type_v: str) -> int:
+    per_cell = shape.n_head_kv * (shape.head_dim_k * KV_TYPE_BYTES[type_k] + shape.head_dim_v * KV_TYPE_BYTES[type_v])
+    return int(kv_cells(n_ctx) * per_cell)
+
+
+def _ubatch(config: RunConfig) -> int:
+    return max(1, min(config.n_ubatch, config.n_batch, config.n_ctx))
+
+
+def gpu_compute_bytes(shape: ModelShape, config: RunConfig, output_on_gpu: bool) -> int:
+    """The GPU compute buffer llama.cpp reserves (worst case, all allocated): logits for a ubatch on the
+    device holding the output, activations, and without flash attention the attention scores."""
+    ubatch = _ubatch(config)
+    logits = ubatch * shape.n_vocab * 4 if output_on_gpu else 0
+    activations = ubatch * max(shape.n_embd * 8, shape.n_ff * 3, shape.n_ff_exp * shape.n_expert_used * 3) * 4
+    scores = 0 if config.flash_attn else kv_cells(config.n_ctx) * ubatch * shape.n_head * 4
+    return logits + activations + scores
+
+
+def activation_units(shape: ModelShape, config: RunConfig) -> float:
+    return float(shape.n_layer * shape.n_embd * _ubatch(config) * 4)
+
+
+def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cpu_features: tuple[str, ...],
+                    calibration: Calibration | None = None) -> MemoryEstimate:
+    """Bytes on the host (peak resident set of the process) and on the GPU for one configuration."""
+    calibration = calibration or Calibration()
+    host_weights = gpu_weights = repack = 0
+    for tensor in table.tensors:
+        if on_gpu(tensor, shape, config):
+            gpu_weights += tensor.n_bytes
+            continue
+        host_weights += tensor.n_bytes
+        # experts pinned to host RAM by --n-cpu-moe land in the plain CPU buffer, not the repacked one
+        pinned = config.gpu and tensor.is_expert and layer_index(tensor.name, shape.n_layer) < config.n_cpu_moe
+        if not pinned and repacked_on_cpu(tensor, cpu_features):
+            repack += tensor.n_bytes
+    # with mmap the file pages of repacked weights stay resident beside their copies; without, only copies
+    host_resident_weights = host_weights + repack if config.use_mmap else host_weights
+    first = first_gpu_layer(shape.n_layer, config.n_gpu_layers) if config.gpu else shape.n_layer + 1
+    gpu_layers = max(0, shape.n_layer - first)
+    per_layer_kv = kv_bytes_per_layer(shape, config.n_ctx, config.type_k, config.type_v)
+    kv_gpu = gpu_layers * per_layer_kv
+    kv_host = (shape.n_layer - gpu_layers) * per_layer_kv
+    output_on_gpu = config.gpu and first <= shape.n_layer
+    output_buffer = shape.n_vocab * 4  # one sequence, logits of its last token
+    units = activation_units(shape, config)
+    activations = calibration.host_activation_factor * units
+    host_overhead = int(calibration.host_base_bytes + activations)
+    gpu_compute = gpu_compute_bytes(shape, config, output_on_gpu) if config.gpu and (gpu_layers or output_on_gpu) else 0
+    gpu_overhead = int(calibration.gpu_base_bytes) if gpu_weights else 0
+    parts = {
+        "host_weights": host_weights, "host_repacked_copies": repack if config.use_mmap else 0,
+        "host_kv": kv_host, "host_output": output_buffer, "host_overhead": host_overhead,
+        "gpu_weights": gpu_weights, "gpu_kv": kv_gpu, "gpu_compute": gpu_compute, "gpu_overhead": gpu_overhead,
+    }
+    host = host_resident_weights + kv_host + output_buffer + host_overhead
+    vram = gpu_weights + kv_gpu + gpu_compute + gpu_overhead
+    return MemoryEstimate(int(host), int(vram), parts, units)
+
+
+def bytes_read_per_token(table: TensorTable, shape: ModelShape, config: RunConfig,
+                         kv_fill_tokens: int = 0) -> tuple[int, int]:
+    """(host bytes, GPU bytes) one generated token reads: every weight it uses once (only the used experts'
+    share of an MoE layer; one row of token_embd unless it doubles as the output), plus the KV cache so far."""
+    host = gpu = 0
+    tied_output = not any(t.name == "output.weight" for t in table.tensors)
+    for tensor in table.tensors:
+        if tensor.name == "token_embd.weight" and not tied_output:
+            size = tensor.n_bytes // max(1, shape.n_vocab)
+        elif tensor.is_expert and shape.n_expert:
+            size = tensor.n_bytes * shape.n_expert_used // shape.n_expert
+        else:
+            size = tensor.n_bytes
+        if on_gpu(tensor, shape, config):
+            gpu += size
+        else:
+            host += size
+    if kv_fill_tokens:
+        first = first_gpu_layer(shape.n_layer, config.n_gpu_layers) if config.gpu else shape.n_layer + 1
+        gpu_layers = max(0, shape.n_layer - first)
+        per_token = kv_bytes_per_layer(shape, KV_CELL_PAD, config.type_k, config.type_v) / KV_CELL_PAD
+        gpu += int(per_token * kv_fill_tokens * gpu_layers)
+        host += int(per_token * kv_fill_tokens * (shape.n_layer - gpu_layers))
+    return host, gpu
+
+
+def predicted_tg_ts(host_bytes: int, gpu_bytes: int, host_gbps: float, gpu_gbps: float | None,
+                    efficiency: float = 1.0) -> float:
+    """Tokens/s when decode is bandwidth-bound: time per token is the sum of each device's reads."""
+    seconds = host_bytes / (host_gbps * 1e9 * efficiency)
+    if gpu_bytes:
+        if not gpu_gbps:
+            return 0.0
+        seconds += gpu_bytes / (gpu_gbps * 1e9 * efficiency)
+    return 1.0 / seconds if seconds > 0 else 0.0
