@@ -30,21 +30,34 @@ def _load() -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _efficiencies(observations: list[dict], base: Calibration) -> Calibration:
+    """Median measured decode efficiency per model kind, where this machine has measured one."""
+    updates = {}
+    for moe, name in ((False, "tg_efficiency_dense"), (True, "tg_efficiency_moe")):
+        values = sorted(o["efficiency"] for o in observations if "efficiency" in o and o.get("moe") == moe)
+        if values:
+            updates[name] = values[len(values) // 2]
+    return replace(base, **updates) if updates else base
+
+
 def fit_calibration(observations: list[dict]) -> Calibration:
-    """Least squares of residual = base + factor * activation_units over this machine's observations."""
-    points = [(o["activation_units"], o["residual_bytes"]) for o in observations]
+    """Least squares of residual = base + factor * activation_units over this machine's observations,
+    and the median decode efficiencies."""
+    points = [(o["activation_units"], o["residual_bytes"]) for o in observations if "residual_bytes" in o]
     xs = {x for x, _ in points}
+    efficiencies = _efficiencies(observations, Calibration())
     if len(xs) < 2:
-        return Calibration()
+        measured = len(observations)
+        return replace(efficiencies, source=f"measured ({measured} runs)") if measured else efficiencies
     n = len(points)
     mean_x = sum(x for x, _ in points) / n
     mean_y = sum(y for _, y in points) / n
     var = sum((x - mean_x) ** 2 for x, _ in points)
     factor = sum((x - mean_x) * (y - mean_y) for x, y in points) / var
     if factor < 0:  # noise, not physics: more activations never need less memory
-        return replace(Calibration(), host_base_bytes=mean_y, host_activation_factor=0.0,
+        return replace(efficiencies, host_base_bytes=mean_y, host_activation_factor=0.0,
                        source=f"measured ({n} runs)")
-    return replace(Calibration(), host_base_bytes=max(0.0, mean_y - factor * mean_x), host_activation_factor=factor,
+    return replace(efficiencies, host_base_bytes=max(0.0, mean_y - factor * mean_x), host_activation_factor=factor,
                    source=f"measured ({n} runs)")
 
 
@@ -52,13 +65,23 @@ def load_calibration(machine_id: str) -> Calibration:
     return fit_calibration(_load().get(machine_id, {}).get("observations", []))
 
 
-def record_observation(machine_id: str, *, activation_units: float, residual_bytes: int, model: str) -> None:
+def record_memory(machine_id: str, *, activation_units: float, residual_bytes: int, model: str) -> None:
     """Keep one measured residual (bounded history); a cache that cannot be written is skipped."""
     if residual_bytes <= 0 or residual_bytes > 4096 * MIB:
-        return  # not a plausible overhead: a GPU run, swapping, or another process's memory
+        return  # not a plausible overhead: swapping, or a measurement gone wrong
+    _append(machine_id, {"model": model, "activation_units": activation_units, "residual_bytes": residual_bytes})
+
+
+def record_efficiency(machine_id: str, *, efficiency: float, moe: bool, model: str) -> None:
+    """Keep one measured decode efficiency (tokens/s x bytes per token / copy bandwidth)."""
+    if not 0.01 < efficiency < 2.0:
+        return
+    _append(machine_id, {"model": model, "moe": moe, "efficiency": round(efficiency, 4)})
+
+
+def _append(machine_id: str, observation: dict) -> None:
     data = _load()
     entry = data.setdefault(machine_id, {"observations": []})
-    observation = {"model": model, "activation_units": activation_units, "residual_bytes": residual_bytes}
     entry["observations"] = [*entry["observations"], observation][-MAX_OBSERVATIONS:]
     path = _path()
     try:

@@ -20,7 +20,8 @@ from .errors import QwenbenchError, UsageError
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from .fit import MemoryEstimate
+    from .catalog import ModelSpec
+    from .fit import MemoryEstimate, ModelShape
     from .harness import RunReport
     from .machine import MachineInfo
     from .modelfile import ModelFile
@@ -149,6 +150,92 @@ def probe_command(
             out.print(f"[dim]note ({gpu.name}):[/dim] {note}")
     for note in hardware.notes:
         out.print(f"[dim]note:[/dim] {note}")
+
+
+# ------------------------------------------------------------------------------------------- plan
+
+
+@app.command("plan")
+def plan_command(
+    model: str | None = typer.Option(None, "--model", "-m", help="Catalog model key, e.g. qwen3-30b-a3b."),
+    quant: str | None = typer.Option(None, "--quant", "-q", help="Plan only this quant (and show neighbours)."),
+    gguf: Path | None = typer.Option(None, "--gguf", help="Plan a local GGUF file from its header."),
+    ctx: int = typer.Option(4096, "--ctx", "-c", help="Context size to plan for."),
+    min_tg: float = typer.Option(5.0, "--min-tg", help="Slowest generation speed (t/s) still usable."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Choose the quant and GPU offload (layers, MoE experts in RAM, KV type) that fit this machine and
+    decode fastest, from exact tensor sizes: quality first, never below Q4-class while one fits."""
+    from rich.table import Table
+
+    from .calibration import load_calibration
+    from .catalog import get_model
+    from .gguf_info import read_header
+    from .machine import describe_machine
+    from .planner import DEFAULT_CANDIDATES, QUALITY_ORDER, best_placement, choose
+    from .recipe import tensor_table
+
+    if ctx < 1:
+        raise UsageError("--ctx must be >= 1")
+    if (model is None) == (gguf is None):
+        raise UsageError("give --model or --gguf", hint="e.g. qwenbench plan --model qwen3-30b-a3b")
+    machine = describe_machine(bandwidth=True)
+    calibration = load_calibration(machine.machine_id)
+    hardware = machine.hardware
+    if gguf is not None:
+        header = read_header(gguf)
+        placements = [best_placement(header.quant, header.table, header.shape(), hardware, ctx, calibration)]
+        name = gguf.name
+    else:
+        spec = get_model(model or "")
+        shape = _shape_of(spec)
+        quants = list(DEFAULT_CANDIDATES)
+        if quant is not None:
+            wanted = quant.upper()
+            tensor_table(spec, wanted)  # an unknown quant fails here, with the list of known ones
+            order = [q for q in QUALITY_ORDER if q in {*DEFAULT_CANDIDATES, wanted}]
+            at = order.index(wanted)
+            quants = order[max(0, at - 1): at + 2]
+        placements = [best_placement(q, tensor_table(spec, q), shape, hardware, ctx, calibration) for q in quants]
+        name = spec.key
+    plan = choose(name, placements, min_tg)
+    if quant is not None and plan.choice is not None and plan.choice.quant != quant.upper():
+        pinned = next(p for p in placements if p.quant == quant.upper())
+        plan = type(plan)(plan.model, pinned, plan.alternatives, plan.evaluated,
+                          (f"{quant.upper()} as asked; the planner would pick {plan.choice.quant}", *plan.reasons))
+    if as_json:
+        out.print_json(json.dumps(plan.to_json()))
+        return
+    choice = plan.choice
+    if choice is None:
+        out.print(f"[red]{name}: nothing fits this machine at {ctx} tokens of context[/red]")
+    else:
+        where = "CPU" if not choice.n_gpu_layers else f"-ngl {choice.n_gpu_layers}" + (
+            f" --n-cpu-moe {choice.n_cpu_moe}" if choice.n_cpu_moe else "")
+        out.print(f"[bold]{name}: {choice.quant}[/bold], {where}, KV {choice.type_k}, context {ctx}: "
+                  f"host {_bytes(choice.predicted_host_required_bytes)}, VRAM {_bytes(choice.predicted_vram_bytes)}, "
+                  f"about {choice.predicted_tg_ts:.1f} t/s generation")
+    for reason in plan.reasons:
+        out.print(f"  - {reason}")
+    table = Table(title=f"every quant's best placement on this machine ({calibration.source} calibration)")
+    for column in ("quant", "fits", "placement", "KV", "host need", "peak RSS", "VRAM", "tg t/s (predicted)"):
+        table.add_column(column)
+    for p in plan.evaluated:
+        mark = " ←" if p == choice else ""
+        placement = "CPU" if not p.n_gpu_layers else f"ngl {p.n_gpu_layers}" + (
+            f", cpu-moe {p.n_cpu_moe}" if p.n_cpu_moe else "")
+        table.add_row(p.quant + mark, "yes" if p.fits else "[red]no[/red]", placement, p.type_k,
+                      _bytes(p.predicted_host_required_bytes), _bytes(p.predicted_host_bytes),
+                      _bytes(p.predicted_vram_bytes), f"{p.predicted_tg_ts:.1f}")
+    out.print(table)
+
+
+def _shape_of(spec: ModelSpec) -> ModelShape:
+    from .fit import ModelShape
+
+    return ModelShape(n_layer=spec.n_layer, n_embd=spec.n_embd, n_head=spec.n_head, n_head_kv=spec.n_head_kv,
+                      head_dim_k=spec.head_dim, head_dim_v=spec.head_dim, n_vocab=spec.n_vocab, n_ff=spec.n_ff,
+                      n_expert=spec.n_expert, n_expert_used=spec.n_expert_used, n_ff_exp=spec.n_ff_exp)
 
 
 # ------------------------------------------------------------------------------------------ synth
@@ -328,14 +415,16 @@ def run_command(
     n_depth: str = typer.Option("0", "-d", "--n-depth", help="KV depth prefilled before each test."),
     repetitions: int = typer.Option(5, "-r", "--repetitions", help="Timed repetitions per test."),
     threads: int | None = typer.Option(None, "-t", "--threads", help="CPU threads [physical cores]."),
-    n_gpu_layers: int = typer.Option(-1, "-ngl", "--n-gpu-layers", help="Layers on the GPU (-1: all)."),
-    n_cpu_moe: int = typer.Option(0, "-ncmoe", "--n-cpu-moe", help="Keep the experts of the first N layers in RAM."),
+    n_gpu_layers: int | None = typer.Option(None, "-ngl", "--n-gpu-layers",
+                                            help="Layers on the GPU (-1: all) [the plan's]."),
+    n_cpu_moe: int | None = typer.Option(None, "-ncmoe", "--n-cpu-moe",
+                                         help="Keep the experts of the first N layers in RAM [the plan's]."),
     batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Logical batch size."),
     ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Physical batch size."),
     ctx_size: int = typer.Option(0, "-c", "--ctx-size", help="Context size (0: n_prompt+n_gen+n_depth per test)."),
     flash_attn: str = typer.Option("auto", "-fa", "--flash-attn", help="Flash attention: auto, on, off."),
-    cache_type_k: str = typer.Option("f16", "-ctk", "--cache-type-k", help="K cache type (f16, q8_0, ...)."),
-    cache_type_v: str = typer.Option("f16", "-ctv", "--cache-type-v", help="V cache type (f16, q8_0, ...)."),
+    cache_type_k: str | None = typer.Option(None, "-ctk", "--cache-type-k", help="K cache type (f16, q8_0, ...)."),
+    cache_type_v: str | None = typer.Option(None, "-ctv", "--cache-type-v", help="V cache type (f16, q8_0, ...)."),
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Read the model into memory instead of mapping it."),
     load_mode: str | None = typer.Option(None, "--load-mode", help="llama.cpp load mode (auto, none, mmap, "
                                                                        "mlock, mmap+mlock, dio)."),
@@ -358,6 +447,8 @@ def run_command(
     if no_mmap and load_mode not in (None, "none"):
         raise UsageError("--no-mmap contradicts --load-mode " + str(load_mode))
     machine = describe_machine()
+    pinned = {name for name, value in (("n_gpu_layers", n_gpu_layers), ("n_cpu_moe", n_cpu_moe),
+                                       ("type_k", cache_type_k), ("type_v", cache_type_v)) if value is not None}
     settings = RunSettings(
         model_path="",
         n_prompt=_int_list("-p/--n-prompt", n_prompt),
@@ -365,25 +456,25 @@ def run_command(
         n_depth=_int_list("-d/--n-depth", n_depth),
         repetitions=repetitions,
         n_threads=threads if threads is not None else machine.n_cpu_physical,
-        n_gpu_layers=n_gpu_layers,
-        n_cpu_moe=n_cpu_moe,
+        n_gpu_layers=-1 if n_gpu_layers is None else n_gpu_layers,
+        n_cpu_moe=n_cpu_moe or 0,
         n_batch=batch_size,
         n_ubatch=ubatch_size,
         n_ctx=ctx_size,
         flash_attn=flash,
-        type_k=cache_type_k.lower(),
-        type_v=cache_type_v.lower(),
+        type_k=(cache_type_k or cache_type_v or "f16").lower(),
+        type_v=(cache_type_v or cache_type_k or "f16").lower(),
         load_mode="none" if no_mmap else (load_mode or "auto"),
         ttft=ttft,
         think=think,
     )
     _execute_run(settings, machine, gguf=gguf, model=model, quant=quant, synthetic=synthetic, timeout=timeout,
-                 out_csv=out_csv, as_json=as_json, force=force)
+                 out_csv=out_csv, as_json=as_json, force=force, pinned=pinned)
 
 
 def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | None, model: str | None,
                  quant: str | None, synthetic: bool, timeout: float, out_csv: Path | None, as_json: bool,
-                 force: bool = False) -> None:
+                 force: bool = False, pinned: set[str] | None = None) -> None:
     from dataclasses import replace
 
     from .paths import default_results_path
@@ -393,11 +484,16 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
     if timeout <= 0:
         raise UsageError("--timeout must be > 0 seconds")
     from .calibration import load_calibration
-    from .planner import fit_problems, predict_run, usable_gpu
+    from .planner import apply_plan, fit_problems, predict_run, usable_gpu
 
     model_file = _resolve_model_file(gguf, model, quant, synthetic)
-    settings = replace(settings, model_path=str(model_file.path))
-    config, estimate = predict_run(settings, model_file.header, machine.hardware, load_calibration(machine.machine_id))
+    calibration = load_calibration(machine.machine_id)
+    settings, plan_notes = apply_plan(replace(settings, model_path=str(model_file.path)), model_file.header,
+                                      machine.hardware, calibration, pinned if pinned is not None else set())
+    for note in plan_notes:
+        err.print(f"[yellow]warning:[/yellow] {note}")
+    settings.validate()
+    config, estimate = predict_run(settings, model_file.header, machine.hardware, calibration)
     problems = fit_problems(estimate, machine.hardware, usable_gpu(machine.hardware) if config.gpu else None)
     if problems and not force:
         raise UsageError(f"{model_file.path.name} with these settings would not fit: {'; '.join(problems)}",

@@ -74,15 +74,22 @@ class Calibration:
     host_base_bytes: float = 75.8 * MIB
     host_activation_factor: float = 0.468
     gpu_base_bytes: float = 400 * MIB
+    # share of the measured copy bandwidth that decode reaches (compute, routing and threading eat the rest)
+    tg_efficiency_dense: float = 0.8
+    tg_efficiency_moe: float = 0.6
     source: str = "default"
+
+    def tg_efficiency(self, is_moe: bool) -> float:
+        return self.tg_efficiency_moe if is_moe else self.tg_efficiency_dense
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    host_bytes: int
+    host_bytes: int  # the peak resident set llama.cpp's process reaches (what a measured peak compares to)
     vram_bytes: int
     parts: dict[str, int] = field(default_factory=dict)  # named contributions, to explain a plan
     activation_units: float = 0.0  # n_layer * n_embd * n_ubatch * 4: what host overhead scales with
+    host_required_bytes: int = 0  # host_bytes less file pages the kernel may drop (weights that were repacked)
 
 
 def layer_index(name: str, n_layer: int) -> int:
@@ -198,7 +205,9 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
     }
     host = host_resident_weights + kv_host + output_buffer + host_overhead
     vram = gpu_weights + kv_gpu + gpu_compute + gpu_overhead
-    return MemoryEstimate(int(host), int(vram), parts, units)
+    # a repacked weight is read through its copy, so its mapped file pages are cache the kernel can reclaim
+    required = host - (repack if config.use_mmap else 0)
+    return MemoryEstimate(int(host), int(vram), parts, units, int(required))
 
 
 def bytes_read_per_token(table: TensorTable, shape: ModelShape, config: RunConfig,

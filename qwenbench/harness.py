@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .calibration import record_observation
-from .fit import MemoryEstimate
+from .calibration import record_efficiency, record_memory
+from .fit import MemoryEstimate, RunConfig, bytes_read_per_token
 from .llamalog import LlamaBuffers, parse_buffers
 from .machine import MachineInfo
 from .memtrack import ChildOutcome, run_child
 from .metrics import summarize
 from .modelfile import ModelFile
+from .probe.bandwidth import cached_bandwidth
 from .results import SCHEMA_VERSION, Record
 from .runspec import RunSettings, TestResult, TestSpec
 
@@ -176,11 +177,23 @@ def _record(settings: RunSettings, model: ModelFile, machine: MachineInfo, loade
     )
 
 
-def _learn(predicted: MemoryEstimate, peak_rss: int, model: ModelFile, machine: MachineInfo) -> None:
-    """Keep what this CPU run measured beyond the exactly-known buffers, to calibrate later predictions."""
+def _learn(predicted: MemoryEstimate, peak_rss: int, model: ModelFile, machine: MachineInfo,
+           records: list[Record]) -> None:
+    """Keep what this CPU run measured beyond the exactly-known buffers, and how close decode came to
+    the machine's copy bandwidth, to calibrate later predictions."""
+    label = f"{model.model_key} {model.quant}"
     known = predicted.host_bytes - predicted.parts["host_overhead"]
-    record_observation(machine.machine_id, activation_units=predicted.activation_units,
-                       residual_bytes=peak_rss - known, model=f"{model.model_key} {model.quant}")
+    record_memory(machine.machine_id, activation_units=predicted.activation_units, residual_bytes=peak_rss - known,
+                  model=label)
+    ram_gbps = machine.hardware.bandwidth_gbps.get("ram") or (cached_bandwidth(machine.machine_id) or {}).get("ram")
+    if not ram_gbps:
+        return
+    shape = model.header.shape()
+    host_read, _ = bytes_read_per_token(model.header.table, shape, RunConfig(n_ctx=512))
+    for record in records:
+        if record.test.startswith("tg") and record.n_depth == 0 and record.avg_ts:
+            record_efficiency(machine.machine_id, efficiency=record.avg_ts * host_read / (ram_gbps * 1e9),
+                              moe=shape.is_moe, model=label)
 
 
 def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo, *, log_dir: Path,
@@ -211,7 +224,7 @@ def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo,
                                status, error, predicted))
     buffers = parse_buffers(log_path.read_text(errors="replace"))
     if predicted is not None and failure is None and not predicted.vram_bytes and outcome.peak_rss_bytes:
-        _learn(predicted, outcome.peak_rss_bytes, model, machine)
+        _learn(predicted, outcome.peak_rss_bytes, model, machine, records)
     kept_log = log_path if failure else None
     if kept_log is None:
         log_path.unlink(missing_ok=True)

@@ -5,10 +5,22 @@ Glue between the probe (Hardware), the GGUF header and the pure model in fit.py.
 
 from __future__ import annotations
 
-from .fit import Calibration, MemoryEstimate, ModelShape, RunConfig, estimate_memory
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .fit import (
+    Calibration,
+    MemoryEstimate,
+    ModelShape,
+    RunConfig,
+    bytes_read_per_token,
+    estimate_memory,
+    predicted_tg_ts,
+)
 from .gguf_info import GGUFHeader
 from .probe import GpuInfo, Hardware
 from .runspec import RunSettings
+from .tensors import TensorTable
 
 GPU_BACKENDS = {"nvidia": ("CUDA", "Vulkan"), "amd": ("HIP", "Vulkan"), "intel": ("Vulkan", "SYCL"),
                 "apple": ("Metal",)}
@@ -52,7 +64,7 @@ def fit_problems(estimate: MemoryEstimate, hardware: Hardware, gpu: GpuInfo | No
     problems = []
     available = hardware.ram.available_bytes
     shared = gpu is not None and gpu.kind == "integrated"
-    host_need = estimate.host_bytes + (estimate.vram_bytes if shared else 0)
+    host_need = estimate.host_required_bytes + (estimate.vram_bytes if shared else 0)
     if host_need > available:
         what = "host RAM (shared with the iGPU)" if shared else "host RAM"
         problems.append(f"needs {host_need / GIB:.1f} GiB of {what}, {available / GIB:.1f} GiB available")
@@ -62,3 +74,190 @@ def fit_problems(estimate: MemoryEstimate, hardware: Hardware, gpu: GpuInfo | No
         problems.append(f"needs {estimate.vram_bytes / GIB:.1f} GiB on {gpu.name}, "
                         f"{budget / GIB:.1f} GiB usable there")
     return problems
+
+
+# ------------------------------------------------------------------------------------------- planning
+
+# quality order, best first; a plan never goes below Q4-class while a Q4-class quant fits
+QUALITY_ORDER = ("BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "IQ4_XS",
+                 "Q4_1", "Q4_0", "IQ4_NL", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
+Q4_CLASS_FLOOR = QUALITY_ORDER.index("Q4_0")
+DEFAULT_CANDIDATES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "Q3_K_L", "Q3_K_M", "Q2_K")
+DEFAULT_MIN_TG = 5.0
+# memory bandwidth of common GPUs (GB/s, vendor specifications); integrated GPUs use RAM's
+GPU_BANDWIDTH_GBPS = {
+    "H200": 4800, "H100 SXM": 3350, "H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100": 2000, "A100-SXM4-80GB": 2039,
+    "A100": 1555, "L40S": 864, "L4": 300, "T4": 320, "A10": 600, "A6000": 768, "RTX 6000 Ada": 960,
+    "RTX 5090": 1792, "RTX 5080": 960, "RTX 5070 Ti": 896, "RTX 5070": 672, "RTX 4090": 1008, "RTX 4080": 717,
+    "RTX 4070 Ti": 504, "RTX 4070": 504, "RTX 4060 Ti": 288, "RTX 4060": 272, "RTX 3090": 936, "RTX 3080": 760,
+    "RTX 3070": 448, "RTX 3060": 360, "RX 7900 XTX": 960, "RX 7900 XT": 800, "RX 7800 XT": 624,
+    "RX 7600": 288, "M1 Ultra": 800, "M2 Ultra": 800, "M3 Ultra": 819, "M1 Max": 400, "M2 Max": 400,
+    "M3 Max": 400, "M4 Max": 546, "M1 Pro": 200, "M2 Pro": 200, "M3 Pro": 150, "M4 Pro": 273, "M1": 68,
+    "M2": 100, "M3": 100, "M4": 120,
+}
+UNKNOWN_DISCRETE_GPU_GBPS = 300.0
+
+
+def gpu_bandwidth_gbps(gpu: GpuInfo, ram_gbps: float | None) -> tuple[float | None, str]:
+    """(GB/s, where the figure comes from) for a GPU: the spec table, or RAM's for an iGPU."""
+    for name in sorted(GPU_BANDWIDTH_GBPS, key=len, reverse=True):
+        if name.lower() in gpu.name.lower():
+            return float(GPU_BANDWIDTH_GBPS[name]), "specification"
+    if gpu.kind == "integrated":
+        return ram_gbps, "shares RAM bandwidth"
+    return UNKNOWN_DISCRETE_GPU_GBPS, "unknown GPU: assumed"
+
+
+@dataclass(frozen=True)
+class Placement:
+    quant: str
+    n_gpu_layers: int
+    n_cpu_moe: int
+    type_k: str
+    type_v: str
+    flash_attn: bool
+    n_ctx: int
+    fits: bool
+    predicted_host_bytes: int  # peak resident set
+    predicted_vram_bytes: int
+    predicted_tg_ts: float
+    problems: tuple[str, ...] = ()
+    predicted_host_required_bytes: int = 0  # what must fit: the peak less reclaimable file cache
+
+    def to_json(self) -> dict[str, Any]:
+        return {"quant": self.quant, "n_gpu_layers": self.n_gpu_layers, "n_cpu_moe": self.n_cpu_moe,
+                "type_k": self.type_k, "type_v": self.type_v, "flash_attn": self.flash_attn, "n_ctx": self.n_ctx,
+                "fits": self.fits, "predicted_host_bytes": self.predicted_host_bytes,
+                "predicted_host_required_bytes": self.predicted_host_required_bytes,
+                "predicted_vram_bytes": self.predicted_vram_bytes, "predicted_tg_ts": round(self.predicted_tg_ts, 2),
+                "problems": list(self.problems)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    choice: Placement | None
+    alternatives: tuple[Placement, ...]  # the neighbours one quality step up and down
+    evaluated: tuple[Placement, ...]  # the best placement of every quant considered
+    reasons: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        chosen = self.choice.to_json() if self.choice else {"fits": False}
+        return {"model": self.model, **chosen, "reasons": list(self.reasons),
+                "alternatives": [p.to_json() for p in self.alternatives],
+                "evaluated": [p.to_json() for p in self.evaluated]}
+
+
+def _placements(shape: ModelShape, gpu: GpuInfo | None, expert_offload: bool) -> list[tuple[int, int]]:
+    """(n_gpu_layers, n_cpu_moe) pairs worth trying: CPU only, every layer count, and for MoE all layers
+    on the GPU with the experts of the first k layers kept in RAM."""
+    if gpu is None:
+        return [(0, 0)]
+    pairs = [(layers, 0) for layers in range(shape.n_layer + 2)]
+    if shape.is_moe and expert_offload:
+        pairs += [(shape.n_layer + 1, k) for k in range(1, shape.n_layer + 1)]
+    return pairs
+
+
+def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: Hardware, n_ctx: int,
+                   calibration: Calibration | None = None, kv_types: tuple[str, ...] = ("f16", "q8_0"),
+                   expert_offload: bool = True) -> Placement:
+    """The fastest placement of one quant that fits, or the least-bad one with its problems.
+
+    expert_offload=False leaves out the MoE placements with experts in RAM (to compare against them)."""
+    calibration = calibration or Calibration()
+    efficiency = calibration.tg_efficiency(shape.is_moe)
+    gpu = usable_gpu(hardware)
+    ram_gbps = hardware.bandwidth_gbps.get("ram")
+    gpu_gbps = gpu_bandwidth_gbps(gpu, ram_gbps)[0] if gpu else None
+    best: Placement | None = None
+    for kv in kv_types:
+        for layers, cpu_moe in _placements(shape, gpu, expert_offload):
+            config = RunConfig(n_ctx=n_ctx, n_gpu_layers=layers, n_cpu_moe=cpu_moe, type_k=kv, type_v=kv,
+                               flash_attn=True, gpu=gpu is not None and layers > 0)
+            estimate = estimate_memory(table, shape, config, hardware.cpu.features, calibration)
+            problems = fit_problems(estimate, hardware, gpu if config.gpu else None)
+            host_read, gpu_read = bytes_read_per_token(table, shape, config)
+            speed = predicted_tg_ts(host_read, gpu_read, ram_gbps or 20.0, gpu_gbps, efficiency)
+            candidate = Placement(quant, layers if config.gpu else 0, cpu_moe, kv, kv, True, n_ctx, not problems,
+                                  estimate.host_bytes, estimate.vram_bytes, speed, tuple(problems),
+                                  estimate.host_required_bytes)
+            if best is None or _better(candidate, best):
+                best = candidate
+        if best is not None and best.fits:
+            break  # a smaller KV type only when full precision does not fit
+    assert best is not None
+    return best
+
+
+def _better(a: Placement, b: Placement) -> bool:
+    if a.fits != b.fits:
+        return a.fits
+    if a.fits:
+        if abs(a.predicted_tg_ts - b.predicted_tg_ts) <= 0.001 * b.predicted_tg_ts:
+            # equal decode (an iGPU reads the same RAM): the GPU still processes prompts far faster
+            return a.n_gpu_layers > b.n_gpu_layers
+        return a.predicted_tg_ts > b.predicted_tg_ts
+    return (a.predicted_host_required_bytes + a.predicted_vram_bytes
+            < b.predicted_host_required_bytes + b.predicted_vram_bytes)
+
+
+def choose(model: str, placements: list[Placement], min_tg: float) -> Plan:
+    """Quality first: the best quant that fits at a usable speed, never below Q4-class while one fits."""
+    ranked = sorted(placements, key=lambda p: QUALITY_ORDER.index(p.quant) if p.quant in QUALITY_ORDER else 99)
+    fitting = [p for p in ranked if p.fits]
+    usable = [p for p in fitting if p.predicted_tg_ts >= min_tg]
+    reasons: list[str] = []
+    choice: Placement | None = None
+    if usable:
+        choice = usable[0]
+        reasons.append(f"{choice.quant} is the highest-quality quant that fits and reaches {min_tg:g} t/s "
+                       f"(predicted {choice.predicted_tg_ts:.1f} t/s)")
+        better = [p for p in fitting if QUALITY_ORDER.index(p.quant) < QUALITY_ORDER.index(choice.quant)]
+        if better:
+            reasons.append(f"{better[-1].quant} also fits but is predicted at {better[-1].predicted_tg_ts:.1f} t/s, "
+                           f"under the {min_tg:g} t/s floor")
+        q4_fitting = [p for p in fitting if QUALITY_ORDER.index(p.quant) <= Q4_CLASS_FLOOR]
+        if QUALITY_ORDER.index(choice.quant) > Q4_CLASS_FLOOR and q4_fitting:
+            choice = q4_fitting[-1]
+            reasons.append(f"kept at {choice.quant}: below Q4-class quality suffers more than speed gains "
+                           f"(predicted {choice.predicted_tg_ts:.1f} t/s, under the floor)")
+    elif fitting:
+        choice = fitting[0]
+        reasons.append(f"nothing reaches {min_tg:g} t/s; {choice.quant} is the best quant that fits "
+                       f"(predicted {choice.predicted_tg_ts:.1f} t/s)")
+    else:
+        smallest = ranked[-1] if ranked else None
+        if smallest is not None:
+            reasons.append(f"nothing fits: even {smallest.quant} {'; '.join(smallest.problems)}")
+    if choice is not None:
+        if choice.n_cpu_moe:
+            reasons.append(f"all layers on the GPU with the experts of the first {choice.n_cpu_moe} layers in RAM: "
+                           "attention and the dense part stay on the GPU, which beats offloading fewer layers")
+        elif choice.n_gpu_layers:
+            reasons.append(f"{choice.n_gpu_layers} layers (the output layer first) on the GPU")
+        if choice.type_k != "f16":
+            reasons.append(f"KV cache {choice.type_k}: f16 does not fit at {choice.n_ctx} tokens")
+    position = ranked.index(choice) if choice in ranked else -1
+    neighbours = tuple(p for i, p in enumerate(ranked) if choice is not None and abs(i - position) == 1)
+    return Plan(model, choice, neighbours, tuple(ranked), tuple(reasons))
+
+
+def apply_plan(settings: RunSettings, header: GGUFHeader, hardware: Hardware, calibration: Calibration,
+               pinned: set[str]) -> tuple[RunSettings, list[str]]:
+    """Fill the placement settings the user did not pin from the plan for this file; say where pins differ."""
+    config = run_config(settings, header.shape(), hardware)
+    kv_types = (settings.type_k,) if {"type_k", "type_v"} & pinned else ("f16", "q8_0")
+    placement = best_placement(header.quant, header.table, header.shape(), hardware, config.n_ctx, calibration,
+                               kv_types)
+    planned = {"n_gpu_layers": placement.n_gpu_layers if usable_gpu(hardware) else -1,
+               "n_cpu_moe": placement.n_cpu_moe, "type_k": placement.type_k, "type_v": placement.type_v}
+    updates = {name: value for name, value in planned.items() if name not in pinned}
+    notes = []
+    differing = [name for name in ("n_gpu_layers", "n_cpu_moe") if name in pinned and usable_gpu(hardware)
+                 and getattr(settings, name) != planned[name]]
+    if differing:
+        notes.append("pinned " + ", ".join(f"{n}={getattr(settings, n)}" for n in differing) + "; the plan would use "
+                     + ", ".join(f"{n}={planned[n]}" for n in differing)
+                     + f" (about {placement.predicted_tg_ts:.1f} t/s predicted)")
+    return replace(settings, **updates), notes
