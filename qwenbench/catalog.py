@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, UsageError
+from .fit import ModelShape
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,6 +54,11 @@ class ModelSpec:
     def has_output_tensor(self) -> bool:
         """Whether the GGUF carries output.weight (untied, or a file that stores it anyway)."""
         return not self.tied_embeddings or self.store_output
+
+    def shape(self) -> ModelShape:
+        return ModelShape(n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head, n_head_kv=self.n_head_kv,
+                          head_dim_k=self.head_dim, head_dim_v=self.head_dim, n_vocab=self.n_vocab, n_ff=self.n_ff,
+                          n_expert=self.n_expert, n_expert_used=self.n_expert_used, n_ff_exp=self.n_ff_exp)
 
     def with_overrides(self, **overrides: Any) -> ModelSpec:
         """A reshaped copy, e.g. a tiny model of the same architecture for tests."""

@@ -20,8 +20,7 @@ from .errors import QwenbenchError, UsageError
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from .catalog import ModelSpec
-    from .fit import MemoryEstimate, ModelShape
+    from .fit import MemoryEstimate
     from .harness import RunReport
     from .machine import MachineInfo
     from .modelfile import ModelFile
@@ -166,13 +165,15 @@ def plan_command(
 ) -> None:
     """Choose the quant and GPU offload (layers, MoE experts in RAM, KV type) that fit this machine and
     decode fastest, from exact tensor sizes: quality first, never below Q4-class while one fits."""
+    from dataclasses import replace
+
     from rich.table import Table
 
     from .calibration import load_calibration
     from .catalog import get_model
     from .gguf_info import read_header
     from .machine import describe_machine
-    from .planner import DEFAULT_CANDIDATES, QUALITY_ORDER, best_placement, choose
+    from .planner import DEFAULT_CANDIDATES, QUALITY_ORDER, best_placement, choose, what_would_fit
     from .recipe import tensor_table
 
     if ctx < 1:
@@ -184,11 +185,13 @@ def plan_command(
     hardware = machine.hardware
     if gguf is not None:
         header = read_header(gguf)
-        placements = [best_placement(header.quant, header.table, header.shape(), hardware, ctx, calibration)]
+        table, shape = header.table, header.shape()
+        placements = [best_placement(header.quant, table, shape, hardware, ctx, calibration)]
         name = gguf.name
+        smallest = header.quant
     else:
         spec = get_model(model or "")
-        shape = _shape_of(spec)
+        shape = spec.shape()
         quants = list(DEFAULT_CANDIDATES)
         if quant is not None:
             wanted = quant.upper()
@@ -198,11 +201,16 @@ def plan_command(
             quants = order[max(0, at - 1): at + 2]
         placements = [best_placement(q, tensor_table(spec, q), shape, hardware, ctx, calibration) for q in quants]
         name = spec.key
+        smallest = min(quants, key=lambda q: tensor_table(spec, q).n_bytes)
+        table = tensor_table(spec, smallest)
     plan = choose(name, placements, min_tg)
+    if plan.choice is None:
+        plan = replace(plan, reasons=(*plan.reasons, *what_would_fit(smallest, table, shape, hardware, ctx,
+                                                                     calibration)))
     if quant is not None and plan.choice is not None and plan.choice.quant != quant.upper():
         pinned = next(p for p in placements if p.quant == quant.upper())
-        plan = type(plan)(plan.model, pinned, plan.alternatives, plan.evaluated,
-                          (f"{quant.upper()} as asked; the planner would pick {plan.choice.quant}", *plan.reasons))
+        plan = replace(plan, choice=pinned,
+                       reasons=(f"{quant.upper()} as asked; the planner would pick {plan.choice.quant}", *plan.reasons))
     if as_json:
         out.print_json(json.dumps(plan.to_json()))
         return
@@ -228,14 +236,6 @@ def plan_command(
                       _bytes(p.predicted_host_required_bytes), _bytes(p.predicted_host_bytes),
                       _bytes(p.predicted_vram_bytes), f"{p.predicted_tg_ts:.1f}")
     out.print(table)
-
-
-def _shape_of(spec: ModelSpec) -> ModelShape:
-    from .fit import ModelShape
-
-    return ModelShape(n_layer=spec.n_layer, n_embd=spec.n_embd, n_head=spec.n_head, n_head_kv=spec.n_head_kv,
-                      head_dim_k=spec.head_dim, head_dim_v=spec.head_dim, n_vocab=spec.n_vocab, n_ff=spec.n_ff,
-                      n_expert=spec.n_expert, n_expert_used=spec.n_expert_used, n_ff_exp=spec.n_ff_exp)
 
 
 # ------------------------------------------------------------------------------------------ synth
@@ -351,7 +351,6 @@ def _run_with_progress(settings: RunSettings, model_file: ModelFile, machine: Ma
         BarColumn,
         MofNCompleteColumn,
         Progress,
-        SpinnerColumn,
         TextColumn,
         TimeElapsedColumn,
     )
@@ -359,8 +358,9 @@ def _run_with_progress(settings: RunSettings, model_file: ModelFile, machine: Ma
     from .harness import run_benchmark
 
     total_samples = len(settings.tests()) * settings.repetitions
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True) as progress:
+    # one redraw a second: the display shares the cores with the llama.cpp threads being timed
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, refresh_per_second=1) as progress:
         task = progress.add_task(f"loading {model_file.path.name}", total=total_samples)
 
         def on_event(event: dict[str, Any]) -> None:

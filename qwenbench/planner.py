@@ -1,6 +1,7 @@
-"""From what the machine has and what the model file holds, predict and check a run's memory.
+"""Plans: from what the machine has and what a model file holds, predict and check a run's memory,
+and choose the quant and placement that fit and decode fastest.
 
-Glue between the probe (Hardware), the GGUF header and the pure model in fit.py.
+Glue between the probe (Hardware), the GGUF header or catalog recipe, and the pure model in fit.py.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from .tensors import TensorTable
 GPU_BACKENDS = {"nvidia": ("CUDA", "Vulkan"), "amd": ("HIP", "Vulkan"), "intel": ("Vulkan", "SYCL"),
                 "apple": ("Metal",)}
 GIB = 1 << 30
+MIB = 1 << 20
+# kept free on each device beyond the prediction: other programs, the driver, fragmentation
+HOST_MARGIN_BYTES = 512 * MIB
+GPU_MARGIN_BYTES = 256 * MIB
 
 
 def usable_gpu(hardware: Hardware) -> GpuInfo | None:
@@ -62,14 +67,15 @@ def predict_run(settings: RunSettings, header: GGUFHeader, hardware: Hardware,
 def fit_problems(estimate: MemoryEstimate, hardware: Hardware, gpu: GpuInfo | None) -> list[str]:
     """Why a configuration would not fit, in numbers; empty when it fits."""
     problems = []
-    available = hardware.ram.available_bytes
+    available = hardware.ram.available_bytes - HOST_MARGIN_BYTES
     shared = gpu is not None and gpu.kind == "integrated"
     host_need = estimate.host_required_bytes + (estimate.vram_bytes if shared else 0)
     if host_need > available:
         what = "host RAM (shared with the iGPU)" if shared else "host RAM"
-        problems.append(f"needs {host_need / GIB:.1f} GiB of {what}, {available / GIB:.1f} GiB available")
+        problems.append(f"needs {host_need / GIB:.1f} GiB of {what}, {available / GIB:.1f} GiB available "
+                        f"(after a {HOST_MARGIN_BYTES // MIB} MiB margin)")
     # an iGPU's own cap (GTT, Metal's working set) applies on top of the shared RAM pool
-    budget = gpu.budget_bytes if gpu is not None else None
+    budget = gpu.budget_bytes - GPU_MARGIN_BYTES if gpu is not None and gpu.budget_bytes is not None else None
     if estimate.vram_bytes and budget is not None and estimate.vram_bytes > budget:
         problems.append(f"needs {estimate.vram_bytes / GIB:.1f} GiB on {gpu.name}, "
                         f"{budget / GIB:.1f} GiB usable there")
@@ -261,3 +267,27 @@ def apply_plan(settings: RunSettings, header: GGUFHeader, hardware: Hardware, ca
                      + ", ".join(f"{n}={planned[n]}" for n in differing)
                      + f" (about {placement.predicted_tg_ts:.1f} t/s predicted)")
     return replace(settings, **updates), notes
+
+
+def what_would_fit(quant: str, table: TensorTable, shape: ModelShape, hardware: Hardware, n_ctx: int,
+                   calibration: Calibration | None = None) -> list[str]:
+    """When nothing fits: the longest context this quant fits with, and how much memory is missing."""
+    hints = []
+    low, high = 0, n_ctx
+    while high - low > 256:  # binary search on the context, to KV-cell granularity
+        middle = (low + high) // 2
+        if best_placement(quant, table, shape, hardware, middle, calibration).fits:
+            low = middle
+        else:
+            high = middle
+    if low >= 256:
+        hints.append(f"{quant} fits with a context of about {low // 256 * 256} tokens (--ctx {low // 256 * 256})")
+    placement = best_placement(quant, table, shape, hardware, n_ctx, calibration)
+    shared = usable_gpu(hardware) is not None and usable_gpu(hardware).kind == "integrated"  # type: ignore[union-attr]
+    need = placement.predicted_host_required_bytes + (placement.predicted_vram_bytes if shared else 0)
+    missing = need + HOST_MARGIN_BYTES - hardware.ram.available_bytes
+    if missing > 0 and not placement.predicted_vram_bytes:
+        hints.append(f"or about {missing / GIB:.1f} GiB more free RAM for {quant} at {n_ctx} tokens")
+    elif placement.problems:
+        hints.append(f"or more memory: {quant} at {n_ctx} tokens {'; '.join(placement.problems)}")
+    return hints

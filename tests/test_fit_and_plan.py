@@ -44,9 +44,7 @@ sched_reserve:        CPU compute buffer size =    77.25 MiB
 
 
 def shape_of(key: str) -> ModelShape:
-    spec = get_model(key)
-    return ModelShape(spec.n_layer, spec.n_embd, spec.n_head, spec.n_head_kv, spec.head_dim, spec.head_dim,
-                      spec.n_vocab, spec.n_ff, spec.n_expert, spec.n_expert_used, spec.n_ff_exp)
+    return get_model(key).shape()
 
 
 def test_llama_log_buffers() -> None:
@@ -235,3 +233,19 @@ def test_neighbours_are_shown() -> None:
     assert result.choice is not None
     assert {p.quant for p in result.alternatives} <= {"Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_L", "Q2_K"}
     assert 1 <= len(result.alternatives) <= 2
+
+
+def test_what_would_fit() -> None:
+    from qwenbench.planner import what_would_fit
+
+    spec = get_model("qwen3-4b")
+    small = machine(4)
+    hints = what_would_fit("Q2_K", tensor_table(spec, "Q2_K"), shape_of("qwen3-4b"), small, 32768)
+    assert hints[0].startswith("Q2_K fits with a context of about") and "--ctx" in hints[0]
+    fitting_ctx = int(hints[0].split("--ctx ")[1].rstrip(")"))
+    assert 1024 <= fitting_ctx < 32768
+    assert best_placement("Q2_K", tensor_table(spec, "Q2_K"), shape_of("qwen3-4b"), small, fitting_ctx).fits
+    assert "more free RAM" in hints[1]
+    hopeless = what_would_fit("Q2_K", tensor_table(get_model("qwen3-32b"), "Q2_K"), shape_of("qwen3-32b"),
+                              machine(2), 4096)
+    assert len(hopeless) == 1 and "more free RAM" in hopeless[0]

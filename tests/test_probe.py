@@ -252,3 +252,18 @@ def test_bandwidth_measurement_and_cache() -> None:
     store_bandwidth("test-machine", {"ram": 41.5})
     assert probe_hardware(machine_key="test-machine").bandwidth_gbps == {"ram": 41.5}
     assert probe_hardware(machine_key="test-machine", bandwidth=False).bandwidth_gbps == {}
+
+
+def test_windows_igpus_from_the_registry() -> None:
+    from qwenbench.probe.windows import parse_reg_query, windows_gpus
+
+    adapters = parse_reg_query(recorded("reg-query-display.txt"))
+    assert [a["name"] for a in adapters] == ["AMD Radeon(TM) 780M", "NVIDIA GeForce RTX 4060 Laptop GPU",
+                                            "Intel(R) UHD Graphics 620", "Microsoft Basic Display Adapter"]
+    assert adapters[0]["dedicated"] == 512 * MIB  # the QWORD wins over the binary value
+    assert adapters[2]["dedicated"] == 2 * GIB  # an old driver's DWORD
+    gpus, _ = windows_gpus(adapters, RAM_32G, AVAILABLE_28G)
+    assert [(g.vendor, g.kind) for g in gpus] == [("amd", "integrated"), ("intel", "integrated")]  # NVIDIA: NVML's
+    radeon = gpus[0]
+    assert radeon.shared_memory_bytes == 16 * GIB and radeon.budget_bytes == 512 * MIB + 16 * GIB
+    assert radeon.source == "registry"

@@ -19,6 +19,7 @@ from .cpu import read_cpu
 from .model import CpuInfo, GpuInfo, Hardware, RamInfo
 from .nvidia import read_nvidia
 from .sysfs_drm import read_drm_gpus
+from .windows import read_windows
 
 __all__ = ["CpuInfo", "GpuInfo", "Hardware", "RamInfo", "probe_hardware"]
 
@@ -35,7 +36,7 @@ def probe_hardware(*, bandwidth: bool = True, refresh_bandwidth: bool = False, m
     ram = read_ram()
     gpus: list[GpuInfo] = []
     for reader_gpus, reader_notes in (read_nvidia(), read_drm_gpus(ram.total_bytes, ram.available_bytes),
-                                      read_apple()):
+                                      read_apple(), read_windows(ram.total_bytes, ram.available_bytes)):
         gpus.extend(reader_gpus)
         notes.extend(reader_notes)
     backends, backend_notes = read_backends()

@@ -31,7 +31,7 @@ class GpuInfo:
     memory_free_bytes: int | None
     shared_memory_bytes: int | None  # system RAM the GPU may map (GTT, unified memory), None if none/unknown
     budget_bytes: int | None  # what a model can really use on this device, None if unknown
-    source: str  # nvml | nvidia-smi | sysfs | sysctl
+    source: str  # nvml | nvidia-smi | sysfs | sysctl | registry
     index: int = 0
     driver_version: str | None = None
     cuda_version: str | None = None
