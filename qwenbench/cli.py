@@ -165,15 +165,13 @@ def plan_command(
 ) -> None:
     """Choose the quant and GPU offload (layers, MoE experts in RAM, KV type) that fit this machine and
     decode fastest, from exact tensor sizes: quality first, never below Q4-class while one fits."""
-    from dataclasses import replace
-
     from rich.table import Table
 
     from .calibration import load_calibration
     from .catalog import get_model
     from .gguf_info import read_header
     from .machine import describe_machine
-    from .planner import DEFAULT_CANDIDATES, QUALITY_ORDER, best_placement, choose, what_would_fit
+    from .planner import candidate_quants, plan_quants
     from .recipe import tensor_table
 
     if ctx < 1:
@@ -182,35 +180,18 @@ def plan_command(
         raise UsageError("give --model or --gguf", hint="e.g. qwenbench plan --model qwen3-30b-a3b")
     machine = describe_machine(bandwidth=True)
     calibration = load_calibration(machine.machine_id)
-    hardware = machine.hardware
+    wanted = quant.upper() if quant else None
     if gguf is not None:
         header = read_header(gguf)
-        table, shape = header.table, header.shape()
-        placements = [best_placement(header.quant, table, shape, hardware, ctx, calibration)]
-        name = gguf.name
-        smallest = header.quant
+        name, shape, tables = gguf.name, header.shape(), {header.quant: header.table}
     else:
         spec = get_model(model or "")
-        shape = spec.shape()
-        quants = list(DEFAULT_CANDIDATES)
-        if quant is not None:
-            wanted = quant.upper()
+        if wanted is not None:
             tensor_table(spec, wanted)  # an unknown quant fails here, with the list of known ones
-            order = [q for q in QUALITY_ORDER if q in {*DEFAULT_CANDIDATES, wanted}]
-            at = order.index(wanted)
-            quants = order[max(0, at - 1): at + 2]
-        placements = [best_placement(q, tensor_table(spec, q), shape, hardware, ctx, calibration) for q in quants]
-        name = spec.key
-        smallest = min(quants, key=lambda q: tensor_table(spec, q).n_bytes)
-        table = tensor_table(spec, smallest)
-    plan = choose(name, placements, min_tg)
-    if plan.choice is None:
-        plan = replace(plan, reasons=(*plan.reasons, *what_would_fit(smallest, table, shape, hardware, ctx,
-                                                                     calibration)))
-    if quant is not None and plan.choice is not None and plan.choice.quant != quant.upper():
-        pinned = next(p for p in placements if p.quant == quant.upper())
-        plan = replace(plan, choice=pinned,
-                       reasons=(f"{quant.upper()} as asked; the planner would pick {plan.choice.quant}", *plan.reasons))
+        name, shape = spec.key, spec.shape()
+        tables = {q: tensor_table(spec, q) for q in candidate_quants(wanted)}
+    plan = plan_quants(name, tables, shape, machine.hardware, ctx, calibration, min_tg,
+                       wanted if gguf is None else None)
     if as_json:
         out.print_json(json.dumps(plan.to_json()))
         return

@@ -191,7 +191,8 @@ def _learn(predicted: MemoryEstimate, peak_rss: int, model: ModelFile, machine: 
     shape = model.header.shape()
     host_read, _ = bytes_read_per_token(model.header.table, shape, RunConfig(n_ctx=512))
     for record in records:
-        if record.test.startswith("tg") and record.n_depth == 0 and record.avg_ts:
+        # a long context slows decode on its own (attention over every cell): learn from short ones only
+        if record.test.startswith("tg") and record.n_depth == 0 and record.n_ctx <= 4096 and record.avg_ts:
             record_efficiency(machine.machine_id, efficiency=record.avg_ts * host_read / (ram_gbps * 1e9),
                               moe=shape.is_moe, model=label)
 

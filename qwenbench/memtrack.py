@@ -99,8 +99,12 @@ def run_child(argv: list[str], stdin_data: str, log: IO[bytes], on_line: Callabl
     so the caller can still record what finished.
     """
     start = time.monotonic()
+    # its own process group (so Ctrl-C reaches only us, and a timeout kills it whole) but our session:
+    # Linux's scheduler autogroups by session, and a session of its own would be scheduled apart from
+    # the way `llama-bench` run from the same shell is
+    group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
     process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                               start_new_session=True)
+                               **group)
     assert process.stdin is not None and process.stdout is not None
     process.stdin.write(stdin_data)
     process.stdin.close()

@@ -291,3 +291,28 @@ def what_would_fit(quant: str, table: TensorTable, shape: ModelShape, hardware: 
     elif placement.problems:
         hints.append(f"or more memory: {quant} at {n_ctx} tokens {'; '.join(placement.problems)}")
     return hints
+
+
+def plan_quants(name: str, tables: dict[str, TensorTable], shape: ModelShape, hardware: Hardware, n_ctx: int,
+                calibration: Calibration, min_tg: float, pinned_quant: str | None = None) -> Plan:
+    """The plan across the given quants' tensor tables; a pinned quant is kept, with what the planner would pick."""
+    placements = [best_placement(q, table, shape, hardware, n_ctx, calibration) for q, table in tables.items()]
+    plan = choose(name, placements, min_tg)
+    if plan.choice is None:
+        smallest = min(tables, key=lambda q: tables[q].n_bytes)
+        hints = what_would_fit(smallest, tables[smallest], shape, hardware, n_ctx, calibration)
+        return replace(plan, reasons=(*plan.reasons, *hints))
+    if pinned_quant is not None and plan.choice.quant != pinned_quant:
+        pinned = next(p for p in placements if p.quant == pinned_quant)
+        return replace(plan, choice=pinned,
+                       reasons=(f"{pinned_quant} as asked; the planner would pick {plan.choice.quant}", *plan.reasons))
+    return plan
+
+
+def candidate_quants(pinned_quant: str | None) -> list[str]:
+    """The quants a plan weighs: the common presets, or a pinned one with its neighbours in quality."""
+    if pinned_quant is None:
+        return list(DEFAULT_CANDIDATES)
+    order = [q for q in QUALITY_ORDER if q in {*DEFAULT_CANDIDATES, pinned_quant}]
+    at = order.index(pinned_quant)
+    return order[max(0, at - 1): at + 2]
