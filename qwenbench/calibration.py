@@ -7,13 +7,11 @@ machine, or the defaults until there are two different shapes to fit.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
 from .fit import MIB, Calibration
-from .paths import cache_dir
+from .paths import cache_dir, read_json, write_json
 
 MAX_OBSERVATIONS = 64
 
@@ -23,11 +21,7 @@ def _path() -> Path:
 
 
 def _load() -> dict:
-    try:
-        data = json.loads(_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_json(_path())
 
 
 def _efficiencies(observations: list[dict], base: Calibration) -> Calibration:
@@ -83,11 +77,4 @@ def _append(machine_id: str, observation: dict) -> None:
     data = _load()
     entry = data.setdefault(machine_id, {"observations": []})
     entry["observations"] = [*entry["observations"], observation][-MAX_OBSERVATIONS:]
-    path = _path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(data, indent=1))
-        os.replace(temporary, path)
-    except OSError:
-        pass
+    write_json(_path(), data)  # a calibration that cannot be kept only means defaults next time

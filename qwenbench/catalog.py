@@ -45,6 +45,7 @@ class ModelSpec:
     n_expert_used: int = 0
     n_ff_exp: int = 0
     store_output: bool = False
+    hub: tuple[str, ...] = ()  # Hugging Face repos with this model's GGUFs, preferred first
 
     @property
     def is_moe(self) -> bool:
@@ -99,6 +100,10 @@ def _spec_from_table(key: str, table: dict[str, Any], defaults: dict[str, Any], 
                                                                                "n_ff_exp")):
         raise ConfigError(f"{where}: a qwen3moe model needs n_expert, n_expert_used and n_ff_exp")
     merged.setdefault("name", key)
+    hub = merged.get("hub", ())
+    if not isinstance(hub, (list, tuple)) or not all(isinstance(r, str) and r.count("/") == 1 for r in hub):
+        raise ConfigError(f"{where}.hub: must be a list of 'owner/name' repositories")
+    merged["hub"] = tuple(hub)
     try:
         return ModelSpec(**merged)
     except TypeError as exc:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from .fit import MemoryEstimate
     from .harness import RunReport
+    from .hub import Resolved
     from .machine import MachineInfo
     from .modelfile import ModelFile
     from .runspec import RunSettings
@@ -299,22 +300,64 @@ def synth_command(
 # -------------------------------------------------------------------------------------------- run
 
 
-def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool) -> ModelFile:
+def _fetch(model: str, quant: str, repo: str | None, revision: str | None, offline: bool) -> tuple[Path, Resolved]:
+    """A catalog model's GGUF from the Hub (or only the HF cache when offline), verified; the first file's path."""
+    from .catalog import get_model
+    from .hub import download, offline_mode, resolve, resolve_offline
+
+    spec = get_model(model)
+    offline = offline_mode(offline)
+    with err.status(f"finding {spec.name} {quant.upper()} on the Hub" if not offline else "looking in the HF cache"):
+        resolved = (resolve_offline(spec, quant, repo=repo) if offline
+                    else resolve(spec, quant, repo=repo, revision=revision))
+    err.print(f"{resolved.repo}@{resolved.revision[:10]}: {', '.join(f.path for f in resolved.files)} "
+              f"({resolved.size / 1e9:.2f} GB)")
+    with _progress_bytes("verifying SHA-256") as progress:
+        task = progress.add_task("verify", total=None)
+        paths = download(resolved, offline=offline,
+                         on_progress=lambda name, d, t: progress.update(task, completed=d, total=t))
+    return paths[0], resolved
+
+
+@app.command("pull")
+def pull_command(
+    model: str = typer.Option(..., "--model", "-m", help="Catalog model key, e.g. qwen3-30b-a3b."),
+    quant: str = typer.Option("Q4_K_M", "--quant", "-q", help="Quant to fetch, e.g. Q3_K_L."),
+    repo: str | None = typer.Option(None, "--repo", help="Take it from this repo instead of the catalog's list."),
+    revision: str | None = typer.Option(None, "--revision", help="A branch, tag or commit to pin."),
+    offline: bool = typer.Option(False, "--offline", help="Use only the HF cache (also HF_HUB_OFFLINE=1)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Download a model's GGUF into the Hugging Face cache: found by listing the repos, resumable, and
+    checked against the Hub's SHA-256 (a file that does not match is fetched again, then refused)."""
+    path, resolved = _fetch(model, quant, repo, revision, offline)
+    if as_json:
+        out.print_json(json.dumps({"repo": resolved.repo, "revision": resolved.revision, "quant": resolved.quant,
+                                   "files": [{"path": f.path, "size": f.size, "sha256": f.sha256}
+                                             for f in resolved.files],
+                                   "local_path": str(path)}))
+        return
+    out.print(f"{resolved.quant} of {model} ready and verified: {path}")
+
+
+def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool,
+                        repo: str | None = None, revision: str | None = None, offline: bool = False) -> ModelFile:
     from .catalog import get_model
     from .modelfile import ensure_synthetic, open_model_file
 
     if gguf is not None and model is not None:
         raise UsageError("give either --gguf or --model, not both")
-    if gguf is not None and (quant is not None or synthetic):
-        raise UsageError("--quant and --synthetic go with --model; a --gguf file is measured as it is")
+    if gguf is not None and (quant is not None or synthetic or repo or revision or offline):
+        raise UsageError("--quant, --synthetic, --repo, --revision and --offline go with --model; "
+                         "a --gguf file is measured as it is")
+    origin: dict[str, str] = {}
     if gguf is not None:
         path = gguf
+    elif model is not None and not synthetic:
+        path, resolved = _fetch(model, quant or "Q4_K_M", repo, revision, offline)
+        origin = {"repo": resolved.repo, "revision": resolved.revision}
     elif model is not None:
         spec = get_model(model)
-        if not synthetic:
-            raise UsageError(f"{spec.name}: downloading real GGUFs from the Hugging Face Hub is not built yet",
-                             hint="add --synthetic to measure a shape-faithful synthetic twin, "
-                                  "or pass a file you have with --gguf PATH")
         with _progress_bytes(f"writing synthetic {spec.name} {(quant or 'Q4_K_M').upper()}") as progress:
             task = progress.add_task("write", total=None)
             path, _ = ensure_synthetic(spec, quant or "Q4_K_M",
@@ -323,7 +366,8 @@ def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None,
         raise UsageError("no model given", hint="use --gguf PATH, or --model M --quant Q --synthetic")
     with _progress_bytes(f"hashing {path.name}") as progress:
         task = progress.add_task("hash", total=None)
-        return open_model_file(path, on_hash_progress=lambda d, t: progress.update(task, completed=d, total=t))
+        return open_model_file(path, on_hash_progress=lambda d, t: progress.update(task, completed=d, total=t),
+                               **origin)
 
 
 def _run_with_progress(settings: RunSettings, model_file: ModelFile, machine: MachineInfo, timeout_s: float | None,
@@ -391,6 +435,9 @@ def run_command(
     model: str | None = typer.Option(None, "--model", "-m", help="Catalog model key (qwenbench models)."),
     quant: str | None = typer.Option(None, "--quant", "-q", help="Quant preset with --model [Q4_K_M]."),
     synthetic: bool = typer.Option(False, "--synthetic", help="With --model: a cached synthetic twin."),
+    repo: str | None = typer.Option(None, "--repo", help="With --model: the Hub repo to take the GGUF from."),
+    revision: str | None = typer.Option(None, "--revision", help="With --model: a branch, tag or commit."),
+    offline: bool = typer.Option(False, "--offline", help="With --model: only the HF cache, no network."),
     n_prompt: str = typer.Option("512", "-p", "--n-prompt", help="Prompt sizes, e.g. 512 or 128,512."),
     n_gen: str = typer.Option("128", "-n", "--n-gen", help="Generation sizes, e.g. 128."),
     n_depth: str = typer.Option("0", "-d", "--n-depth", help="KV depth prefilled before each test."),
@@ -450,12 +497,13 @@ def run_command(
         think=think,
     )
     _execute_run(settings, machine, gguf=gguf, model=model, quant=quant, synthetic=synthetic, timeout=timeout,
-                 out_csv=out_csv, as_json=as_json, force=force, pinned=pinned)
+                 out_csv=out_csv, as_json=as_json, force=force, pinned=pinned,
+                 source={"repo": repo, "revision": revision, "offline": offline})
 
 
 def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | None, model: str | None,
                  quant: str | None, synthetic: bool, timeout: float, out_csv: Path | None, as_json: bool,
-                 force: bool = False, pinned: set[str] | None = None) -> None:
+                 force: bool = False, pinned: set[str] | None = None, source: dict[str, Any] | None = None) -> None:
     from dataclasses import replace
 
     from .paths import default_results_path
@@ -467,7 +515,7 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
     from .calibration import load_calibration
     from .planner import apply_plan, fit_problems, predict_run, usable_gpu
 
-    model_file = _resolve_model_file(gguf, model, quant, synthetic)
+    model_file = _resolve_model_file(gguf, model, quant, synthetic, **(source or {}))
     calibration = load_calibration(machine.machine_id)
     settings, plan_notes = apply_plan(replace(settings, model_path=str(model_file.path)), model_file.header,
                                       machine.hardware, calibration, pinned if pinned is not None else set())

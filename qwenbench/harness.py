@@ -164,6 +164,8 @@ def _record(settings: RunSettings, model: ModelFile, machine: MachineInfo, loade
         is_moe=model.is_moe,
         weights=model.weights,
         model_sha256=model.sha256,
+        model_repo=model.repo,
+        model_revision=model.revision,
         machine_id=machine.machine_id,
         hostname=machine.hostname,
         cpu_model=machine.cpu_model,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -14,7 +12,7 @@ from pathlib import Path
 from .catalog import ModelSpec, load_catalog
 from .errors import InvalidModelFileError, UsageError
 from .gguf_info import GGUFHeader, read_header
-from .paths import cache_dir, synthetic_model_path
+from .paths import cache_dir, read_json, synthetic_model_path, write_json
 from .recipe import tensor_table
 from .synth import write_synthetic_gguf
 
@@ -29,6 +27,8 @@ class ModelFile:
     quant: str
     weights: str  # real | synthetic
     sha256: str
+    repo: str = ""  # Hugging Face repo and commit it came from, when it did
+    revision: str = ""
 
     @property
     def is_moe(self) -> bool:
@@ -61,10 +61,7 @@ def file_sha256(path: Path, on_progress: Callable[[int, int], None] | None = Non
     stat = path.stat()
     cache_file = cache_dir() / "sha256.json"
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
+    cache = read_json(cache_file)
     if key in cache:
         return cache[key]
     digest = hashlib.sha256()
@@ -78,17 +75,12 @@ def file_sha256(path: Path, on_progress: Callable[[int, int], None] | None = Non
     value = digest.hexdigest()
     cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}
     cache[key] = value
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(cache, indent=0))
-        os.replace(temporary, cache_file)
-    except OSError:
-        pass  # a cache we cannot write only costs a re-hash next time
+    write_json(cache_file, cache)  # a cache we cannot write only costs a re-hash next time
     return value
 
 
-def open_model_file(path: Path, on_hash_progress: Callable[[int, int], None] | None = None) -> ModelFile:
+def open_model_file(path: Path, on_hash_progress: Callable[[int, int], None] | None = None, *, repo: str = "",
+                    revision: str = "") -> ModelFile:
     """Validate a GGUF (rejecting non-GGUF and truncated files) and identify it."""
     header = read_header(Path(path))
     return ModelFile(
@@ -98,6 +90,8 @@ def open_model_file(path: Path, on_hash_progress: Callable[[int, int], None] | N
         quant=header.quant,
         weights="synthetic" if header.is_synthetic else "real",
         sha256=file_sha256(Path(path), on_hash_progress),
+        repo=repo,
+        revision=revision,
     )
 
 

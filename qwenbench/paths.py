@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -21,3 +22,25 @@ def synthetic_model_path(model_key: str, quant: str) -> Path:
 
 def default_results_path(hostname: str) -> Path:
     return Path("results") / f"{hostname}.csv"
+
+
+def read_json(path: Path) -> dict:
+    """A cache file's JSON object, or {} when it is missing or unreadable (a cache is never required)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_json(path: Path, data: dict) -> bool:
+    """Replace a cache file atomically (write aside, then rename); False when it cannot be written."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(data, indent=1))
+        os.replace(temporary, path)
+    except OSError:
+        return False
+    return True

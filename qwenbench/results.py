@@ -30,6 +30,8 @@ Schema (one row per test; llama-bench's column names where they overlap):
   is_moe               true | false
   weights              real | synthetic (random weights: speed is faithful, text is not)
   model_sha256         SHA-256 of the GGUF file
+  model_repo, model_revision  the Hugging Face repo and commit the file was resolved at (schema 3+;
+                       empty for local and synthetic files)
   machine_id           stable anonymous id of the machine
   hostname, cpu_model, n_cpu_physical, ram_total_bytes, gpu_names  the machine
   backends             ggml backends of this llama.cpp build (CPU, CUDA, Metal, ...)
@@ -55,7 +57,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: appends stay atomic, header checks are unlocked
     fcntl = None  # type: ignore[assignment]
 
-SCHEMA_VERSION = 2  # 2: predicted_host_bytes, predicted_vram_bytes
+SCHEMA_VERSION = 3  # 2: predicted_host_bytes, predicted_vram_bytes; 3: model_repo, model_revision
 STATUSES = ("ok", "failed", "crashed", "oom", "timeout", "interrupted", "skipped")
 
 
@@ -106,6 +108,8 @@ class Record:
     is_moe: bool
     weights: str
     model_sha256: str
+    model_repo: str
+    model_revision: str
     machine_id: str
     hostname: str
     cpu_model: str

@@ -23,7 +23,6 @@ def assert_one_clear_error(result: subprocess.CompletedProcess[str], *needles: s
 @pytest.mark.parametrize(("args", "needles"), [
     (["run", "--model", "qwen3-9b", "--synthetic"], ["unknown model 'qwen3-9b'", "hint:"]),
     (["run", "--model", "qwen3-4b", "--quant", "Q7_K", "--synthetic"], ["unknown quant 'Q7_K'", "Q4_K_M"]),
-    (["run", "--model", "qwen3-4b"], ["not built yet", "--synthetic"]),
     (["run", "--gguf", "/nonexistent/model.gguf"], ["no such file"]),
     (["run", "-p", "abc", "--gguf", "x.gguf"], ["-p/--n-prompt: 'abc' is not a whole number"]),
     (["run", "-r", "0", "--gguf", "x.gguf"], ["-r/--repetitions must be >= 1"]),
@@ -34,6 +33,7 @@ def assert_one_clear_error(result: subprocess.CompletedProcess[str], *needles: s
     (["run", "-c", "100", "--gguf", "x.gguf"], ["pp512 needs a context of 512 tokens"]),
     (["run"], ["no model given"]),
     (["run", "--gguf", "x.gguf", "--quant", "Q4_K_M"], ["go with --model"]),
+    (["run", "--gguf", "x.gguf", "--repo", "a/b"], ["go with --model"]),
     (["synth", "--model", "qwen3-4b", "--quant", "Q4_K_M", "--out", "x.gguf", "--layers", "0"], [">= 1"]),
 ])
 def test_bad_inputs(args: list[str], needles: list[str], tmp_path: Path) -> None:

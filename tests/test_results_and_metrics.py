@@ -31,7 +31,8 @@ def make_record(**changes: object) -> Record:
                 ttft_ms=None, load_ms=812.5, peak_rss_bytes=734 << 20, peak_vram_bytes=None,
                 model_key="qwen3-0.6b", model_filename="m.gguf", model_type="qwen3 0.6B Q4_K - Medium",
                 quant="Q4_K_M", model_size=390753280, model_n_params=596049920, model_n_params_active=596049920,
-                is_moe=False, weights="synthetic", model_sha256="ab" * 32, machine_id="m1", hostname="h",
+                is_moe=False, weights="synthetic", model_sha256="ab" * 32, model_repo="", model_revision="",
+                machine_id="m1", hostname="h",
                 cpu_model="cpu, with a comma", n_cpu_physical=2, ram_total_bytes=24 << 30, gpu_names="",
                 backends="CPU", llama_cpp_commit="0c1e570", llama_cpp_python_version="0.3.36",
                 qwenbench_version="0.1.0")

@@ -49,10 +49,8 @@ def probe_hardware(*, bandwidth: bool = True, refresh_bandwidth: bool = False, m
             figures = cached
         else:
             figures = {"ram": round(measure_ram_bandwidth_gbps(cpu.physical_cores), 1)}
-            try:
-                store_bandwidth(machine_key, figures)
-            except OSError as exc:
-                notes.append(f"bandwidth figure not cached: {exc}")
+            if not store_bandwidth(machine_key, figures):
+                notes.append(f"bandwidth figure not cached: {cache_dir()} is not writable")
     disk = cache_dir()
     while not disk.exists() and disk != disk.parent:
         disk = disk.parent

@@ -6,14 +6,12 @@ releases the GIL), best of a few rounds, counting bytes read plus bytes written.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..paths import cache_dir
+from ..paths import cache_dir, read_json, write_json
 
 BUFFER_BYTES = 512 << 20
 ROUNDS = 4
@@ -45,21 +43,11 @@ def _cache_file() -> Path:
 
 
 def cached_bandwidth(machine_key: str) -> dict[str, float] | None:
-    try:
-        entry = json.loads(_cache_file().read_text()).get(machine_key)
-    except (OSError, ValueError):
-        return None
+    entry = read_json(_cache_file()).get(machine_key)
     return entry.get("bandwidth_gbps") if isinstance(entry, dict) else None
 
 
-def store_bandwidth(machine_key: str, figures: dict[str, float]) -> None:
-    path = _cache_file()
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
+def store_bandwidth(machine_key: str, figures: dict[str, float]) -> bool:
+    data = read_json(_cache_file())
     data[machine_key] = {"bandwidth_gbps": figures, "measured_at": datetime.now(timezone.utc).isoformat()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=1))
-    os.replace(temporary, path)
+    return write_json(_cache_file(), data)

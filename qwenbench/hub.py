@@ -1,0 +1,230 @@
+"""Find a model's GGUF on the Hugging Face Hub, download it into the standard cache, prove it intact.
+
+Everything goes through huggingface_hub (listing, metadata, resumable downloads, the HF cache layout,
+HF_ENDPOINT mirrors, HF_TOKEN, offline mode); this module picks the files, checks disk space and
+SHA-256 against the Hub's LFS metadata, and turns the library's errors into one line with a hint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .catalog import ModelSpec
+from .errors import QwenbenchError, UsageError
+from .hubfiles import available_quants, files_for_quant
+from .modelfile import file_sha256
+
+Progress = Callable[[str, int, int], None]  # (file name, bytes done, bytes total)
+
+
+class HubError(QwenbenchError):
+    """The Hub could not give us the file: unreachable, refused, or what it sent was not intact."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    sha256: str | None  # from the LFS pointer; None for a small non-LFS file
+
+
+@dataclass(frozen=True)
+class Resolved:
+    repo: str
+    revision: str  # the commit the files were resolved at
+    quant: str
+    files: tuple[RemoteFile, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_cache_dir() -> Path:
+    """The standard Hugging Face cache (HF_HUB_CACHE, else HF_HOME/hub), read now rather than at import."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"),
+                                                     "huggingface")
+    return Path(home) / "hub"
+
+
+def offline_mode(flag: bool) -> bool:
+    return flag or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _translate(exc: Exception, repo: str) -> QwenbenchError:
+    from huggingface_hub import errors
+
+    if isinstance(exc, errors.GatedRepoError):
+        return HubError(f"{repo} is gated: accept its terms on the Hub and give a token",
+                        hint="set HF_TOKEN (it is never printed or recorded)")
+    if isinstance(exc, errors.RevisionNotFoundError):
+        return UsageError(f"{repo} has no revision like that", hint="check --revision (a branch, tag or commit)")
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        return UsageError(f"repository {repo} not found on {endpoint()}",
+                          hint="check --repo, or HF_TOKEN for a private repo")
+    if isinstance(exc, errors.OfflineModeIsEnabled):
+        return HubError("offline mode is on and the file is not in the cache",
+                        hint="run `qwenbench pull` once while online, or unset HF_HUB_OFFLINE")
+    if isinstance(exc, errors.HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status is not None and status >= 500:
+            return HubError(f"the Hub answered {status} for {repo}", hint="a temporary outage: try again later")
+        return HubError(f"the Hub refused the request for {repo}: {str(exc).splitlines()[0]}")
+    return HubError(f"cannot reach {endpoint()} ({type(exc).__name__})",
+                    hint="check the network or HF_ENDPOINT; use --offline to run from the cache")
+
+
+def _list_files(repo: str, revision: str | None) -> tuple[str, list[RemoteFile]]:
+    from huggingface_hub import HfApi
+
+    info = HfApi(endpoint=endpoint()).model_info(repo, revision=revision, files_metadata=True)
+    files = [RemoteFile(s.rfilename, int(s.size or 0), s.lfs.sha256 if s.lfs else None) for s in info.siblings or []]
+    return str(info.sha), files
+
+
+def resolve(spec: ModelSpec, quant: str, *, repo: str | None = None, revision: str | None = None) -> Resolved:
+    """The first candidate repo (or --repo) that has the quant, at a pinned commit."""
+    from huggingface_hub import errors
+
+    candidates = (repo,) if repo else spec.hub
+    if not candidates:
+        raise UsageError(f"{spec.name} lists no Hub repositories", hint="pass --repo OWNER/NAME")
+    seen: dict[str, list[str]] = {}
+    for candidate in candidates:
+        try:
+            commit, files = _list_files(candidate, revision)
+        except errors.RepositoryNotFoundError as exc:
+            if repo or isinstance(exc, errors.GatedRepoError):
+                raise _translate(exc, candidate) from exc
+            continue  # a community repo that is gone: try the next one
+        except Exception as exc:
+            raise _translate(exc, candidate) from exc
+        chosen = files_for_quant([f.path for f in files], quant)
+        if chosen:
+            by_path = {f.path: f for f in files}
+            return Resolved(candidate, commit, quant.upper(), tuple(by_path[p] for p in chosen))
+        seen[candidate] = available_quants([f.path for f in files])
+    where = "; ".join(f"{r}: {', '.join(q) or 'no GGUF files'}" for r, q in seen.items()) or "no repository answered"
+    raise UsageError(f"no {quant.upper()} GGUF of {spec.name} found", hint=f"published quants: {where}")
+
+
+def check_disk(resolved: Resolved, cache: Path) -> None:
+    target = cache
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    free = shutil.disk_usage(target).free
+    if resolved.size > free:
+        raise HubError(f"{resolved.repo} {resolved.quant} needs {resolved.size / 1e9:.1f} GB, "
+                       f"{free / 1e9:.1f} GB free at {target}",
+                       hint="free some space, or point HF_HUB_CACHE at a larger disk")
+
+
+def _verify(path: Path, expected: RemoteFile, on_progress: Progress | None) -> bool:
+    if expected.sha256 is None:
+        return path.stat().st_size == expected.size
+    name = f"verifying {expected.path}"
+    digest = file_sha256(path, (lambda d, t: on_progress(name, d, t)) if on_progress else None)
+    return digest == expected.sha256
+
+
+def _drop(path: Path) -> None:
+    """Remove a cached file and the blob behind its snapshot link, so the next download starts clean."""
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
+
+
+def _fetch_blob(repo: str, remote: RemoteFile, revision: str, cache: Path) -> None:
+    """Download one file into the cache's blob store, continuing a partial blob a killed pull left behind.
+
+    huggingface_hub (2.x) writes each download to a fresh temporary file and deletes it on failure, so
+    an interrupted 18 GB pull would start over; this keeps `<blob>.incomplete` and asks its `http_get`
+    for the missing range. hf_hub_download then finds the blob and only links it into the snapshot.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    url = hf_hub_url(repo, remote.path, revision=revision, endpoint=endpoint())
+    metadata = get_hf_file_metadata(url, endpoint=endpoint())
+    if not metadata.etag:
+        return  # let hf_hub_download fetch it the ordinary way
+    blobs = cache / f"models--{repo.replace('/', '--')}" / "blobs"
+    blob = blobs / metadata.etag
+    if blob.exists():
+        return
+    blobs.mkdir(parents=True, exist_ok=True)
+    partial = blob.with_name(blob.name + ".incomplete")
+    with partial.open("ab") as handle:
+        done = handle.tell()
+        if metadata.size is not None and done > metadata.size:  # not ours after all: start over
+            handle.truncate(0)
+            done = 0
+        if metadata.size is None or done < metadata.size:
+            headers = build_hf_headers()
+            if urlparse(metadata.location).netloc != urlparse(url).netloc:
+                headers.pop("authorization", None)  # the token is for the Hub, not the CDN it redirects to
+            http_get(metadata.location, handle, resume_size=done, headers=headers, expected_size=metadata.size,
+                     displayed_filename=remote.path.rsplit("/", 1)[-1])
+    os.replace(partial, blob)
+
+
+def download(resolved: Resolved, *, offline: bool = False, on_progress: Progress | None = None) -> list[Path]:
+    """Every file of a resolved quant in the HF cache, verified; a file that does not match is fetched again
+    once, then refused."""
+    from huggingface_hub import hf_hub_download
+
+    cache = hub_cache_dir()
+    if not offline:
+        check_disk(resolved, cache)
+    paths = []
+    for remote in resolved.files:
+        for attempt in (1, 2):
+            try:
+                if not offline:
+                    _fetch_blob(resolved.repo, remote, resolved.revision, cache)
+                local = Path(hf_hub_download(resolved.repo, remote.path, revision=resolved.revision,
+                                             cache_dir=cache, endpoint=endpoint(), local_files_only=offline))
+            except Exception as exc:
+                raise _translate(exc, resolved.repo) from exc
+            if _verify(local, remote, on_progress):
+                paths.append(local)
+                break
+            _drop(local)
+            if offline or attempt == 2:
+                raise HubError(f"{remote.path} from {resolved.repo} does not match the Hub's SHA-256 "
+                               f"(expected {remote.sha256})",
+                               hint="the download was corrupted twice: check the network or mirror (HF_ENDPOINT)")
+    return paths
+
+
+def resolve_offline(spec: ModelSpec, quant: str, *, repo: str | None = None) -> Resolved:
+    """The quant from the local HF cache alone; the blob names there are the files' SHA-256."""
+    cache = hub_cache_dir()
+    for candidate in (repo,) if repo else spec.hub:
+        snapshots = cache / f"models--{candidate.replace('/', '--')}" / "snapshots"
+        if not snapshots.is_dir():
+            continue
+        for snapshot in sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+            local = [str(p.relative_to(snapshot)) for p in snapshot.rglob("*.gguf")]
+            chosen = files_for_quant(local, quant)
+            if chosen:
+                files = []
+                for relative in chosen:
+                    blob = (snapshot / relative).resolve()
+                    sha = blob.name if len(blob.name) == 64 else None
+                    files.append(RemoteFile(relative, blob.stat().st_size, sha))
+                return Resolved(candidate, snapshot.name, quant.upper(), tuple(files))
+    raise HubError(f"offline, and no {quant.upper()} GGUF of {spec.name} is in the cache ({cache})",
+                   hint="run `qwenbench pull` while online, or unset HF_HUB_OFFLINE / drop --offline")

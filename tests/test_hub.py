@@ -1,0 +1,176 @@
+"""Hub resolution and downloads through the real huggingface_hub client against a fake Hub on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qwenbench.catalog import get_model
+from qwenbench.errors import UsageError
+from qwenbench.hub import HubError, Resolved, check_disk, download, resolve, resolve_offline
+
+from .conftest import run_cli
+from .fakehub import FakeHub, FakeHubServer, FakeRepo
+
+
+def payload(tag: str, size: int = 300_000) -> bytes:
+    seed = tag.encode() * (size // len(tag) + 1)
+    return b"GGUF" + seed[: size - 4]
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    fake = FakeHub(repos={
+        "Qwen/Qwen3-0.6B-GGUF": FakeRepo({"README.md": b"# card", "Qwen3-0.6B-Q8_0.gguf": payload("q8")}),
+        "lmstudio-community/Qwen3-0.6B-GGUF": FakeRepo({"Qwen3-0.6B-Q4_K_M.gguf": payload("q4km"),
+                                                        "Qwen3-0.6B-Q8_0.gguf": payload("lm-q8")}),
+        # unsloth's repo is absent: a 404 moves on to the next candidate
+        "bartowski/Qwen_Qwen3-0.6B-GGUF": FakeRepo({"Qwen_Qwen3-0.6B-Q3_K_L.gguf": payload("q3kl"),
+                                                    "Qwen_Qwen3-0.6B-IQ4_XS.gguf": payload("iq4")}),
+        "Qwen/Qwen3-235B-A22B-GGUF": FakeRepo({
+            "Q4_K_M/Qwen3-235B-A22B-Q4_K_M-00001-of-00002.gguf": payload("part1"),
+            "Q4_K_M/Qwen3-235B-A22B-Q4_K_M-00002-of-00002.gguf": payload("part2")}),
+        "gated/Qwen3-0.6B-GGUF": FakeRepo({"Qwen3-0.6B-Q8_0.gguf": payload("g")}, gated=True),
+    })
+    with FakeHubServer(fake) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield fake
+
+
+def test_candidates_in_order_of_preference(hub: FakeHub) -> None:
+    spec = get_model("qwen3-0.6b")
+    official = resolve(spec, "q8_0")
+    assert official.repo == "Qwen/Qwen3-0.6B-GGUF" and official.revision == hub.repos[official.repo].commit
+    assert [f.path for f in official.files] == ["Qwen3-0.6B-Q8_0.gguf"]
+    assert official.files[0].sha256 == hub.sha256(official.repo, "Qwen3-0.6B-Q8_0.gguf")
+    assert resolve(spec, "Q4_K_M").repo == "lmstudio-community/Qwen3-0.6B-GGUF"
+    prefixed = resolve(spec, "Q3_K_L")
+    assert prefixed.repo == "bartowski/Qwen_Qwen3-0.6B-GGUF" and prefixed.files[0].path.startswith("Qwen_")
+    assert resolve(spec, "Q8_0", repo="lmstudio-community/Qwen3-0.6B-GGUF").files[0].size == 300_000
+
+
+def test_split_files_in_a_quant_folder(hub: FakeHub) -> None:
+    resolved = resolve(get_model("qwen3-235b-a22b"), "Q4_K_M")
+    assert [f.path for f in resolved.files] == ["Q4_K_M/Qwen3-235B-A22B-Q4_K_M-00001-of-00002.gguf",
+                                               "Q4_K_M/Qwen3-235B-A22B-Q4_K_M-00002-of-00002.gguf"]
+    paths = download(resolved)
+    assert [p.name for p in paths] == ["Qwen3-235B-A22B-Q4_K_M-00001-of-00002.gguf",
+                                       "Qwen3-235B-A22B-Q4_K_M-00002-of-00002.gguf"]
+    assert paths[0].parent == paths[1].parent  # llama.cpp finds the other parts beside the first
+
+
+def test_missing_quant_lists_what_exists(hub: FakeHub) -> None:
+    with pytest.raises(UsageError, match=r"no Q2_K GGUF of Qwen3-0\.6B") as caught:
+        resolve(get_model("qwen3-0.6b"), "Q2_K")
+    assert "Qwen/Qwen3-0.6B-GGUF: Q8_0" in (caught.value.hint or "")
+    assert "bartowski/Qwen_Qwen3-0.6B-GGUF: IQ4_XS, Q3_K_L" in (caught.value.hint or "")
+
+
+def test_unknown_and_gated_repos(hub: FakeHub) -> None:
+    with pytest.raises(UsageError, match="repository nobody/nothing not found"):
+        resolve(get_model("qwen3-0.6b"), "Q8_0", repo="nobody/nothing")
+    with pytest.raises(HubError, match="gated") as caught:
+        resolve(get_model("qwen3-0.6b"), "Q8_0", repo="gated/Qwen3-0.6B-GGUF")
+    assert "HF_TOKEN" in (caught.value.hint or "")
+
+
+def test_download_is_cached_and_verified(hub: FakeHub, tmp_path: Path) -> None:
+    resolved = resolve(get_model("qwen3-0.6b"), "Q8_0")
+    (path,) = download(resolved)
+    assert path.read_bytes() == hub.repos[resolved.repo].files["Qwen3-0.6B-Q8_0.gguf"]
+    assert str(path).startswith(str(tmp_path / "hf" / "models--Qwen--Qwen3-0.6B-GGUF"))
+    gets = sum(1 for method, p, _ in hub.requests if method == "GET" and "/resolve/" in p)
+    assert download(resolved) == [path]
+    assert sum(1 for method, p, _ in hub.requests if method == "GET" and "/resolve/" in p) == gets  # no refetch
+
+
+def test_a_cut_transfer_still_completes(hub: FakeHub) -> None:
+    resolved = resolve(get_model("qwen3-0.6b"), "Q4_K_M")
+    hub.cut_after["Qwen3-0.6B-Q4_K_M.gguf"] = 100_000
+    (path,) = download(resolved)
+    assert path.read_bytes() == hub.repos[resolved.repo].files["Qwen3-0.6B-Q4_K_M.gguf"]
+
+
+def test_an_interrupted_pull_continues_where_it_stopped(hub: FakeHub, tmp_path: Path) -> None:
+    """What a killed pull leaves in the HF cache (a partial .incomplete blob) is continued, not restarted."""
+    resolved = resolve(get_model("qwen3-0.6b"), "Q4_K_M")
+    data = hub.repos[resolved.repo].files["Qwen3-0.6B-Q4_K_M.gguf"]
+    blobs = tmp_path / "hf" / "models--lmstudio-community--Qwen3-0.6B-GGUF" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"{hub.sha256(resolved.repo, 'Qwen3-0.6B-Q4_K_M.gguf')}.incomplete").write_bytes(data[:100_000])
+    (path,) = download(resolved)
+    assert path.read_bytes() == data
+    ranges = [r for method, p, r in hub.requests if method == "GET" and p.endswith("Q4_K_M.gguf")]
+    assert ranges == ["bytes=100000-"]  # one request, for the missing bytes only
+    assert hub.bytes_sent == len(data) - 100_000
+
+
+def test_corrupted_bytes_are_fetched_again_then_refused(hub: FakeHub) -> None:
+    resolved = resolve(get_model("qwen3-0.6b"), "Q8_0")
+    hub.corrupt.add("Qwen3-0.6B-Q8_0.gguf")
+    hub.corrupt_times = 1
+    (path,) = download(resolved)
+    assert path.read_bytes() == hub.repos[resolved.repo].files["Qwen3-0.6B-Q8_0.gguf"]
+    hub.corrupt.add("Qwen3-0.6B-Q4_K_M.gguf")
+    hub.corrupt_times = 2
+    with pytest.raises(HubError, match="does not match the Hub's SHA-256"):
+        download(resolve(get_model("qwen3-0.6b"), "Q4_K_M"))
+
+
+def test_offline_uses_the_cache_or_says_so(hub: FakeHub) -> None:
+    spec = get_model("qwen3-0.6b")
+    with pytest.raises(HubError, match="offline"):
+        resolve_offline(spec, "Q8_0")
+    online = resolve(spec, "Q8_0")
+    (path,) = download(online)
+    cached = resolve_offline(spec, "Q8_0")
+    assert cached.repo == online.repo and cached.files[0].sha256 == online.files[0].sha256
+    assert download(cached, offline=True) == [path]
+
+
+def test_server_errors_and_disk_space(hub: FakeHub, tmp_path: Path) -> None:
+    hub.error_status = 503
+    with pytest.raises(HubError, match="503"):
+        resolve(get_model("qwen3-0.6b"), "Q8_0", repo="Qwen/Qwen3-0.6B-GGUF")
+    huge = Resolved("Qwen/Qwen3-0.6B-GGUF", "abc", "Q8_0", ())
+    check_disk(huge, tmp_path)  # nothing to fetch fits anywhere
+    from qwenbench.hub import RemoteFile
+
+    too_big = Resolved("Qwen/Qwen3-0.6B-GGUF", "abc", "Q8_0", (RemoteFile("x.gguf", 10**16, None),))
+    with pytest.raises(HubError, match=r"needs 10000000\.0 GB"):
+        check_disk(too_big, tmp_path)
+
+
+def test_pull_and_run_a_model_from_the_hub(hub: FakeHub, tiny_dense: Path, tmp_path: Path) -> None:
+    """The CLI end to end: a real (tiny) GGUF served by the fake Hub, pulled, verified and measured."""
+    hub.repos["Qwen/Qwen3-0.6B-GGUF"].files["Qwen3-0.6B-Q4_K_M.gguf"] = tiny_dense.read_bytes()
+    pulled = run_cli("pull", "--model", "qwen3-0.6b", "--quant", "Q4_K_M", "--json")
+    assert pulled.returncode == 0, pulled.stderr
+    info = json.loads(pulled.stdout)
+    assert info["repo"] == "Qwen/Qwen3-0.6B-GGUF" and Path(info["local_path"]).read_bytes() == tiny_dense.read_bytes()
+    result = run_cli("run", "--json", "--model", "qwen3-0.6b", "--quant", "Q4_K_M", "-p", "16", "-n", "4", "-r", "1",
+                     "--no-ttft", "--out", str(tmp_path / "r.csv"))
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)["rows"][0]
+    assert row["model_repo"] == "Qwen/Qwen3-0.6B-GGUF" and row["model_revision"] == hub.repos[row["model_repo"]].commit
+    assert row["model_sha256"] == hub.sha256(row["model_repo"], "Qwen3-0.6B-Q4_K_M.gguf")
+    offline = run_cli("run", "--json", "--model", "qwen3-0.6b", "--quant", "Q4_K_M", "-p", "16", "-n", "4", "-r", "1",
+                      "--no-ttft", "--offline", "--out", str(tmp_path / "r.csv"))
+    assert offline.returncode == 0, offline.stderr
+
+
+def test_unreachable_hub_is_one_line_with_the_offline_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    result = run_cli("pull", "--model", "qwen3-0.6b", "--quant", "Q8_0")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cannot reach http://127.0.0.1:9" in result.stderr and "--offline" in result.stderr
+    offline = run_cli("pull", "--model", "qwen3-0.6b", "--quant", "Q8_0", "--offline")
+    assert offline.returncode == 1 and "no Q8_0 GGUF of Qwen3-0.6B is in the cache" in offline.stderr
