@@ -18,7 +18,7 @@ from . import __version__
 from .errors import QwenbenchError, UsageError
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
+    from rich.progress import Progress, TaskID
 
     from .fit import MemoryEstimate
     from .harness import RunReport
@@ -312,11 +312,27 @@ def _fetch(model: str, quant: str, repo: str | None, revision: str | None, offli
                     else resolve(spec, quant, repo=repo, revision=revision))
     err.print(f"{resolved.repo}@{resolved.revision[:10]}: {', '.join(f.path for f in resolved.files)} "
               f"({resolved.size / 1e9:.2f} GB)")
-    with _progress_bytes("verifying SHA-256") as progress:
-        task = progress.add_task("verify", total=None)
-        paths = download(resolved, offline=offline,
-                         on_progress=lambda name, d, t: progress.update(task, completed=d, total=t))
+    paths = download(resolved, offline=offline, on_progress=_HashProgress())
     return paths[0], resolved
+
+
+class _HashProgress:
+    """A bar for each file's SHA-256 check, shown only while it runs (huggingface_hub draws the download bars)."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if self._progress is None:
+            self._progress = _progress_bytes(name)
+            self._progress.start()
+            self._task = self._progress.add_task(name, total=total)
+        assert self._task is not None
+        self._progress.update(self._task, completed=done, total=total)
+        if done >= total:
+            self._progress.stop()
+            self._progress = None
 
 
 @app.command("pull")
