@@ -300,18 +300,44 @@ def synth_command(
 # -------------------------------------------------------------------------------------------- run
 
 
-def _fetch(model: str, quant: str, repo: str | None, revision: str | None, offline: bool) -> tuple[Path, Resolved]:
-    """A catalog model's GGUF from the Hub (or only the HF cache when offline), verified; the first file's path."""
+def _fetch(model: str, quant: str, repo: str | None, revision: str | None, offline: bool,
+           models_dirs: list[Path] | None = None) -> tuple[Path, Resolved | None]:
+    """A catalog model's GGUF, verified: a copy already on disk (LM Studio, --models-dir), else the Hub
+    into the HF cache (only the cache when offline). Returns the first file's path and what it resolved to."""
     from .catalog import get_model
-    from .hub import download, offline_mode, resolve, resolve_offline
+    from .hub import (
+        HubError,
+        download,
+        find_local_copy,
+        local_model_dirs,
+        offline_mode,
+        resolve,
+        resolve_local,
+        resolve_offline,
+    )
 
     spec = get_model(model)
     offline = offline_mode(offline)
-    with err.status(f"finding {spec.name} {quant.upper()} on the Hub" if not offline else "looking in the HF cache"):
-        resolved = (resolve_offline(spec, quant, repo=repo) if offline
-                    else resolve(spec, quant, repo=repo, revision=revision))
+    dirs = local_model_dirs(models_dirs)
+    if offline:
+        try:
+            resolved = resolve_offline(spec, quant, repo=repo)
+        except HubError:
+            local = resolve_local(spec, quant, dirs, repo=repo)
+            if local is None:
+                raise
+            err.print(f"using {local[0]} (found offline by name; not checked against the Hub)")
+            return local[0], None
+    else:
+        with err.status(f"finding {spec.name} {quant.upper()} on the Hub"):
+            resolved = resolve(spec, quant, repo=repo, revision=revision)
     err.print(f"{resolved.repo}@{resolved.revision[:10]}: {', '.join(f.path for f in resolved.files)} "
               f"({resolved.size / 1e9:.2f} GB)")
+    if not offline and dirs:
+        local = find_local_copy(resolved, dirs, on_progress=_HashProgress())
+        if local is not None:
+            err.print(f"already on disk, verified: {local[0]} (nothing to download)")
+            return local[0], resolved
     paths = download(resolved, offline=offline, on_progress=_HashProgress())
     return paths[0], resolved
 
@@ -342,22 +368,26 @@ def pull_command(
     repo: str | None = typer.Option(None, "--repo", help="Take it from this repo instead of the catalog's list."),
     revision: str | None = typer.Option(None, "--revision", help="A branch, tag or commit to pin."),
     offline: bool = typer.Option(False, "--offline", help="Use only the HF cache (also HF_HUB_OFFLINE=1)."),
+    models_dir: list[Path] = typer.Option([], "--models-dir", help="Also look for the GGUF in this folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Download a model's GGUF into the Hugging Face cache: found by listing the repos, resumable, and
-    checked against the Hub's SHA-256 (a file that does not match is fetched again, then refused)."""
-    path, resolved = _fetch(model, quant, repo, revision, offline)
+    checked against the Hub's SHA-256 (a file that does not match is fetched again, then refused).
+    A verified copy in LM Studio's folders or --models-dir is used instead of downloading."""
+    path, resolved = _fetch(model, quant, repo, revision, offline, models_dir)
     if as_json:
-        out.print_json(json.dumps({"repo": resolved.repo, "revision": resolved.revision, "quant": resolved.quant,
+        out.print_json(json.dumps({"repo": resolved.repo if resolved else None,
+                                   "revision": resolved.revision if resolved else None, "quant": quant.upper(),
                                    "files": [{"path": f.path, "size": f.size, "sha256": f.sha256}
-                                             for f in resolved.files],
+                                             for f in resolved.files] if resolved else [],
                                    "local_path": str(path)}))
         return
-    out.print(f"{resolved.quant} of {model} ready and verified: {path}")
+    out.print(f"{quant.upper()} of {model} ready{' and verified' if resolved else ''}: {path}")
 
 
 def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool,
-                        repo: str | None = None, revision: str | None = None, offline: bool = False) -> ModelFile:
+                        repo: str | None = None, revision: str | None = None, offline: bool = False,
+                        models_dir: list[Path] | None = None) -> ModelFile:
     from .catalog import get_model
     from .modelfile import ensure_synthetic, open_model_file
 
@@ -370,8 +400,8 @@ def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None,
     if gguf is not None:
         path = gguf
     elif model is not None and not synthetic:
-        path, resolved = _fetch(model, quant or "Q4_K_M", repo, revision, offline)
-        origin = {"repo": resolved.repo, "revision": resolved.revision}
+        path, resolved = _fetch(model, quant or "Q4_K_M", repo, revision, offline, models_dir)
+        origin = {"repo": resolved.repo, "revision": resolved.revision} if resolved else {}
     elif model is not None:
         spec = get_model(model)
         with _progress_bytes(f"writing synthetic {spec.name} {(quant or 'Q4_K_M').upper()}") as progress:
@@ -454,6 +484,7 @@ def run_command(
     repo: str | None = typer.Option(None, "--repo", help="With --model: the Hub repo to take the GGUF from."),
     revision: str | None = typer.Option(None, "--revision", help="With --model: a branch, tag or commit."),
     offline: bool = typer.Option(False, "--offline", help="With --model: only the HF cache, no network."),
+    models_dir: list[Path] = typer.Option([], "--models-dir", help="With --model: also look for the GGUF here."),
     n_prompt: str = typer.Option("512", "-p", "--n-prompt", help="Prompt sizes, e.g. 512 or 128,512."),
     n_gen: str = typer.Option("128", "-n", "--n-gen", help="Generation sizes, e.g. 128."),
     n_depth: str = typer.Option("0", "-d", "--n-depth", help="KV depth prefilled before each test."),
@@ -514,7 +545,7 @@ def run_command(
     )
     _execute_run(settings, machine, gguf=gguf, model=model, quant=quant, synthetic=synthetic, timeout=timeout,
                  out_csv=out_csv, as_json=as_json, force=force, pinned=pinned,
-                 source={"repo": repo, "revision": revision, "offline": offline})
+                 source={"repo": repo, "revision": revision, "offline": offline, "models_dir": models_dir})
 
 
 def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | None, model: str | None,

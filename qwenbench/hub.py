@@ -228,3 +228,38 @@ def resolve_offline(spec: ModelSpec, quant: str, *, repo: str | None = None) -> 
                 return Resolved(candidate, snapshot.name, quant.upper(), tuple(files))
     raise HubError(f"offline, and no {quant.upper()} GGUF of {spec.name} is in the cache ({cache})",
                    hint="run `qwenbench pull` while online, or unset HF_HUB_OFFLINE / drop --offline")
+
+
+def local_model_dirs(extra: list[Path] | None = None) -> list[Path]:
+    """Where GGUFs other tools downloaded may already be: --models-dir folders, then LM Studio's."""
+    home = Path.home()
+    dirs = [*(extra or []), home / ".lmstudio" / "models", home / ".cache" / "lm-studio" / "models"]
+    return [d for d in dirs if d.is_dir()]
+
+
+def find_local_copy(resolved: Resolved, dirs: list[Path], on_progress: Progress | None = None) -> list[Path] | None:
+    """The resolved files found already on disk, matched by name and size and proven by SHA-256."""
+    found = []
+    for remote in resolved.files:
+        name = remote.path.rsplit("/", 1)[-1]
+        match = next((candidate for folder in dirs for candidate in folder.rglob(name)
+                      if candidate.is_file() and candidate.stat().st_size == remote.size), None)
+        if match is None or not _verify(match, remote, on_progress):
+            return None
+        found.append(match)
+    # split parts must sit side by side for llama.cpp to find them from the first
+    return found if len({p.parent for p in found}) == 1 else None
+
+
+def resolve_local(spec: ModelSpec, quant: str, dirs: list[Path], *, repo: str | None = None) -> list[Path] | None:
+    """Offline, from LM Studio-style folders (<publisher>/<repo>/<file>): the quant's files, by name only."""
+    for folder in dirs:
+        for candidate in (repo,) if repo else spec.hub:
+            publisher_repo = folder / candidate
+            if not publisher_repo.is_dir():
+                continue
+            local = [str(p.relative_to(publisher_repo)) for p in publisher_repo.rglob("*.gguf")]
+            chosen = files_for_quant(local, quant)
+            if chosen:
+                return [publisher_repo / path for path in chosen]
+    return None

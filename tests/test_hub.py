@@ -10,7 +10,17 @@ import pytest
 
 from qwenbench.catalog import get_model
 from qwenbench.errors import UsageError
-from qwenbench.hub import HubError, Resolved, check_disk, download, resolve, resolve_offline
+from qwenbench.hub import (
+    HubError,
+    Resolved,
+    check_disk,
+    download,
+    find_local_copy,
+    local_model_dirs,
+    resolve,
+    resolve_local,
+    resolve_offline,
+)
 
 from .conftest import run_cli
 from .fakehub import FakeHub, FakeHubServer, FakeRepo
@@ -41,6 +51,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
         monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
         monkeypatch.delenv("HF_TOKEN", raising=False)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no LM Studio folders but the test's own
         yield fake
 
 
@@ -174,3 +185,31 @@ def test_unreachable_hub_is_one_line_with_the_offline_hint(tmp_path: Path, monke
     assert "cannot reach http://127.0.0.1:9" in result.stderr and "--offline" in result.stderr
     offline = run_cli("pull", "--model", "qwen3-0.6b", "--quant", "Q8_0", "--offline")
     assert offline.returncode == 1 and "no Q8_0 GGUF of Qwen3-0.6B is in the cache" in offline.stderr
+
+
+def test_copies_already_on_disk_are_reused(hub: FakeHub, tmp_path: Path) -> None:
+    """An LM Studio download (<publisher>/<repo>/<file>) is found by name and size and proven by SHA-256."""
+    spec = get_model("qwen3-0.6b")
+    resolved = resolve(spec, "Q4_K_M")
+    lmstudio = tmp_path / "home" / ".lmstudio" / "models" / "lmstudio-community" / "Qwen3-0.6B-GGUF"
+    lmstudio.mkdir(parents=True)
+    data = hub.repos[resolved.repo].files["Qwen3-0.6B-Q4_K_M.gguf"]
+    (lmstudio / "Qwen3-0.6B-Q4_K_M.gguf").write_bytes(data)
+    dirs = local_model_dirs()
+    assert dirs == [tmp_path / "home" / ".lmstudio" / "models"]
+    assert find_local_copy(resolved, dirs) == [lmstudio / "Qwen3-0.6B-Q4_K_M.gguf"]
+    assert resolve_local(spec, "Q4_K_M", dirs) == [lmstudio / "Qwen3-0.6B-Q4_K_M.gguf"]
+    (lmstudio / "Qwen3-0.6B-Q4_K_M.gguf").write_bytes(bytes([data[0] ^ 1]) + data[1:])  # same size, other bytes
+    assert find_local_copy(resolved, dirs) is None
+
+
+def test_pull_uses_a_models_dir_copy_without_downloading(hub: FakeHub, tmp_path: Path) -> None:
+    data = hub.repos["Qwen/Qwen3-0.6B-GGUF"].files["Qwen3-0.6B-Q8_0.gguf"]
+    folder = tmp_path / "my-models"
+    folder.mkdir()
+    (folder / "Qwen3-0.6B-Q8_0.gguf").write_bytes(data)
+    result = run_cli("pull", "--model", "qwen3-0.6b", "--quant", "Q8_0", "--models-dir", str(folder), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["local_path"] == str(folder / "Qwen3-0.6B-Q8_0.gguf")
+    assert "nothing to download" in result.stderr
+    assert not [p for method, p, _ in hub.requests if method == "GET" and "/resolve/" in p]
