@@ -7,17 +7,19 @@ SHA-256 against the Hub's LFS metadata, and turns the library's errors into one 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 from .catalog import ModelSpec
 from .errors import QwenbenchError, UsageError
 from .hubfiles import available_quants, files_for_quant
-from .modelfile import file_sha256
+from .modelfile import file_sha256, remember_sha256
 
 Progress = Callable[[str, int, int], None]  # (file name, bytes done, bytes total)
 
@@ -145,6 +147,40 @@ def _drop(path: Path) -> None:
     blob.unlink(missing_ok=True)
 
 
+class _HashingWriter:
+    """The file huggingface_hub's http_get writes to, hashing bytes as they pass (the partial prefix a
+    killed pull left is hashed first); any rewind makes the digest unknown, and verification re-reads."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self._digest: hashlib._Hash | None = hashlib.sha256()
+        handle.seek(0)
+        while chunk := handle.read(8 << 20):
+            self._digest.update(chunk)
+
+    def write(self, data: bytes) -> int:
+        if self._digest is not None:
+            self._digest.update(data)
+        return self._handle.write(data)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seek(self, *args: int) -> int:
+        self._digest = None
+        return self._handle.seek(*args)
+
+    def truncate(self, *args: int) -> int:
+        self._digest = None
+        return self._handle.truncate(*args)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def hexdigest(self) -> str | None:
+        return self._digest.hexdigest() if self._digest is not None else None
+
+
 def _fetch_blob(repo: str, remote: RemoteFile, revision: str, cache: Path) -> None:
     """Download one file into the cache's blob store, continuing a partial blob a killed pull left behind.
 
@@ -166,18 +202,21 @@ def _fetch_blob(repo: str, remote: RemoteFile, revision: str, cache: Path) -> No
         return
     blobs.mkdir(parents=True, exist_ok=True)
     partial = blob.with_name(blob.name + ".incomplete")
-    with partial.open("ab") as handle:
+    with partial.open("a+b") as handle:
         done = handle.tell()
         if metadata.size is not None and done > metadata.size:  # not ours after all: start over
             handle.truncate(0)
             done = 0
+        writer = _HashingWriter(handle)
         if metadata.size is None or done < metadata.size:
             headers = build_hf_headers()
             if urlparse(metadata.location).netloc != urlparse(url).netloc:
                 headers.pop("authorization", None)  # the token is for the Hub, not the CDN it redirects to
-            http_get(metadata.location, handle, resume_size=done, headers=headers, expected_size=metadata.size,
+            http_get(metadata.location, writer, resume_size=done, headers=headers, expected_size=metadata.size,
                      displayed_filename=remote.path.rsplit("/", 1)[-1])
     os.replace(partial, blob)
+    if writer.hexdigest() is not None:
+        remember_sha256(blob, writer.hexdigest())  # hashed while writing: verifying costs no second read
 
 
 def download(resolved: Resolved, *, offline: bool = False, on_progress: Progress | None = None) -> list[Path]:

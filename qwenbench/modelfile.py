@@ -55,12 +55,25 @@ def guess_model_key(header: GGUFHeader, filename: str) -> str:
     return ""
 
 
+def _sha_cache_key(path: Path) -> tuple[Path, str]:
+    stat = path.stat()
+    return cache_dir() / "sha256.json", f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def remember_sha256(path: Path, digest: str) -> None:
+    """Record a digest computed while the file was written, so verifying it costs no second read."""
+    path = Path(path).resolve()
+    cache_file, key = _sha_cache_key(path)
+    cache = {k: v for k, v in read_json(cache_file).items() if not k.startswith(f"{path}|")}
+    cache[key] = digest
+    write_json(cache_file, cache)
+
+
 def file_sha256(path: Path, on_progress: Callable[[int, int], None] | None = None) -> str:
     """SHA-256 of a file, cached by (path, size, mtime) so a 16 GB model is hashed once."""
     path = Path(path).resolve()
-    stat = path.stat()
-    cache_file = cache_dir() / "sha256.json"
-    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    size = path.stat().st_size
+    cache_file, key = _sha_cache_key(path)
     cache = read_json(cache_file)
     if key in cache:
         return cache[key]
@@ -71,7 +84,7 @@ def file_sha256(path: Path, on_progress: Callable[[int, int], None] | None = Non
             digest.update(chunk)
             done += len(chunk)
             if on_progress is not None:
-                on_progress(done, stat.st_size)
+                on_progress(done, size)
     value = digest.hexdigest()
     cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}
     cache[key] = value

@@ -33,8 +33,18 @@ class FakeHub:
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, range header)
     bytes_sent: int = 0
 
+    _digests: dict[tuple[int, int], tuple[str, str]] = field(default_factory=dict)
+
     def sha256(self, repo: str, path: str) -> str:
-        return hashlib.sha256(self.repos[repo].files[path]).hexdigest()
+        return digests(self, self.repos[repo].files[path])[0]
+
+
+def digests(hub: FakeHub, data: bytes) -> tuple[str, str]:
+    """(sha256, sha1) of a file's bytes, computed once: a real Hub does not re-hash per request."""
+    key = (id(data), len(data))
+    if key not in hub._digests:
+        hub._digests[key] = (hashlib.sha256(data).hexdigest(), hashlib.sha1(data).hexdigest())
+    return hub._digests[key]
 
 
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
@@ -71,9 +81,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return
             siblings = []
             for path, data in repo.files.items():
-                entry = {"rfilename": path, "size": len(data), "blobId": hashlib.sha1(data).hexdigest()}
+                sha256, sha1 = digests(hub, data)
+                entry = {"rfilename": path, "size": len(data), "blobId": sha1}
                 if path.endswith(".gguf"):
-                    entry["lfs"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 134}
+                    entry["lfs"] = {"size": len(data), "sha256": sha256, "pointerSize": 134}
                 siblings.append(entry)
             body = json.dumps({"id": name, "modelId": name, "sha": repo.commit, "private": False,
                                "gated": repo.gated, "siblings": siblings}).encode()
@@ -91,7 +102,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if data is None:
                 self._error(404, "EntryNotFound", f"{path} does not exist")
                 return
-            sha = hashlib.sha256(data).hexdigest()
+            sha, sha1 = digests(hub, data)
             start = 0
             match = re.match(r"bytes=(\d+)-", self.headers.get("Range", ""))
             if match:
@@ -102,7 +113,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 body = bytes([body[0] ^ 0xFF]) + body[1:] if body else body
             self.send_response(206 if start else 200)
             self.send_header("X-Repo-Commit", repo.commit)
-            self.send_header("ETag", f'"{sha}"' if path.endswith(".gguf") else f'"{hashlib.sha1(data).hexdigest()}"')
+            self.send_header("ETag", f'"{sha}"' if path.endswith(".gguf") else f'"{sha1}"')
             if path.endswith(".gguf"):
                 self.send_header("X-Linked-Etag", f'"{sha}"')
                 self.send_header("X-Linked-Size", str(len(data)))
