@@ -80,15 +80,17 @@ def _reader(stream: IO[str], lines: queue.Queue[str | None]) -> None:
     lines.put(None)
 
 
-def _reap(pid: int) -> tuple[bool, int, int]:
-    """(exited, returncode, max RSS bytes or 0) without blocking."""
-    if hasattr(os, "wait4"):
-        waited, status, usage = os.wait4(pid, os.WNOHANG)
-        if waited == 0:
-            return False, 0, 0
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-        return True, os.waitstatus_to_exitcode(status), usage.ru_maxrss * scale
-    return False, 0, 0
+def _reap(process: subprocess.Popen[str]) -> tuple[bool, int, int]:
+    """(exited, returncode, the kernel's max RSS in bytes or 0) without blocking."""
+    if not hasattr(os, "wait4"):  # Windows: no rusage, the sampled peak stands
+        code = process.poll()
+        return code is not None, code or 0, 0
+    waited, status, usage = os.wait4(process.pid, os.WNOHANG)
+    if waited == 0:
+        return False, 0, 0
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return True, process.returncode, usage.ru_maxrss * scale
 
 
 def run_child(argv: list[str], stdin_data: str, log: IO[bytes], on_line: Callable[[str], None], *,
@@ -122,8 +124,7 @@ def run_child(argv: list[str], stdin_data: str, log: IO[bytes], on_line: Callabl
     try:
         while True:
             try:
-                exited, returncode, kernel_peak = _reap(process.pid) if hasattr(os, "wait4") else (
-                    process.poll() is not None, process.returncode or 0, 0)
+                exited, returncode, kernel_peak = _reap(process)
                 if exited:
                     peak_rss = max(peak_rss, kernel_peak)
                     break
@@ -143,10 +144,6 @@ def run_child(argv: list[str], stdin_data: str, log: IO[bytes], on_line: Callabl
                 _kill(process)
     finally:
         vram.close()
-        if hasattr(os, "wait4"):
-            process.returncode = returncode  # reaped above; keep Popen from waiting again
-        else:
-            returncode = process.wait()
     reader.join(timeout=5)
     _drain(lines, on_line)
     return ChildOutcome(returncode, peak_rss, peak_vram, timed_out, interrupted, time.monotonic() - start)

@@ -256,11 +256,12 @@ def apply_plan(settings: RunSettings, header: GGUFHeader, hardware: Hardware, ca
     kv_types = (settings.type_k,) if {"type_k", "type_v"} & pinned else ("f16", "q8_0")
     placement = best_placement(header.quant, header.table, header.shape(), hardware, config.n_ctx, calibration,
                                kv_types)
-    planned = {"n_gpu_layers": placement.n_gpu_layers if usable_gpu(hardware) else -1,
+    has_gpu = usable_gpu(hardware) is not None
+    planned = {"n_gpu_layers": placement.n_gpu_layers if has_gpu else -1,
                "n_cpu_moe": placement.n_cpu_moe, "type_k": placement.type_k, "type_v": placement.type_v}
     updates = {name: value for name, value in planned.items() if name not in pinned}
     notes = []
-    differing = [name for name in ("n_gpu_layers", "n_cpu_moe") if name in pinned and usable_gpu(hardware)
+    differing = [name for name in ("n_gpu_layers", "n_cpu_moe") if name in pinned and has_gpu
                  and getattr(settings, name) != planned[name]]
     if differing:
         notes.append("pinned " + ", ".join(f"{n}={getattr(settings, n)}" for n in differing) + "; the plan would use "
@@ -283,9 +284,7 @@ def what_would_fit(quant: str, table: TensorTable, shape: ModelShape, hardware: 
     if low >= 256:
         hints.append(f"{quant} fits with a context of about {low // 256 * 256} tokens (--ctx {low // 256 * 256})")
     placement = best_placement(quant, table, shape, hardware, n_ctx, calibration)
-    shared = usable_gpu(hardware) is not None and usable_gpu(hardware).kind == "integrated"  # type: ignore[union-attr]
-    need = placement.predicted_host_required_bytes + (placement.predicted_vram_bytes if shared else 0)
-    missing = need + HOST_MARGIN_BYTES - hardware.ram.available_bytes
+    missing = placement.predicted_host_required_bytes + HOST_MARGIN_BYTES - hardware.ram.available_bytes
     if missing > 0 and not placement.predicted_vram_bytes:
         hints.append(f"or about {missing / GIB:.1f} GiB more free RAM for {quant} at {n_ctx} tokens")
     elif placement.problems:
