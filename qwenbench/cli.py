@@ -20,6 +20,7 @@ from .errors import QwenbenchError, UsageError
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
+    from .catalog import ModelSpec
     from .fit import MemoryEstimate
     from .harness import RunReport
     from .hub import Resolved
@@ -162,39 +163,56 @@ def plan_command(
     gguf: Path | None = typer.Option(None, "--gguf", help="Plan a local GGUF file from its header."),
     ctx: int = typer.Option(4096, "--ctx", "-c", help="Context size to plan for."),
     min_tg: float = typer.Option(5.0, "--min-tg", help="Slowest generation speed (t/s) still usable."),
+    repo: str | None = typer.Option(None, "--repo", help="Read the headers from this repo, not the catalog's list."),
+    revision: str | None = typer.Option(None, "--revision", help="A branch, tag or commit to pin."),
+    offline: bool = typer.Option(False, "--offline", help="Plan from the catalog's recipe, without the Hub."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Choose the quant and GPU offload (layers, MoE experts in RAM, KV type) that fit this machine and
-    decode fastest, from exact tensor sizes: quality first, never below Q4-class while one fits."""
+    decode fastest, from exact tensor sizes: quality first, never below Q4-class while one fits.
+
+    With --model, the tensor tables come from the headers of the files the Hub publishes, read with
+    range requests (a few MB per file, cached), so nothing is downloaded to plan; offline, or when the
+    Hub cannot be reached, from the catalog's recipe of llama-quantize's rules."""
     from rich.table import Table
 
     from .calibration import load_calibration
     from .catalog import get_model
-    from .gguf_info import read_header
+    from .gguf_info import read_model_header
+    from .hub import offline_mode
+    from .hubheader import plan_tables
     from .machine import describe_machine
     from .planner import candidate_quants, plan_quants
-    from .recipe import tensor_table
 
     if ctx < 1:
         raise UsageError("--ctx must be >= 1")
     if (model is None) == (gguf is None):
         raise UsageError("give --model or --gguf", hint="e.g. qwenbench plan --model qwen3-30b-a3b")
+    if gguf is not None and (repo or revision or quant):
+        raise UsageError("--quant, --repo and --revision go with --model; a --gguf file is planned as it is")
     machine = describe_machine(bandwidth=True)
     calibration = load_calibration(machine.machine_id)
     wanted = quant.upper() if quant else None
+    source: dict[str, Any] = {"source": "file"}
     if gguf is not None:
-        header = read_header(gguf)
+        header = read_model_header(gguf)
         name, shape, tables = gguf.name, header.shape(), {header.quant: header.table}
     else:
         spec = get_model(model or "")
-        if wanted is not None:
-            tensor_table(spec, wanted)  # an unknown quant fails here, with the list of known ones
-        name, shape = spec.key, spec.shape()
-        tables = {q: tensor_table(spec, q) for q in candidate_quants(wanted)}
+        with err.status("reading GGUF headers from the Hub") as status:
+            found = plan_tables(spec, candidate_quants(wanted), pinned=wanted, repo=repo, revision=revision,
+                                offline=offline_mode(offline),
+                                on_quant=lambda q, i, n: status.update(f"reading the {q} header ({i}/{n})"))
+        name, shape, tables = spec.key, found.shape, found.tables
+        source = {"source": found.source, "notes": list(found.notes),
+                  "header_bytes_fetched": sum(h.fetched_bytes for h in found.remote.values()),
+                  "files": {q: {"repo": h.resolved.repo, "revision": h.resolved.revision,
+                                "paths": [f.path for f in h.resolved.files], "size": h.resolved.size,
+                                "header_bytes_fetched": h.fetched_bytes} for q, h in found.remote.items()}}
     plan = plan_quants(name, tables, shape, machine.hardware, ctx, calibration, min_tg,
                        wanted if gguf is None else None)
     if as_json:
-        out.print_json(json.dumps(plan.to_json()))
+        out.print_json(json.dumps({**plan.to_json(), **source}))
         return
     choice = plan.choice
     if choice is None:
@@ -207,6 +225,13 @@ def plan_command(
                   f"about {choice.predicted_tg_ts:.1f} t/s generation")
     for reason in plan.reasons:
         out.print(f"  - {reason}")
+    if source["source"] == "hub":
+        fetched, size = source["header_bytes_fetched"], sum(f["size"] for f in source["files"].values())
+        out.print(f"[dim]tensor tables from the published files' headers ({_bytes(fetched) if fetched else 'cached'}"
+                  f"{f', {fetched / size:.2%} of {_bytes(size)}' if fetched else ''}): "
+                  + ", ".join(f"{q} {f['repo']}" for q, f in source["files"].items()) + "[/dim]")
+    for note in source.get("notes", ()):
+        out.print(f"[dim]note:[/dim] {note}")
     table = Table(title=f"every quant's best placement on this machine ({calibration.source} calibration)")
     for column in ("quant", "fits", "placement", "KV", "host need", "peak RSS", "VRAM", "tg t/s (predicted)"):
         table.add_column(column)
@@ -250,10 +275,16 @@ def _progress_bytes(description: str) -> Progress:
 
 @app.command("synth")
 def synth_command(
-    model: str = typer.Option(..., "--model", "-m", help="Catalog model key, e.g. qwen3-30b-a3b."),
-    quant: str = typer.Option("Q4_K_M", "--quant", "-q", help="Quant preset, e.g. Q3_K_L."),
-    out_path: Path = typer.Option(..., "--out", "-o", help="Where to write the .gguf file."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Catalog model key, e.g. qwen3-30b-a3b."),
+    from_hub: str | None = typer.Option(None, "--from-hub", metavar="MODEL",
+                                        help="Catalog model key: copy the header of the GGUF the Hub publishes "
+                                             "(any quant, e.g. unsloth's UD-Q4_K_XL) instead of using the recipe."),
+    quant: str = typer.Option("Q4_K_M", "--quant", "-q", help="Quant, e.g. Q3_K_L."),
+    out_path: Path | None = typer.Option(None, "--out", "-o",
+                                         help="Where to write the .gguf file (default: qwenbench's cache)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    repo: str | None = typer.Option(None, "--repo", help="With --from-hub: this repo, not the catalog's list."),
+    revision: str | None = typer.Option(None, "--revision", help="With --from-hub: a branch, tag or commit."),
     layers: int | None = typer.Option(None, "--layers", help="Tiny-model override: number of layers."),
     hidden: int | None = typer.Option(None, "--hidden", help="Tiny-model override: embedding width."),
     ff: int | None = typer.Option(None, "--ff", help="Tiny-model override: dense FFN width."),
@@ -268,33 +299,71 @@ def synth_command(
     """Write a shape-faithful synthetic GGUF: the real file's tensors, types and sizes, random weights.
 
     llama.cpp runs it exactly as it runs the real file, so its speed is the real file's speed;
-    the file is marked synthetic so its results are never mistaken for a real model's.
+    the file is marked synthetic so its results are never mistaken for a real model's. With
+    --from-hub the twin copies the published file's header (read with range requests, not downloaded):
+    its metadata, tokenizer and every tensor's type, so even unusual mixes are measured before a download.
     """
     from .catalog import get_model
-    from .modelfile import ensure_synthetic
-
-    spec = get_model(model)
-    overrides = _shape_overrides(layers, hidden, ff, heads, kv_heads, head_dim, experts, experts_used, expert_ff)
-    if overrides:
-        spec = spec.with_overrides(**overrides)
-    with _progress_bytes(f"writing {spec.name} {quant.upper()}") as progress:
-        task = progress.add_task("write", total=None)
-        path, written = ensure_synthetic(spec, quant, out_path, seed=seed,
-                                   on_progress=lambda done, total: progress.update(task, completed=done,
-                                                                                   total=total))
     from .gguf_info import read_header
 
+    overrides = _shape_overrides(layers, hidden, ff, heads, kv_heads, head_dim, experts, experts_used, expert_ff)
+    if (model is None) == (from_hub is None):
+        raise UsageError("give --model (the catalog's recipe) or --from-hub (the published file's header)",
+                         hint="e.g. qwenbench synth --from-hub qwen3-30b-a3b --quant UD-Q4_K_XL")
+    if from_hub is not None and overrides:
+        raise UsageError("the tiny-model overrides go with --model; a --from-hub twin has the real file's shape")
+    if model is not None and (repo or revision):
+        raise UsageError("--repo and --revision go with --from-hub")
+    extra: dict[str, Any] = {}
+    if from_hub is not None:
+        spec = get_model(from_hub)
+        path, written, extra = _write_twin(spec, quant, repo, revision, out_path, seed)
+    else:
+        from .modelfile import ensure_synthetic
+
+        spec = get_model(model or "")
+        if overrides:
+            spec = spec.with_overrides(**overrides)
+        with _progress_bytes(f"writing {spec.name} {quant.upper()}") as progress:
+            task = progress.add_task("write", total=None)
+            path, written = ensure_synthetic(spec, quant, out_path, seed=seed,
+                                             on_progress=lambda done, total: progress.update(task, completed=done,
+                                                                                             total=total))
     header = read_header(path)
-    summary = {"path": str(path), "written": written, "model": spec.key, "quant": quant.upper(),
-               "tensor_bytes": header.table.n_bytes,
-               "file_bytes": path.stat().st_size, "n_params": header.table.n_params,
-               "tensor_types": header.table.type_histogram()}
+    summary = {"path": str(path), "written": written, "model": spec.key, "quant": header.quant,
+               "tensor_bytes": header.table.n_bytes, "file_bytes": path.stat().st_size,
+               "n_params": header.table.n_params, "tensor_types": header.table.type_histogram(), **extra}
     if as_json:
         out.print_json(json.dumps(summary))
-    else:
-        verb = "wrote" if written else "kept (already identical)"
-        out.print(f"{verb} {path} ({_bytes(summary['file_bytes'])}, {summary['n_params'] / 1e6:.1f} M params, "
-                  f"types {summary['tensor_types']})")
+        return
+    verb = "wrote" if written else "kept (already identical)"
+    out.print(f"{verb} {path} ({_bytes(summary['file_bytes'])}, {summary['n_params'] / 1e6:.1f} M params, "
+              f"types {summary['tensor_types']})")
+    if "twin_of" in extra:
+        out.print(f"twin of {extra['twin_of']} (header: {_bytes(extra['header_bytes_fetched']) or 'cached'} "
+                  f"fetched); measure it with: qwenbench run --gguf {path}")
+
+
+def _write_twin(spec: ModelSpec, quant: str, repo: str | None, revision: str | None, out_path: Path | None,
+                seed: int) -> tuple[Path, bool, dict[str, Any]]:
+    """The synthetic twin of the published file of (spec, quant): its header from the Hub, random weights."""
+    from .hub import resolve
+    from .hubheader import read_remote_header
+    from .modelfile import ensure_twin
+    from .paths import twin_model_path
+
+    with err.status(f"reading the {quant.upper()} header of {spec.name} from the Hub"):
+        resolved = resolve(spec, quant, repo=repo, revision=revision)
+        remote = read_remote_header(resolved, keep_arrays=True)
+    first = resolved.files[0].path
+    twin_of = f"{resolved.repo}/{first}@{resolved.revision}"
+    target = out_path or twin_model_path(resolved.repo, first.rsplit("/", 1)[-1])
+    with _progress_bytes(f"writing the twin of {first.rsplit('/', 1)[-1]}") as progress:
+        task = progress.add_task("write", total=None)
+        path, written = ensure_twin(remote.header, target, model_key=spec.key, quant=resolved.quant, twin_of=twin_of,
+                                    seed=seed, on_progress=lambda d, t: progress.update(task, completed=d, total=t))
+    return path, written, {"twin_of": twin_of, "repo": resolved.repo, "revision": resolved.revision,
+                           "header_bytes_fetched": remote.fetched_bytes, "real_file_bytes": resolved.size}
 
 
 # -------------------------------------------------------------------------------------------- run

@@ -8,7 +8,8 @@ costs milliseconds. It reads from any binary stream, so a remote header can be p
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -16,8 +17,9 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .errors import InvalidModelFileError
 from .fit import ModelShape
+from .hubfiles import split_sibling
 from .quants import preset_for_file_type
-from .synth import SYNTHETIC_KEY
+from .synth import SYNTHETIC_KEY, ValueTypes
 from .tensors import TensorInfo, TensorTable
 
 GGUF_MAGIC = b"GGUF"
@@ -45,6 +47,8 @@ class GGUFHeader:
     data_offset: int
     file_size: int
     tensor_offsets: tuple[int, ...] = field(repr=False, default=())
+    # each key's GGUF value type (and item type for arrays), so a header can be written out again
+    value_types: ValueTypes = field(repr=False, default_factory=dict)
 
     @property
     def arch(self) -> str:
@@ -108,10 +112,12 @@ class GGUFHeader:
 class _Stream:
     """Sequential little-endian reads over a binary stream, with bounds that catch garbage."""
 
-    def __init__(self, handle: IO[bytes], where: str) -> None:
+    def __init__(self, handle: IO[bytes], where: str, keep_arrays: bool = False) -> None:
         self._handle = handle
         self._where = where
+        self._keep_arrays = keep_arrays
         self.position = 0
+        self.last_item_type: int | None = None
 
     def read(self, n: int) -> bytes:
         data = self._handle.read(n)
@@ -147,10 +153,13 @@ class _Stream:
             count = self.unpack("Q")
             if count > _MAX_COUNT:
                 raise InvalidModelFileError(f"{self._where}: corrupt GGUF header (an array of {count} items)")
-            if count > _KEEP_ARRAY_ITEMS:
+            if count > _KEEP_ARRAY_ITEMS and not self._keep_arrays:
                 self._skip_array(item_type, count)
+                self.last_item_type = item_type
                 return ArrayLength(count)
-            return [self.value(item_type) for _ in range(count)]
+            items = [self.value(item_type) for _ in range(count)]
+            self.last_item_type = item_type
+            return items
         raise InvalidModelFileError(f"{self._where}: corrupt GGUF header (unknown value type {vtype})")
 
     def _skip_array(self, item_type: int, count: int) -> None:
@@ -167,9 +176,11 @@ class _Stream:
                 self.value(item_type)
 
 
-def parse_header(handle: IO[bytes], where: str, file_size: int | None = None) -> GGUFHeader:
-    """Parse a GGUF header from a stream positioned at the file's start."""
-    stream = _Stream(handle, where)
+def parse_header(handle: IO[bytes], where: str, file_size: int | None = None, *,
+                 keep_arrays: bool = False) -> GGUFHeader:
+    """Parse a GGUF header from a stream positioned at the file's start; it reads nothing past the tensor
+    table. keep_arrays keeps long arrays (the tokenizer) whole, to write the header out again."""
+    stream = _Stream(handle, where, keep_arrays)
     if stream.read(4) != GGUF_MAGIC:
         raise InvalidModelFileError(f"{where}: not a GGUF file (bad magic)",
                                     hint="qwenbench runs llama.cpp GGUF models (.gguf)")
@@ -181,9 +192,12 @@ def parse_header(handle: IO[bytes], where: str, file_size: int | None = None) ->
     if n_tensors > _MAX_COUNT or n_kv > _MAX_COUNT:
         raise InvalidModelFileError(f"{where}: corrupt GGUF header ({n_tensors} tensors, {n_kv} keys)")
     metadata: dict[str, Any] = {}
+    value_types: ValueTypes = {}
     for _ in range(n_kv):
         key = stream.string()
-        metadata[key] = stream.value(stream.unpack("I"))
+        vtype = stream.unpack("I")
+        metadata[key] = stream.value(vtype)
+        value_types[key] = (vtype, stream.last_item_type if vtype == _ARRAY else None)
     tensors = []
     offsets = []
     for _ in range(n_tensors):
@@ -207,8 +221,8 @@ def parse_header(handle: IO[bytes], where: str, file_size: int | None = None) ->
         raise InvalidModelFileError(f"{where}: corrupt GGUF header (alignment {alignment})")
     data_offset = -(-stream.position // alignment) * alignment
     header = GGUFHeader(Path(where), version, metadata, TensorTable(tuple(tensors)), data_offset,
-                        file_size if file_size is not None else -1, tuple(offsets))
-    if "general.architecture" not in metadata:
+                        file_size if file_size is not None else -1, tuple(offsets), value_types)
+    if "general.architecture" not in metadata and not metadata.get("split.no"):  # later split parts have none
         raise InvalidModelFileError(f"{where}: GGUF without general.architecture")
     return header
 
@@ -237,3 +251,39 @@ def read_header(path: Path) -> GGUFHeader:
             f"{path}: truncated GGUF: tensor data needs {header.data_offset + end:,} bytes, the file has {size:,} "
             f"({missing:,} missing)", hint="the download or copy was cut short: fetch or write the file again")
     return header
+
+
+SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
+
+
+def merge_split_headers(parts: Sequence[GGUFHeader]) -> GGUFHeader:
+    """One header for a model split across files (gguf-split): the first part's metadata, every part's tensors."""
+    first = parts[0]
+    tensors = tuple(t for part in parts for t in part.table.tensors)
+    expected = int(first.metadata.get("split.tensors.count", len(tensors)) or len(tensors))
+    if len(tensors) != expected:
+        raise InvalidModelFileError(f"{first.path}: the parts hold {len(tensors)} tensors, the split says {expected}",
+                                    hint="the parts come from different files: fetch them again")
+    return replace(first, table=TensorTable(tensors), file_size=sum(p.file_size for p in parts), tensor_offsets=())
+
+
+def read_model_header(path: Path) -> GGUFHeader:
+    """read_header, and for the first part of a split model the header of the whole model across its parts."""
+    header = read_header(path)
+    if header.split_count <= 1:
+        return header
+    path = Path(path)
+    if int(header.metadata.get("split.no", 0) or 0) != 0:
+        first = split_sibling(path.name, 1)
+        raise InvalidModelFileError(f"{path}: part {int(header.metadata['split.no']) + 1} of a split model",
+                                    hint=f"give the first part{f' ({first})' if first else ''}")
+    parts = [header]
+    for number in range(2, header.split_count + 1):
+        name = split_sibling(path.name, number)
+        sibling = path.with_name(name) if name else None
+        if sibling is None or not sibling.exists():
+            raise InvalidModelFileError(f"{path}: part {number} of {header.split_count} is missing"
+                                        + (f" ({sibling.name})" if sibling else ""),
+                                        hint="download every part into the same folder")
+        parts.append(read_header(sibling))
+    return merge_split_headers(parts)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -64,7 +64,8 @@ def offline_mode(flag: bool) -> bool:
     return flag or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def _translate(exc: Exception, repo: str) -> QwenbenchError:
+def translate_error(exc: Exception, repo: str) -> QwenbenchError:
+    """huggingface_hub's exception as one line with a hint."""
     from huggingface_hub import errors
 
     if isinstance(exc, errors.GatedRepoError):
@@ -95,30 +96,57 @@ def _list_files(repo: str, revision: str | None) -> tuple[str, list[RemoteFile]]
     return str(info.sha), files
 
 
-def resolve(spec: ModelSpec, quant: str, *, repo: str | None = None, revision: str | None = None) -> Resolved:
-    """The first candidate repo (or --repo) that has the quant, at a pinned commit."""
+def _listings(spec: ModelSpec, repo: str | None, revision: str | None) -> Iterator[tuple[str, str, list[RemoteFile]]]:
+    """(repo, commit, files) of each candidate repo in order of preference (or --repo alone), listed lazily."""
     from huggingface_hub import errors
 
     candidates = (repo,) if repo else spec.hub
     if not candidates:
         raise UsageError(f"{spec.name} lists no Hub repositories", hint="pass --repo OWNER/NAME")
-    seen: dict[str, list[str]] = {}
     for candidate in candidates:
         try:
             commit, files = _list_files(candidate, revision)
         except errors.RepositoryNotFoundError as exc:
             if repo or isinstance(exc, errors.GatedRepoError):
-                raise _translate(exc, candidate) from exc
+                raise translate_error(exc, candidate) from exc
             continue  # a community repo that is gone: try the next one
         except Exception as exc:
-            raise _translate(exc, candidate) from exc
-        chosen = files_for_quant([f.path for f in files], quant)
-        if chosen:
-            by_path = {f.path: f for f in files}
-            return Resolved(candidate, commit, quant.upper(), tuple(by_path[p] for p in chosen))
-        seen[candidate] = available_quants([f.path for f in files])
-    where = "; ".join(f"{r}: {', '.join(q) or 'no GGUF files'}" for r, q in seen.items()) or "no repository answered"
-    raise UsageError(f"no {quant.upper()} GGUF of {spec.name} found", hint=f"published quants: {where}")
+            raise translate_error(exc, candidate) from exc
+        yield candidate, commit, files
+
+
+def resolve_quants(spec: ModelSpec, quants: list[str], *, repo: str | None = None,
+                   revision: str | None = None) -> tuple[dict[str, Resolved], dict[str, list[str]]]:
+    """Each quant in the first candidate repo that has it, listing each repo once; with what each listed repo
+    publishes (for the error that names them)."""
+    wanted = [q.upper() for q in quants]
+    found: dict[str, Resolved] = {}
+    published: dict[str, list[str]] = {}
+    for candidate, commit, files in _listings(spec, repo, revision):
+        paths = [f.path for f in files]
+        published[candidate] = available_quants(paths)
+        by_path = {f.path: f for f in files}
+        for quant in wanted:
+            chosen = files_for_quant(paths, quant) if quant not in found else None
+            if chosen:
+                found[quant] = Resolved(candidate, commit, quant, tuple(by_path[p] for p in chosen))
+        if len(found) == len(wanted):
+            break
+    return found, published
+
+
+def not_published(spec: ModelSpec, quant: str, published: dict[str, list[str]]) -> UsageError:
+    where = "; ".join(f"{r}: {', '.join(q) or 'no GGUF files'}" for r, q in published.items())
+    return UsageError(f"no {quant.upper()} GGUF of {spec.name} found",
+                      hint=f"published quants: {where or 'no repository answered'}")
+
+
+def resolve(spec: ModelSpec, quant: str, *, repo: str | None = None, revision: str | None = None) -> Resolved:
+    """The first candidate repo (or --repo) that has the quant, at a pinned commit."""
+    found, published = resolve_quants(spec, [quant], repo=repo, revision=revision)
+    if quant.upper() not in found:
+        raise not_published(spec, quant, published)
+    return found[quant.upper()]
 
 
 def check_disk(resolved: Resolved, cache: Path) -> None:
@@ -236,7 +264,7 @@ def download(resolved: Resolved, *, offline: bool = False, on_progress: Progress
                 local = Path(hf_hub_download(resolved.repo, remote.path, revision=resolved.revision,
                                              cache_dir=cache, endpoint=endpoint(), local_files_only=offline))
             except Exception as exc:
-                raise _translate(exc, resolved.repo) from exc
+                raise translate_error(exc, resolved.repo) from exc
             if _verify(local, remote, on_progress):
                 paths.append(local)
                 break

@@ -24,6 +24,14 @@ def _stem(path: str) -> tuple[str, int, int]:
     return name[: -len(".gguf")], 1, 1
 
 
+def split_sibling(name: str, part: int) -> str | None:
+    """The file name of another part of a split GGUF (llama.cpp's `-00001-of-00003.gguf`); None if not split."""
+    split = _SPLIT.match(name)
+    if not split:
+        return None
+    return f"{split.group('stem')}-{part:05d}-of-{split.group('count')}.gguf"
+
+
 def quant_of(path: str) -> str | None:
     """The quant a GGUF path names (Q4_K_M, UD-Q4_K_XL, BF16 ...), upper-cased; None for other files."""
     if not path.lower().endswith(".gguf") or "mmproj" in path.lower():

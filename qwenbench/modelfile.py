@@ -11,10 +11,11 @@ from pathlib import Path
 
 from .catalog import ModelSpec, load_catalog
 from .errors import InvalidModelFileError, UsageError
-from .gguf_info import GGUFHeader, read_header
+from .gguf_info import GGUFHeader, read_header, read_model_header
 from .paths import cache_dir, read_json, synthetic_model_path, write_json
 from .recipe import tensor_table
-from .synth import write_synthetic_gguf
+from .synth import write_synthetic_gguf, write_twin_gguf
+from .tensors import TensorTable
 
 _HASH_CHUNK = 8 << 20
 
@@ -95,7 +96,7 @@ def file_sha256(path: Path, on_progress: Callable[[int, int], None] | None = Non
 def open_model_file(path: Path, on_hash_progress: Callable[[int, int], None] | None = None, *, repo: str = "",
                     revision: str = "") -> ModelFile:
     """Validate a GGUF (rejecting non-GGUF and truncated files) and identify it."""
-    header = read_header(Path(path))
+    header = read_model_header(Path(path))
     return ModelFile(
         path=Path(path),
         header=header,
@@ -116,19 +117,40 @@ def ensure_synthetic(spec: ModelSpec, quant: str, path: Path | None = None, *, s
     """
     table = tensor_table(spec, quant)
     target = Path(path) if path else synthetic_model_path(spec.key, quant)
-    if target.exists():
-        try:
-            existing = read_header(target)
-            if existing.is_synthetic and existing.table == table:
-                return target, False
-        except InvalidModelFileError:
-            pass  # a broken leftover: write it again
+    if _reusable(target, table):
+        return target, False
+    _check_space(target, table.n_bytes, f"a synthetic {spec.name} {quant.upper()}")
+    write_synthetic_gguf(spec, quant, table, target, seed=seed, on_progress=on_progress)
+    return target, True
+
+
+def _check_space(target: Path, tensor_bytes: int, what: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(target.parent).free
-    needed = table.n_bytes + (64 << 20)
+    needed = tensor_bytes + (64 << 20)
     if free < needed:
-        raise UsageError(f"not enough disk space for a synthetic {spec.name} {quant.upper()}: needs "
-                         f"{needed / 1e9:.1f} GB in {target.parent}, {free / 1e9:.1f} GB free",
+        raise UsageError(f"not enough disk space for {what}: needs {needed / 1e9:.1f} GB in {target.parent}, "
+                         f"{free / 1e9:.1f} GB free",
                          hint="free some space, or set QWENBENCH_CACHE_DIR to a larger disk")
-    write_synthetic_gguf(spec, quant, table, target, seed=seed, on_progress=on_progress)
+
+
+def _reusable(target: Path, table: TensorTable) -> bool:
+    """An intact synthetic file with this tensor table is already there."""
+    if not target.exists():
+        return False
+    try:
+        existing = read_header(target)
+    except InvalidModelFileError:
+        return False  # a broken leftover: write it again
+    return existing.is_synthetic and existing.table == table
+
+
+def ensure_twin(header: GGUFHeader, target: Path, *, model_key: str, quant: str, twin_of: str, seed: int = 0,
+                on_progress: Callable[[int, int], None] | None = None) -> tuple[Path, bool]:
+    """The synthetic twin of a real file from its full header (see write_twin_gguf), reused when intact."""
+    if _reusable(target, header.table):
+        return target, False
+    _check_space(target, header.table.n_bytes, f"a synthetic twin of {twin_of}")
+    write_twin_gguf(header.metadata, header.value_types, header.table, target, model_key=model_key, quant=quant,
+                    twin_of=twin_of, seed=seed, on_progress=on_progress)
     return target, True

@@ -20,6 +20,11 @@ def synthetic_model_path(model_key: str, quant: str) -> Path:
     return cache_dir() / "synthetic" / f"{model_key}-{quant.upper()}.synthetic.gguf"
 
 
+def twin_model_path(repo: str, filename: str) -> Path:
+    """Where the synthetic twin of a Hub file goes: named after the real file, marked synthetic."""
+    return cache_dir() / "synthetic" / "hub" / repo.replace("/", "--") / filename.replace(".gguf", ".synthetic.gguf")
+
+
 def default_results_path(hostname: str) -> Path:
     return Path("results") / f"{hostname}.csv"
 

@@ -104,6 +104,18 @@ GPU_BANDWIDTH_GBPS = {
 UNKNOWN_DISCRETE_GPU_GBPS = 300.0
 
 
+def quality_rank(quant: str) -> float:
+    """Position in QUALITY_ORDER (lower is better). A dynamic mix such as unsloth's UD-Q4_K_XL keeps more
+    tensors at high precision than its base preset, so it ranks just above Q4_K_M; unknown names rank last."""
+    name = quant.upper()
+    if name in QUALITY_ORDER:
+        return float(QUALITY_ORDER.index(name))
+    base = name.removeprefix("UD-").replace("_XL", "_M").replace("_XXS", "_S")
+    if base in QUALITY_ORDER:
+        return QUALITY_ORDER.index(base) - 0.5
+    return float(len(QUALITY_ORDER))
+
+
 def gpu_bandwidth_gbps(gpu: GpuInfo, ram_gbps: float | None) -> tuple[float | None, str]:
     """(GB/s, where the figure comes from) for a GPU: the spec table, or RAM's for an iGPU."""
     for name in sorted(GPU_BANDWIDTH_GBPS, key=len, reverse=True):
@@ -210,7 +222,7 @@ def _better(a: Placement, b: Placement) -> bool:
 
 def choose(model: str, placements: list[Placement], min_tg: float) -> Plan:
     """Quality first: the best quant that fits at a usable speed, never below Q4-class while one fits."""
-    ranked = sorted(placements, key=lambda p: QUALITY_ORDER.index(p.quant) if p.quant in QUALITY_ORDER else 99)
+    ranked = sorted(placements, key=lambda p: quality_rank(p.quant))
     fitting = [p for p in ranked if p.fits]
     usable = [p for p in fitting if p.predicted_tg_ts >= min_tg]
     reasons: list[str] = []
@@ -219,12 +231,12 @@ def choose(model: str, placements: list[Placement], min_tg: float) -> Plan:
         choice = usable[0]
         reasons.append(f"{choice.quant} is the highest-quality quant that fits and reaches {min_tg:g} t/s "
                        f"(predicted {choice.predicted_tg_ts:.1f} t/s)")
-        better = [p for p in fitting if QUALITY_ORDER.index(p.quant) < QUALITY_ORDER.index(choice.quant)]
+        better = [p for p in fitting if quality_rank(p.quant) < quality_rank(choice.quant)]
         if better:
             reasons.append(f"{better[-1].quant} also fits but is predicted at {better[-1].predicted_tg_ts:.1f} t/s, "
                            f"under the {min_tg:g} t/s floor")
-        q4_fitting = [p for p in fitting if QUALITY_ORDER.index(p.quant) <= Q4_CLASS_FLOOR]
-        if QUALITY_ORDER.index(choice.quant) > Q4_CLASS_FLOOR and q4_fitting:
+        q4_fitting = [p for p in fitting if quality_rank(p.quant) <= Q4_CLASS_FLOOR]
+        if quality_rank(choice.quant) > Q4_CLASS_FLOOR and q4_fitting:
             choice = q4_fitting[-1]
             reasons.append(f"kept at {choice.quant}: below Q4-class quality suffers more than speed gains "
                            f"(predicted {choice.predicted_tg_ts:.1f} t/s, under the floor)")
@@ -312,6 +324,6 @@ def candidate_quants(pinned_quant: str | None) -> list[str]:
     """The quants a plan weighs: the common presets, or a pinned one with its neighbours in quality."""
     if pinned_quant is None:
         return list(DEFAULT_CANDIDATES)
-    order = [q for q in QUALITY_ORDER if q in {*DEFAULT_CANDIDATES, pinned_quant}]
+    order = sorted({*DEFAULT_CANDIDATES, pinned_quant}, key=quality_rank)
     at = order.index(pinned_quant)
     return order[max(0, at - 1): at + 2]

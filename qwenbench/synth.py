@@ -12,9 +12,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from . import __version__
 from .catalog import ModelSpec
@@ -24,6 +25,7 @@ from .vocab import BOS_ID, CHAT_TEMPLATE, EOS_ID, build_vocab
 
 T = GGMLQuantizationType
 SYNTHETIC_KEY = "qwenbench.synthetic"
+ValueTypes = dict[str, tuple[int, int | None]]  # GGUF metadata key -> (value type, array item type)
 POOL_BYTES = 4 << 20  # per-type pool of random blocks, tiled across each tensor
 WRITE_CHUNK = 16 << 20
 
@@ -128,11 +130,7 @@ def _add_metadata(writer: GGUFWriter, spec: ModelSpec, quant: str, seed: int) ->
     writer.add_name(f"{spec.name} (synthetic weights)")
     writer.add_file_type(int(preset.file_type))
     writer.add_quantization_version(2)
-    writer.add_bool(SYNTHETIC_KEY, True)
-    writer.add_string("qwenbench.model_key", spec.key)
-    writer.add_string("qwenbench.quant", preset.name)
-    writer.add_uint32("qwenbench.seed", seed)
-    writer.add_string("qwenbench.version", __version__)
+    _mark_synthetic(writer, spec.key, preset.name, seed)
 
     writer.add_block_count(spec.n_layer)
     writer.add_context_length(spec.context_length)
@@ -163,9 +161,30 @@ def _add_metadata(writer: GGUFWriter, spec: ModelSpec, quant: str, seed: int) ->
     writer.add_chat_template(CHAT_TEMPLATE)
 
 
-def write_synthetic_gguf(spec: ModelSpec, quant: str, table: TensorTable, path: Path, *, seed: int = 0,
-                         on_progress: Callable[[int, int], None] | None = None) -> SynthResult:
-    """Write `table` as a GGUF at `path` (atomically: a .part file renamed at the end)."""
+def _mark_synthetic(writer: GGUFWriter, model_key: str, quant: str, seed: int) -> None:
+    writer.add_bool(SYNTHETIC_KEY, True)
+    writer.add_string("qwenbench.model_key", model_key)
+    writer.add_string("qwenbench.quant", quant)
+    writer.add_uint32("qwenbench.seed", seed)
+    writer.add_string("qwenbench.version", __version__)
+
+
+def copy_metadata(writer: GGUFWriter, metadata: dict[str, Any], value_types: ValueTypes) -> None:
+    """A real file's metadata, key by key with its GGUF types, less what describes that file's own layout."""
+    for key, value in metadata.items():
+        if key == "general.architecture" or key.startswith(("split.", "qwenbench.")):
+            continue  # the writer adds the architecture; a twin is one file; our marks are set afresh
+        if key == "general.alignment":
+            writer.add_custom_alignment(int(value))
+            continue
+        vtype, item_type = value_types[key]
+        writer.add_key_value(key, value, GGUFValueType(vtype),
+                             GGUFValueType(item_type) if item_type is not None else None)
+
+
+def _write_gguf(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None], table: TensorTable, seed: int,
+                on_progress: Callable[[int, int], None] | None) -> SynthResult:
+    """Write `table` with random weights at `path`, atomically: a .part file renamed at the end."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
@@ -179,9 +198,9 @@ def write_synthetic_gguf(spec: ModelSpec, quant: str, table: TensorTable, path: 
         if on_progress is not None:
             on_progress(done, total)
 
-    writer = GGUFWriter(partial, spec.arch)
+    writer = GGUFWriter(partial, arch)
     try:
-        _add_metadata(writer, spec, quant, seed)
+        add_metadata(writer)
         for tensor in table.tensors:
             # gguf-py takes numpy (outermost-first) shapes; ggml order is the reverse
             writer.add_tensor_info(tensor.name, tuple(reversed(tensor.shape)), np.dtype(np.float32),
@@ -203,3 +222,24 @@ def write_synthetic_gguf(spec: ModelSpec, quant: str, table: TensorTable, path: 
         partial.unlink(missing_ok=True)
         raise
     return SynthResult(path=path, tensor_bytes=total, file_bytes=path.stat().st_size)
+
+
+def write_synthetic_gguf(spec: ModelSpec, quant: str, table: TensorTable, path: Path, *, seed: int = 0,
+                         on_progress: Callable[[int, int], None] | None = None) -> SynthResult:
+    """A catalog model's GGUF with `table`'s tensors, our metadata and tokenizer, random weights."""
+    return _write_gguf(path, spec.arch, lambda writer: _add_metadata(writer, spec, quant, seed), table, seed,
+                       on_progress)
+
+
+def write_twin_gguf(metadata: dict[str, Any], value_types: ValueTypes, table: TensorTable,
+                    path: Path, *, model_key: str, quant: str, twin_of: str, seed: int = 0,
+                    on_progress: Callable[[int, int], None] | None = None) -> SynthResult:
+    """The twin of a real file from its header: every metadata key (tokenizer, chat template, quantization
+    notes) and tensor as they are there, random weights, marked synthetic; split parts become one file."""
+
+    def add_metadata(writer: GGUFWriter) -> None:
+        copy_metadata(writer, metadata, value_types)
+        _mark_synthetic(writer, model_key, quant, seed)
+        writer.add_string("qwenbench.twin_of", twin_of)
+
+    return _write_gguf(path, str(metadata["general.architecture"]), add_metadata, table, seed, on_progress)

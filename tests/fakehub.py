@@ -1,5 +1,6 @@
 """A small stand-in for the Hugging Face Hub on 127.0.0.1, speaking the endpoints huggingface_hub uses:
-model info with file metadata, HEAD and ranged GET of resolve URLs with the LFS headers.
+model info with file metadata, the tree listing (HfFileSystem), HEAD and ranged GET of resolve URLs with
+the LFS headers. A file is bytes, or a Path served from disk (benchmarks serve multi-GB files).
 
 Failure injection for tests: cut a transfer after N bytes, serve corrupted bytes, answer 5xx, or
 gate a repo.
@@ -11,16 +12,40 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+Content = bytes | Path
+_SEND_CHUNK = 8 << 20
+
+
+def _size(data: Content) -> int:
+    return data.stat().st_size if isinstance(data, Path) else len(data)
+
+
+def _chunks(data: Content, start: int, end: int) -> Iterator[bytes]:
+    """The bytes [start, end) of a file, in pieces."""
+    if isinstance(data, bytes):
+        view = memoryview(data)
+        for offset in range(start, end, _SEND_CHUNK):
+            yield bytes(view[offset:min(end, offset + _SEND_CHUNK)])
+        return
+    with data.open("rb") as handle:
+        handle.seek(start)
+        while start < end and (chunk := handle.read(min(_SEND_CHUNK, end - start))):
+            start += len(chunk)
+            yield chunk
 
 
 @dataclass
 class FakeRepo:
-    files: dict[str, bytes]
+    files: dict[str, Content]
     commit: str = "0123456789abcdef0123456789abcdef01234567"
     gated: bool = False
+    known_sha256: dict[str, str] = field(default_factory=dict)  # precomputed digests of big Path files
 
 
 @dataclass
@@ -36,14 +61,22 @@ class FakeHub:
     _digests: dict[tuple[int, int], tuple[str, str]] = field(default_factory=dict)
 
     def sha256(self, repo: str, path: str) -> str:
-        return digests(self, self.repos[repo].files[path])[0]
+        return digests(self, self.repos[repo], path)[0]
 
 
-def digests(hub: FakeHub, data: bytes) -> tuple[str, str]:
-    """(sha256, sha1) of a file's bytes, computed once: a real Hub does not re-hash per request."""
-    key = (id(data), len(data))
+def digests(hub: FakeHub, repo: FakeRepo, path: str) -> tuple[str, str]:
+    """(sha256, git blob id stand-in) of a file, computed once: a real Hub does not re-hash per request."""
+    data = repo.files[path]
+    key = (id(data), _size(data))
     if key not in hub._digests:
-        hub._digests[key] = (hashlib.sha256(data).hexdigest(), hashlib.sha1(data).hexdigest())
+        if path in repo.known_sha256:
+            sha256 = repo.known_sha256[path]
+        else:
+            hasher = hashlib.sha256()
+            for chunk in _chunks(data, 0, _size(data)):
+                hasher.update(chunk)
+            sha256 = hasher.hexdigest()
+        hub._digests[key] = (sha256, hashlib.sha1(sha256.encode()).hexdigest())
     return hub._digests[key]
 
 
@@ -81,18 +114,46 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return
             siblings = []
             for path, data in repo.files.items():
-                sha256, sha1 = digests(hub, data)
-                entry = {"rfilename": path, "size": len(data), "blobId": sha1}
+                sha256, sha1 = digests(hub, repo, path)
+                entry = {"rfilename": path, "size": _size(data), "blobId": sha1}
                 if path.endswith(".gguf"):
-                    entry["lfs"] = {"size": len(data), "sha256": sha256, "pointerSize": 134}
+                    entry["lfs"] = {"size": _size(data), "sha256": sha256, "pointerSize": 134}
                 siblings.append(entry)
-            body = json.dumps({"id": name, "modelId": name, "sha": repo.commit, "private": False,
-                               "gated": repo.gated, "siblings": siblings}).encode()
+            self._json({"id": name, "modelId": name, "sha": repo.commit, "private": False,
+                        "gated": repo.gated, "siblings": siblings})
+
+        def _json(self, payload: object) -> None:
+            body = json.dumps(payload).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def _tree(self, name: str, folder: str) -> None:
+            """One folder's entries (not recursive), as HfFileSystem lists them."""
+            repo = self._repo(name)
+            if repo is None:
+                return
+            prefix = f"{folder.strip('/')}/" if folder.strip("/") else ""
+            entries: dict[str, dict[str, object]] = {}
+            for path, data in repo.files.items():
+                if not path.startswith(prefix):
+                    continue
+                rest = path[len(prefix):]
+                if "/" in rest:
+                    sub = prefix + rest.split("/", 1)[0]
+                    entries[sub] = {"type": "directory", "oid": "0" * 40, "size": 0, "path": sub}
+                    continue
+                sha256, sha1 = digests(hub, repo, path)
+                entry: dict[str, object] = {"type": "file", "oid": sha1, "size": _size(data), "path": path}
+                if path.endswith(".gguf"):
+                    entry["lfs"] = {"oid": sha256, "size": _size(data), "pointerSize": 134}
+                entries[path] = entry
+            if prefix and not entries:
+                self._error(404, "EntryNotFound", f"{folder} does not exist")
+                return
+            self._json(list(entries.values()))
 
         def _resolve(self, name: str, path: str) -> None:
             repo = self._repo(name)
@@ -102,37 +163,40 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if data is None:
                 self._error(404, "EntryNotFound", f"{path} does not exist")
                 return
-            sha, sha1 = digests(hub, data)
-            start = 0
-            match = re.match(r"bytes=(\d+)-", self.headers.get("Range", ""))
+            sha, sha1 = digests(hub, repo, path)
+            size = _size(data)
+            start, end = 0, size
+            match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
             if match:
                 start = int(match.group(1))
-            body = data[start:]
-            if path in hub.corrupt and self.command == "GET" and hub.corrupt_times > 0:
+                end = min(size, int(match.group(2)) + 1) if match.group(2) else size
+            corrupt = path in hub.corrupt and self.command == "GET" and hub.corrupt_times > 0
+            if corrupt:
                 hub.corrupt_times -= 1
-                body = bytes([body[0] ^ 0xFF]) + body[1:] if body else body
-            self.send_response(206 if start else 200)
+            self.send_response(206 if match else 200)
             self.send_header("X-Repo-Commit", repo.commit)
             self.send_header("ETag", f'"{sha}"' if path.endswith(".gguf") else f'"{sha1}"')
             if path.endswith(".gguf"):
                 self.send_header("X-Linked-Etag", f'"{sha}"')
-                self.send_header("X-Linked-Size", str(len(data)))
+                self.send_header("X-Linked-Size", str(size))
             self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Content-Length", str(len(body)))
-            if start:
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(end - start))
+            if match:
+                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
             self.end_headers()
             if self.command == "HEAD":
                 return
             limit = hub.cut_after.pop(path, None)
+            sent = 0
+            for chunk in _chunks(data, start, end if limit is None else min(end, start + limit)):
+                if corrupt and sent == 0:
+                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                self.wfile.write(chunk)
+                sent += len(chunk)
+            hub.bytes_sent += sent
             if limit is not None:
-                self.wfile.write(body[:limit])
-                hub.bytes_sent += min(limit, len(body))
                 self.wfile.flush()
                 self.close_connection = True
-                return
-            self.wfile.write(body)
-            hub.bytes_sent += len(body)
 
         def _route(self) -> None:
             url = urlparse(self.path)
@@ -140,6 +204,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             hub.requests.append((self.command, path, self.headers.get("Range", "")))
             if hub.error_status is not None:
                 self._error(hub.error_status, "ServerError", "the fake hub is failing on purpose")
+                return
+            tree = re.match(r"^/api/models/([^/]+/[^/]+)/tree/([^/]+)(/.*)?$", path)
+            if tree:
+                self._tree(tree.group(1), tree.group(3) or "")
                 return
             info = re.match(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?$", path)
             if info:

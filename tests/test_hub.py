@@ -180,6 +180,7 @@ def test_pull_and_run_a_model_from_the_hub(hub: FakeHub, tiny_dense: Path, tmp_p
 def test_unreachable_hub_is_one_line_with_the_offline_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     result = run_cli("pull", "--model", "qwen3-0.6b", "--quant", "Q8_0")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "cannot reach http://127.0.0.1:9" in result.stderr and "--offline" in result.stderr
