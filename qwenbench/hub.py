@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from .hubfiles import available_quants, files_for_quant
 from .modelfile import file_sha256, remember_sha256
 
 Progress = Callable[[str, int, int], None]  # (file name, bytes done, bytes total)
+DOWNLOAD_CHUNK_BYTES = 128 << 10
 
 
 class HubError(QwenbenchError):
@@ -176,19 +179,30 @@ def _drop(path: Path) -> None:
 
 
 class _HashingWriter:
-    """The file huggingface_hub's http_get writes to, hashing bytes as they pass (the partial prefix a
-    killed pull left is hashed first); any rewind makes the digest unknown, and verification re-reads."""
+    """The file huggingface_hub's http_get writes to, hashing bytes as they pass on a worker thread (hashlib
+    releases the GIL), so the SHA-256 costs no second read and does not slow the transfer; the partial prefix a
+    killed pull left is hashed first. Any rewind makes the digest unknown, and verification re-reads."""
+
+    _QUEUED_CHUNKS = 64  # bytes in flight stay bounded: chunks are DOWNLOAD_CHUNK_SIZE each
 
     def __init__(self, handle: BinaryIO) -> None:
         self._handle = handle
         self._digest: hashlib._Hash | None = hashlib.sha256()
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(self._QUEUED_CHUNKS)
+        self._hasher = threading.Thread(target=self._hash, daemon=True)
+        self._hasher.start()
         handle.seek(0)
         while chunk := handle.read(8 << 20):
-            self._digest.update(chunk)
+            self._chunks.put(chunk)
+
+    def _hash(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            if self._digest is not None:
+                self._digest.update(chunk)
 
     def write(self, data: bytes) -> int:
         if self._digest is not None:
-            self._digest.update(data)
+            self._chunks.put(bytes(data))  # a copy only if the caller reuses its buffer
         return self._handle.write(data)
 
     def tell(self) -> int:
@@ -206,6 +220,9 @@ class _HashingWriter:
         self._handle.flush()
 
     def hexdigest(self) -> str | None:
+        """The digest of everything written; stops the worker, so call it once, at the end."""
+        self._chunks.put(None)
+        self._hasher.join()
         return self._digest.hexdigest() if self._digest is not None else None
 
 
@@ -216,7 +233,7 @@ def _fetch_blob(repo: str, remote: RemoteFile, revision: str, cache: Path) -> No
     an interrupted 18 GB pull would start over; this keeps `<blob>.incomplete` and asks its `http_get`
     for the missing range. hf_hub_download then finds the blob and only links it into the snapshot.
     """
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
@@ -236,15 +253,21 @@ def _fetch_blob(repo: str, remote: RemoteFile, revision: str, cache: Path) -> No
             handle.truncate(0)
             done = 0
         writer = _HashingWriter(handle)
-        if metadata.size is None or done < metadata.size:
-            headers = build_hf_headers()
-            if urlparse(metadata.location).netloc != urlparse(url).netloc:
-                headers.pop("authorization", None)  # the token is for the Hub, not the CDN it redirects to
-            http_get(metadata.location, writer, resume_size=done, headers=headers, expected_size=metadata.size,
-                     displayed_filename=remote.path.rsplit("/", 1)[-1])
+        try:
+            if metadata.size is None or done < metadata.size:
+                headers = build_hf_headers()
+                if urlparse(metadata.location).netloc != urlparse(url).netloc:
+                    headers.pop("authorization", None)  # the token is for the Hub, not the CDN it redirects to
+                # http_get assembles each DOWNLOAD_CHUNK_SIZE chunk (10 MB) from 64 KB socket reads in a fresh
+                # BytesIO: at loopback speeds that copying and page-faulting cost half the throughput; 128 KB not
+                constants.DOWNLOAD_CHUNK_SIZE = DOWNLOAD_CHUNK_BYTES
+                http_get(metadata.location, writer, resume_size=done, headers=headers, expected_size=metadata.size,
+                         displayed_filename=remote.path.rsplit("/", 1)[-1])
+        finally:
+            digest = writer.hexdigest()
     os.replace(partial, blob)
-    if writer.hexdigest() is not None:
-        remember_sha256(blob, writer.hexdigest())  # hashed while writing: verifying costs no second read
+    if digest is not None:
+        remember_sha256(blob, digest)  # hashed while writing: verifying costs no second read
 
 
 def download(resolved: Resolved, *, offline: bool = False, on_progress: Progress | None = None) -> list[Path]:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 Content = bytes | Path
-_SEND_CHUNK = 8 << 20
+_SEND_CHUNK = 1 << 20
 
 
 def _size(data: Content) -> int:
@@ -55,6 +56,7 @@ class FakeHub:
     corrupt: set[str] = field(default_factory=set)  # paths served with a flipped byte
     corrupt_times: int = 1  # how many downloads of a corrupt path are corrupted
     error_status: int | None = None
+    rate_bytes_per_s: float | None = None  # pace file bodies like a real link (benchmarks); None: as fast as possible
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, range header)
     bytes_sent: int = 0
 
@@ -188,11 +190,14 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return
             limit = hub.cut_after.pop(path, None)
             sent = 0
+            began = time.perf_counter()
             for chunk in _chunks(data, start, end if limit is None else min(end, start + limit)):
                 if corrupt and sent == 0:
                     chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                 self.wfile.write(chunk)
                 sent += len(chunk)
+                if hub.rate_bytes_per_s:
+                    time.sleep(max(0.0, sent / hub.rate_bytes_per_s - (time.perf_counter() - began)))
             hub.bytes_sent += sent
             if limit is not None:
                 self.wfile.flush()
