@@ -34,3 +34,9 @@ class ResultsFileError(QwenbenchError):
 
 class RunFailedError(QwenbenchError):
     """The benchmark child failed: crash, abort, OOM kill, timeout."""
+
+
+class Interrupted(QwenbenchError):
+    """Work the user stopped (Ctrl-C) that can be taken up again; the hint says how."""
+
+    exit_code = 130

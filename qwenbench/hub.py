@@ -19,7 +19,7 @@ from typing import BinaryIO
 from urllib.parse import urlparse
 
 from .catalog import ModelSpec
-from .errors import QwenbenchError, UsageError
+from .errors import Interrupted, QwenbenchError, UsageError
 from .hubfiles import available_quants, files_for_quant
 from .modelfile import file_sha256, remember_sha256
 
@@ -286,6 +286,9 @@ def download(resolved: Resolved, *, offline: bool = False, on_progress: Progress
                     _fetch_blob(resolved.repo, remote, resolved.revision, cache)
                 local = Path(hf_hub_download(resolved.repo, remote.path, revision=resolved.revision,
                                              cache_dir=cache, endpoint=endpoint(), local_files_only=offline))
+            except KeyboardInterrupt:
+                raise Interrupted(f"download of {remote.path} interrupted; the bytes so far are kept in {cache}",
+                                  hint="run the same command again: it continues where it stopped") from None
             except Exception as exc:
                 raise translate_error(exc, resolved.repo) from exc
             if _verify(local, remote, on_progress):

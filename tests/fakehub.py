@@ -27,16 +27,16 @@ def _size(data: Content) -> int:
     return data.stat().st_size if isinstance(data, Path) else len(data)
 
 
-def _chunks(data: Content, start: int, end: int) -> Iterator[bytes]:
+def _chunks(data: Content, start: int, end: int, piece: int = _SEND_CHUNK) -> Iterator[bytes]:
     """The bytes [start, end) of a file, in pieces."""
     if isinstance(data, bytes):
         view = memoryview(data)
-        for offset in range(start, end, _SEND_CHUNK):
-            yield bytes(view[offset:min(end, offset + _SEND_CHUNK)])
+        for offset in range(start, end, piece):
+            yield bytes(view[offset:min(end, offset + piece)])
         return
     with data.open("rb") as handle:
         handle.seek(start)
-        while start < end and (chunk := handle.read(min(_SEND_CHUNK, end - start))):
+        while start < end and (chunk := handle.read(min(piece, end - start))):
             start += len(chunk)
             yield chunk
 
@@ -191,13 +191,15 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             limit = hub.cut_after.pop(path, None)
             sent = 0
             began = time.perf_counter()
-            for chunk in _chunks(data, start, end if limit is None else min(end, start + limit)):
+            rate = hub.rate_bytes_per_s
+            piece = max(1 << 12, min(_SEND_CHUNK, int(rate / 50))) if rate else _SEND_CHUNK  # paced: 20 ms slices
+            for chunk in _chunks(data, start, end if limit is None else min(end, start + limit), piece):
                 if corrupt and sent == 0:
                     chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                 self.wfile.write(chunk)
                 sent += len(chunk)
-                if hub.rate_bytes_per_s:
-                    time.sleep(max(0.0, sent / hub.rate_bytes_per_s - (time.perf_counter() - began)))
+                if rate:
+                    time.sleep(max(0.0, sent / rate - (time.perf_counter() - began)))
             hub.bytes_sent += sent
             if limit is not None:
                 self.wfile.flush()

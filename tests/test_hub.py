@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +26,7 @@ from qwenbench.hub import (
     resolve_offline,
 )
 
-from .conftest import run_cli
+from .conftest import QWENBENCH, run_cli
 from .fakehub import FakeHub, FakeHubServer, FakeRepo
 
 
@@ -214,3 +218,29 @@ def test_pull_uses_a_models_dir_copy_without_downloading(hub: FakeHub, tmp_path:
     assert json.loads(result.stdout)["local_path"] == str(folder / "Qwen3-0.6B-Q8_0.gguf")
     assert "nothing to download" in result.stderr
     assert not [p for method, p, _ in hub.requests if method == "GET" and "/resolve/" in p]
+
+
+def test_ctrl_c_during_a_pull_keeps_the_bytes_and_the_next_pull_continues(hub: FakeHub, tmp_path: Path) -> None:
+    repo, name = "lmstudio-community/Qwen3-0.6B-GGUF", "Qwen3-0.6B-Q4_K_M.gguf"
+    hub.rate_bytes_per_s = 100_000  # 3 s for the 300 kB file: time to interrupt it
+    env = {**os.environ, "NO_COLOR": "1"}
+    pull = subprocess.Popen([QWENBENCH, "pull", "--model", "qwen3-0.6b", "--quant", "Q4_K_M"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "hf" / "models--lmstudio-community--Qwen3-0.6B-GGUF" / "blobs" / \
+        f"{hub.sha256(repo, name)}.incomplete"
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size > 50_000) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pull.send_signal(signal.SIGINT)
+    _, stderr = pull.communicate(timeout=60)
+    assert pull.returncode == 130, stderr
+    assert "interrupted" in stderr and "continues where it stopped" in stderr and "Traceback" not in stderr
+    kept = partial.stat().st_size
+    assert 50_000 <= kept < len(hub.repos[repo].files[name])
+
+    hub.rate_bytes_per_s = None
+    again = run_cli("pull", "--model", "qwen3-0.6b", "--quant", "Q4_K_M", "--json")
+    assert again.returncode == 0, again.stderr
+    assert Path(json.loads(again.stdout)["local_path"]).read_bytes() == hub.repos[repo].files[name]
+    resumed = [r for method, p, r in hub.requests if method == "GET" and p.endswith(name)][-1]
+    assert resumed == f"bytes={kept}-"
