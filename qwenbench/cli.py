@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from .catalog import ModelSpec
     from .fit import MemoryEstimate
-    from .harness import RunReport
+    from .harness import RunLabels, RunReport
     from .hub import Resolved
     from .machine import MachineInfo
     from .modelfile import ModelFile
@@ -371,44 +371,14 @@ def _write_twin(spec: ModelSpec, quant: str, repo: str | None, revision: str | N
 
 def _fetch(model: str, quant: str, repo: str | None, revision: str | None, offline: bool,
            models_dirs: list[Path] | None = None) -> tuple[Path, Resolved | None]:
-    """A catalog model's GGUF, verified: a copy already on disk (LM Studio, --models-dir), else the Hub
-    into the HF cache (only the cache when offline). Returns the first file's path and what it resolved to."""
+    """A catalog model's GGUF, verified (hub.fetch_model), saying what it does on stderr."""
     from .catalog import get_model
-    from .hub import (
-        HubError,
-        download,
-        find_local_copy,
-        local_model_dirs,
-        offline_mode,
-        resolve,
-        resolve_local,
-        resolve_offline,
-    )
+    from .hub import fetch_model
 
-    spec = get_model(model)
-    offline = offline_mode(offline)
-    dirs = local_model_dirs(models_dirs)
-    if offline:
-        try:
-            resolved = resolve_offline(spec, quant, repo=repo)
-        except HubError:
-            local = resolve_local(spec, quant, dirs, repo=repo)
-            if local is None:
-                raise
-            err.print(f"using {local[0]} (found offline by name; not checked against the Hub)")
-            return local[0], None
-    else:
-        with err.status(f"finding {spec.name} {quant.upper()} on the Hub"):
-            resolved = resolve(spec, quant, repo=repo, revision=revision)
-    err.print(f"{resolved.repo}@{resolved.revision[:10]}: {', '.join(f.path for f in resolved.files)} "
-              f"({resolved.size / 1e9:.2f} GB)")
-    if not offline and dirs:
-        local = find_local_copy(resolved, dirs, on_progress=_HashProgress())
-        if local is not None:
-            err.print(f"already on disk, verified: {local[0]} (nothing to download)")
-            return local[0], resolved
-    paths = download(resolved, offline=offline, on_progress=_HashProgress())
-    return paths[0], resolved
+    fetched = fetch_model(get_model(model), quant, repo=repo, revision=revision, offline=offline,
+                          models_dirs=models_dirs, on_status=lambda message: err.print(message, highlight=False),
+                          on_progress=_HashProgress())
+    return fetched.path, fetched.resolved
 
 
 class _HashProgress:
@@ -486,7 +456,8 @@ def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None,
 
 
 def _run_with_progress(settings: RunSettings, model_file: ModelFile, machine: MachineInfo, timeout_s: float | None,
-                       log_dir: Path, predicted: MemoryEstimate | None = None) -> RunReport:
+                       log_dir: Path, predicted: MemoryEstimate | None = None,
+                       labels: RunLabels | None = None) -> RunReport:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -514,7 +485,7 @@ def _run_with_progress(settings: RunSettings, model_file: ModelFile, machine: Ma
                                 description=f"{event['test']} rep {event['rep']}/{event['reps']}")
 
         return run_benchmark(settings, model_file, machine, log_dir=log_dir, timeout_s=timeout_s,
-                             on_event=on_event, predicted=predicted)
+                             on_event=on_event, predicted=predicted, labels=labels)
 
 
 def _print_report(report: RunReport, csv_path: Path) -> None:
@@ -629,25 +600,29 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
     if timeout <= 0:
         raise UsageError("--timeout must be > 0 seconds")
     from .calibration import load_calibration
-    from .planner import apply_plan, fit_problems, predict_run, usable_gpu
+    from .harness import RunLabels
+    from .planner import prepare_run
 
     model_file = _resolve_model_file(gguf, model, quant, synthetic, **(source or {}))
     calibration = load_calibration(machine.machine_id)
-    settings, plan_notes = apply_plan(replace(settings, model_path=str(model_file.path)), model_file.header,
-                                      machine.hardware, calibration, pinned if pinned is not None else set())
-    for note in plan_notes:
+    header = model_file.header
+    prepared = prepare_run(replace(settings, model_path=str(model_file.path)), header.quant, header.table,
+                           header.shape(), machine.hardware, calibration, pinned if pinned is not None else set())
+    for note in prepared.notes:
         err.print(f"[yellow]warning:[/yellow] {note}")
+    settings = prepared.settings
     settings.validate()
-    config, estimate = predict_run(settings, model_file.header, machine.hardware, calibration)
-    problems = fit_problems(estimate, machine.hardware, usable_gpu(machine.hardware) if config.gpu else None)
-    if problems and not force:
-        raise UsageError(f"{model_file.path.name} with these settings would not fit: {'; '.join(problems)}",
+    if prepared.problems and not force:
+        raise UsageError(f"{model_file.path.name} with these settings would not fit: {'; '.join(prepared.problems)}",
                          hint="a smaller quant, a shorter context (-c), fewer GPU layers (-ngl) or --n-cpu-moe; "
                               "--force runs it anyway")
-    for problem in problems:
+    for problem in prepared.problems:
         err.print(f"[yellow]warning:[/yellow] {problem} (running anyway: --force)")
+    labels = RunLabels(bytes_per_token=prepared.bytes_per_token, ram_bandwidth_gbps=prepared.ram_gbps,
+                       gpu_bandwidth_gbps=prepared.gpu_gbps)
     csv_path = out_csv or default_results_path(machine.hostname)
-    report = _run_with_progress(settings, model_file, machine, timeout, csv_path.parent / "logs", estimate)
+    report = _run_with_progress(settings, model_file, machine, timeout, csv_path.parent / "logs", prepared.estimate,
+                                labels)
     append_records(csv_path, list(report.records))
     if as_json:
         out.print_json(json.dumps({"run_id": report.run_id, "csv": str(csv_path),

@@ -35,6 +35,19 @@ _LOG_TAIL_LINES = 12
 
 
 @dataclass(frozen=True)
+class RunLabels:
+    """What the caller knows about a run beyond its settings: the bench job it belongs to, and the
+    figures that turn its tg t/s into a share of the machine's memory bandwidth."""
+
+    suite: str = ""
+    mode: str = ""
+    job_key: str = ""
+    bytes_per_token: int | None = None
+    ram_bandwidth_gbps: float | None = None
+    gpu_bandwidth_gbps: float | None = None
+
+
+@dataclass(frozen=True)
 class RunReport:
     run_id: str
     records: tuple[Record, ...]
@@ -42,6 +55,8 @@ class RunReport:
     notes: tuple[str, ...]
     interrupted: bool
     buffers: LlamaBuffers  # what llama.cpp allocated, from its log
+    wall_s: float = 0.0  # the child's life, from start to exit
+    llama_ns: int = 0  # of which inside llama.cpp calls (load, contexts, decodes)
 
     @property
     def ok(self) -> bool:
@@ -92,8 +107,10 @@ class _EventCollector:
         self.on_event = on_event
         self.loaded: dict[str, Any] = {}
         self.results: dict[TestSpec, TestResult] = {}
+        self.partial: dict[str, list[int]] = {}  # samples of a test that did not finish, by test name
         self.error: str | None = None
         self.notes: list[str] = []
+        self.llama_ns = 0
 
     def __call__(self, line: str) -> None:
         try:
@@ -110,19 +127,26 @@ class _EventCollector:
             self.error = event.get("message", "unknown error")
         elif kind == "note":
             self.notes.append(event.get("message", ""))
+        elif kind == "sample":
+            self.partial.setdefault(event["test"], []).append(int(event["ns"]))
+        elif kind == "timing":
+            self.llama_ns = int(event.get("llama_ns", 0))
         if self.on_event is not None:
             self.on_event(event)
 
 
 def _record(settings: RunSettings, model: ModelFile, machine: MachineInfo, loaded: dict[str, Any],
             outcome: ChildOutcome, run_id: str, test: TestSpec, result: TestResult | None,
-            status: str, error: str, predicted: MemoryEstimate | None) -> Record:
+            status: str, error: str, predicted: MemoryEstimate | None, labels: RunLabels) -> Record:
     summary = summarize(result.samples_ns, result.n_tokens) if result else None
     is_ttft = test.kind == "ttft"
     header = model.header
     return Record(
         schema_version=SCHEMA_VERSION,
         run_id=run_id,
+        suite=labels.suite,
+        mode=labels.mode,
+        job_key=labels.job_key,
         test_time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         status=status,
         error=error,
@@ -154,6 +178,9 @@ def _record(settings: RunSettings, model: ModelFile, machine: MachineInfo, loade
         peak_vram_bytes=outcome.peak_vram_bytes,
         predicted_host_bytes=predicted.host_bytes if predicted else None,
         predicted_vram_bytes=predicted.vram_bytes if predicted else None,
+        bytes_per_token=labels.bytes_per_token,
+        ram_bandwidth_gbps=labels.ram_bandwidth_gbps,
+        gpu_bandwidth_gbps=labels.gpu_bandwidth_gbps,
         model_key=model.model_key,
         model_filename=model.path.name,
         model_type=loaded.get("model_type", ""),
@@ -201,9 +228,10 @@ def _learn(predicted: MemoryEstimate, peak_rss: int, model: ModelFile, machine: 
 
 def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo, *, log_dir: Path,
                   timeout_s: float | None = None, on_event: EventHandler | None = None,
-                  predicted: MemoryEstimate | None = None) -> RunReport:
+                  predicted: MemoryEstimate | None = None, labels: RunLabels | None = None) -> RunReport:
     """Run every test of `settings` on `model` in one child process and return one Record per test."""
     settings.validate()
+    labels = labels or RunLabels()
     run_id = new_run_id()
     log_dir.mkdir(parents=True, exist_ok=True)
     collector = _EventCollector(on_event)
@@ -223,12 +251,18 @@ def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo,
         else:
             failure = failure or _failure(outcome, collector.error, log_path)
             status, error = failure
+            done = collector.partial.get(test.name)
+            if done and status == "interrupted" and test.kind != "ttft":  # keep the repetitions done before Ctrl-C
+                result = TestResult(test, tuple(done), settings.n_ctx or test.n_ctx_needed,
+                                    test.n_prompt + test.n_gen)
+                error += f" after {len(done)} of {settings.repetitions} repetitions"
         records.append(_record(settings, model, machine, collector.loaded, outcome, run_id, test, result,
-                               status, error, predicted))
+                               status, error, predicted, labels))
     buffers = parse_buffers(log_path.read_text(errors="replace"))
     if predicted is not None and failure is None and not predicted.vram_bytes and outcome.peak_rss_bytes:
         _learn(predicted, outcome.peak_rss_bytes, model, machine, records)
     kept_log = log_path if failure else None
     if kept_log is None:
         log_path.unlink(missing_ok=True)
-    return RunReport(run_id, tuple(records), kept_log, tuple(collector.notes), outcome.interrupted, buffers)
+    return RunReport(run_id, tuple(records), kept_log, tuple(collector.notes), outcome.interrupted, buffers,
+                     outcome.wall_s, collector.llama_ns)

@@ -356,3 +356,39 @@ def resolve_local(spec: ModelSpec, quant: str, dirs: list[Path], *, repo: str | 
             if chosen:
                 return [publisher_repo / path for path in chosen]
     return None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path  # the first file (llama.cpp finds split parts beside it)
+    resolved: Resolved | None  # None when found offline by name only, unchecked against the Hub
+
+
+def fetch_model(spec: ModelSpec, quant: str, *, repo: str | None = None, revision: str | None = None,
+                offline: bool = False, models_dirs: list[Path] | None = None,
+                on_status: Callable[[str], None] | None = None, on_progress: Progress | None = None) -> Fetched:
+    """A catalog model's GGUF, verified: a copy already on disk (LM Studio, --models-dir), else the Hub into the
+    HF cache (only the caches when offline)."""
+    say = on_status or (lambda message: None)
+    offline = offline_mode(offline)
+    dirs = local_model_dirs(models_dirs)
+    if offline:
+        try:
+            resolved = resolve_offline(spec, quant, repo=repo)
+        except HubError:
+            local = resolve_local(spec, quant, dirs, repo=repo)
+            if local is None:
+                raise
+            say(f"using {local[0]} (found offline by name; not checked against the Hub)")
+            return Fetched(local[0], None)
+    else:
+        say(f"finding {spec.name} {quant.upper()} on the Hub")
+        resolved = resolve(spec, quant, repo=repo, revision=revision)
+    say(f"{resolved.repo}@{resolved.revision[:10]}: {', '.join(f.path for f in resolved.files)} "
+        f"({resolved.size / 1e9:.2f} GB)")
+    if not offline and dirs:
+        local = find_local_copy(resolved, dirs, on_progress=on_progress)
+        if local is not None:
+            say(f"already on disk, verified: {local[0]} (nothing to download)")
+            return Fetched(local[0], resolved)
+    return Fetched(download(resolved, offline=offline, on_progress=on_progress)[0], resolved)

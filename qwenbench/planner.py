@@ -18,7 +18,6 @@ from .fit import (
     estimate_memory,
     predicted_tg_ts,
 )
-from .gguf_info import GGUFHeader
 from .probe import GpuInfo, Hardware
 from .runspec import RunSettings
 from .tensors import TensorTable
@@ -56,12 +55,6 @@ def run_config(settings: RunSettings, shape: ModelShape, hardware: Hardware) -> 
         use_mmap=settings.load_mode != "none",
         gpu=usable_gpu(hardware) is not None and settings.n_gpu_layers != 0,
     )
-
-
-def predict_run(settings: RunSettings, header: GGUFHeader, hardware: Hardware,
-                calibration: Calibration | None = None) -> tuple[RunConfig, MemoryEstimate]:
-    config = run_config(settings, header.shape(), hardware)
-    return config, estimate_memory(header.table, header.shape(), config, hardware.cpu.features, calibration)
 
 
 def fit_problems(estimate: MemoryEstimate, hardware: Hardware, gpu: GpuInfo | None) -> list[str]:
@@ -261,25 +254,47 @@ def choose(model: str, placements: list[Placement], min_tg: float) -> Plan:
     return Plan(model, choice, neighbours, tuple(ranked), tuple(reasons))
 
 
-def apply_plan(settings: RunSettings, header: GGUFHeader, hardware: Hardware, calibration: Calibration,
-               pinned: set[str]) -> tuple[RunSettings, list[str]]:
-    """Fill the placement settings the user did not pin from the plan for this file; say where pins differ."""
-    config = run_config(settings, header.shape(), hardware)
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run's settings with the plan applied, and what the memory model and the bandwidth model say of it."""
+
+    settings: RunSettings
+    notes: tuple[str, ...]  # where pinned values differ from the plan
+    config: RunConfig
+    estimate: MemoryEstimate
+    problems: tuple[str, ...]  # why it would not fit; empty when it fits
+    bytes_per_token: int  # read per generated token, host and GPU together
+    ram_gbps: float | None
+    gpu_gbps: float | None
+
+
+def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: ModelShape, hardware: Hardware,
+                calibration: Calibration, pinned: set[str]) -> PreparedRun:
+    """Fill the placement settings the user did not pin from the plan for this model (a file's header or the
+    catalog's recipe), say where pins differ, and predict the run's memory."""
+    config = run_config(settings, shape, hardware)
     kv_types = (settings.type_k,) if {"type_k", "type_v"} & pinned else ("f16", "q8_0")
-    placement = best_placement(header.quant, header.table, header.shape(), hardware, config.n_ctx, calibration,
-                               kv_types)
-    has_gpu = usable_gpu(hardware) is not None
-    planned = {"n_gpu_layers": placement.n_gpu_layers if has_gpu else -1,
+    placement = best_placement(quant, table, shape, hardware, config.n_ctx, calibration, kv_types)
+    gpu = usable_gpu(hardware)
+    planned = {"n_gpu_layers": placement.n_gpu_layers if gpu is not None else -1,
                "n_cpu_moe": placement.n_cpu_moe, "type_k": placement.type_k, "type_v": placement.type_v}
     updates = {name: value for name, value in planned.items() if name not in pinned}
     notes = []
-    differing = [name for name in ("n_gpu_layers", "n_cpu_moe") if name in pinned and has_gpu
+    differing = [name for name in ("n_gpu_layers", "n_cpu_moe") if name in pinned and gpu is not None
                  and getattr(settings, name) != planned[name]]
     if differing:
         notes.append("pinned " + ", ".join(f"{n}={getattr(settings, n)}" for n in differing) + "; the plan would use "
                      + ", ".join(f"{n}={planned[n]}" for n in differing)
                      + f" (about {placement.predicted_tg_ts:.1f} t/s predicted)")
-    return replace(settings, **updates), notes
+    settings = replace(settings, **updates)
+    config = run_config(settings, shape, hardware)
+    estimate = estimate_memory(table, shape, config, hardware.cpu.features, calibration)
+    problems = fit_problems(estimate, hardware, gpu if config.gpu else None)
+    host_read, gpu_read = bytes_read_per_token(table, shape, config)
+    ram_gbps = hardware.bandwidth_gbps.get("ram")
+    gpu_gbps = gpu_bandwidth_gbps(gpu, ram_gbps)[0] if gpu is not None and config.gpu else None
+    return PreparedRun(settings, tuple(notes), config, estimate, tuple(problems), host_read + gpu_read, ram_gbps,
+                       gpu_gbps)
 
 
 def what_would_fit(quant: str, table: TensorTable, shape: ModelShape, hardware: Hardware, n_ctx: int,

@@ -3,6 +3,9 @@
 Schema (one row per test; llama-bench's column names where they overlap):
   schema_version       this file's layout version (SCHEMA_VERSION)
   run_id               one id per `qwenbench run` (all tests of one model load share it)
+  suite, mode, job_key (schema 4+) the bench config's name, the device mode (cpu | gpu | gpu-experts-cpu;
+                       empty for `qwenbench run`) and a stable key of the job (model, quant, weights, mode,
+                       settings) that `bench --resume` matches
   test_time            UTC ISO-8601 time the row was recorded
   status               ok | failed | crashed | oom | timeout | interrupted | skipped
   error                why a test did not produce numbers (empty when ok)
@@ -21,6 +24,9 @@ Schema (one row per test; llama-bench's column names where they overlap):
   peak_vram_bytes      peak GPU memory of the process where NVML reports it, else empty
   predicted_host_bytes, predicted_vram_bytes  the memory model's prediction for this run (schema 2+), so
                        prediction error reads off any CSV as predicted / peak
+  bytes_per_token      (schema 4+) bytes of weights and KV read per generated token in this placement
+  ram_bandwidth_gbps, gpu_bandwidth_gbps  the machine's measured RAM copy bandwidth and its GPU's (spec
+                       sheet), so tg x bytes_per_token reads as a share of the physical limit
   model_key            catalog key (qwen3-30b-a3b), empty if unknown
   model_filename       file name of the GGUF
   model_type           llama.cpp's description (qwen3moe 30B.A3B Q3_K - Large)
@@ -57,7 +63,9 @@ try:
 except ImportError:  # pragma: no cover - Windows: appends stay atomic, header checks are unlocked
     fcntl = None  # type: ignore[assignment]
 
-SCHEMA_VERSION = 3  # 2: predicted_host_bytes, predicted_vram_bytes; 3: model_repo, model_revision
+# 2: predicted_host_bytes, predicted_vram_bytes; 3: model_repo, model_revision; 4: suite, mode, job_key,
+# bytes_per_token, ram_bandwidth_gbps, gpu_bandwidth_gbps
+SCHEMA_VERSION = 4
 STATUSES = ("ok", "failed", "crashed", "oom", "timeout", "interrupted", "skipped")
 
 
@@ -67,6 +75,9 @@ class Record:
 
     schema_version: int
     run_id: str
+    suite: str
+    mode: str
+    job_key: str
     test_time: str
     status: str
     error: str
@@ -98,6 +109,9 @@ class Record:
     peak_vram_bytes: int | None
     predicted_host_bytes: int | None
     predicted_vram_bytes: int | None
+    bytes_per_token: int | None
+    ram_bandwidth_gbps: float | None
+    gpu_bandwidth_gbps: float | None
     model_key: str
     model_filename: str
     model_type: str

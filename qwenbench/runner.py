@@ -136,6 +136,7 @@ class Bench:
         self.C = self.ll.llama_cpp
         self.rng = random.Random(settings.seed)
         self.model = None
+        self.llama_ns = 0  # time spent inside llama.cpp calls: the rest of a run is the harness's overhead
 
     def load(self) -> dict[str, Any]:
         C, s = self.C, self.settings
@@ -151,6 +152,7 @@ class Bench:
         start = time.perf_counter_ns()
         self.model = C.llama_model_load_from_file(s.model_path.encode(), mparams)
         load_ns = time.perf_counter_ns() - start
+        self.llama_ns += load_ns
         if not self.model:
             raise BenchmarkAbort("llama.cpp could not load the model (its log says why)")
         self.vocab = C.llama_model_get_vocab(self.model)
@@ -186,14 +188,18 @@ class Bench:
         cparams.op_offload = True
         cparams.embeddings = False
         cparams.swa_full = False
+        start = time.perf_counter_ns()
         ctx = C.llama_init_from_model(self.model, cparams)
+        self.llama_ns += time.perf_counter_ns() - start
         if not ctx:
             raise BenchmarkAbort(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
         try:
             with _threadpool(self.ll, ctx, s.n_threads):
                 yield ctx
         finally:
+            start = time.perf_counter_ns()
             C.llama_free(ctx)
+            self.llama_ns += time.perf_counter_ns() - start
 
     def _decode(self, ctx: Any, tokens: list[int]) -> None:
         array = (self.C.llama_token * len(tokens))(*tokens)
@@ -217,7 +223,9 @@ class Bench:
         for batch in batches:
             self._decode(ctx, batch)
         self.C.llama_synchronize(ctx)
-        return time.perf_counter_ns() - start
+        elapsed = time.perf_counter_ns() - start
+        self.llama_ns += elapsed
+        return elapsed
 
     def run_gen(self, ctx: Any, n_gen: int) -> int:
         tokens = self._random_tokens(n_gen, True)
@@ -225,10 +233,14 @@ class Bench:
         for token in tokens:
             self._decode(ctx, [token])
             self.C.llama_synchronize(ctx)
-        return time.perf_counter_ns() - start
+        elapsed = time.perf_counter_ns() - start
+        self.llama_ns += elapsed
+        return elapsed
 
     def _clear(self, ctx: Any) -> None:
+        start = time.perf_counter_ns()
         self.C.llama_memory_clear(self.C.llama_get_memory(ctx), False)
+        self.llama_ns += time.perf_counter_ns() - start
 
     def run_kernel_test(self, test: TestSpec, index: int, total: int) -> TestResult:
         s = self.settings
@@ -279,6 +291,13 @@ class Bench:
 
     def _first_token(self, ctx: Any, prompt: str) -> int:
         """Tokenize, prefill and pick the first generated token greedily: what a chat user waits for."""
+        start = time.perf_counter_ns()
+        try:
+            return self._first_token_untimed(ctx, prompt)
+        finally:
+            self.llama_ns += time.perf_counter_ns() - start
+
+    def _first_token_untimed(self, ctx: Any, prompt: str) -> int:
         tokens = self._tokenize(prompt)
         step = self.settings.n_batch
         for i in range(0, len(tokens), step):
@@ -315,7 +334,9 @@ class Bench:
 
     def close(self) -> None:
         if self.model:
+            start = time.perf_counter_ns()
             self.C.llama_model_free(self.model)
+            self.llama_ns += time.perf_counter_ns() - start
             self.model = None
 
 
@@ -335,6 +356,7 @@ def run(settings: RunSettings, emit: Emit) -> None:
                 emit({"event": "test_done", "result": result.to_json()})
     finally:
         bench.close()
+        emit({"event": "timing", "llama_ns": bench.llama_ns})
 
 
 def main() -> int:
