@@ -27,8 +27,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check qwenbench tests
 
+# the whole comparison matrix; resumable (rerun continues), SYNTHETIC=1 measures synthetic twins, OUT=file.csv
 bench-all: $(STAMP)
-	@echo "bench-all arrives with the comparison matrix (configs/bench-all.toml); for now: make demo, or qwenbench run"
+	$(BIN)/qwenbench bench --config configs/bench-all.toml --resume $(if $(SYNTHETIC),--synthetic) $(if $(OUT),--out $(OUT))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

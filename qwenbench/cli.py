@@ -640,6 +640,127 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
         raise typer.Exit(1)
 
 
+# ------------------------------------------------------------------------------------------ bench
+
+
+@app.command("bench")
+def bench_command(
+    config_path: Path = typer.Option(..., "--config", "-f", help="A suite: configs/bench-all.toml, configs/quick.toml "
+                                                                "or your own."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Measure synthetic twins (nothing is downloaded)."),
+    resume: bool = typer.Option(False, "--resume", help="Skip the jobs already recorded as done in the output."),
+    out_csv: Path | None = typer.Option(None, "--out", "-o", help="Results CSV [results/<host>.csv]."),
+    only: list[str] = typer.Option([], "--only", help="Run only jobs whose label matches (glob or word; "
+                                                      "repeatable), e.g. --only 30b --only '*cpu'."),
+    offline: bool = typer.Option(False, "--offline", help="Models from the caches only (also HF_HUB_OFFLINE=1)."),
+    models_dir: list[Path] = typer.Option([], "--models-dir", help="Also look for GGUFs in this folder."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; the summary only."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON for scripts."),
+) -> None:
+    """Run a suite: every model in every device mode (cpu, gpu, and gpu-experts-cpu for MoE), each job in its
+    own process, rows appended as each job ends. A job that cannot fit or has no GPU is skipped with the
+    reason; one that crashes, is killed or times out, or whose model fails to download or verify, becomes
+    rows with that status, and the suite goes on. Ctrl-C stops it with the CSV valid; --resume continues."""
+    from .bench import expand_jobs, job_key, run_suite
+    from .config import load_config
+    from .machine import describe_machine
+    from .paths import default_results_path
+
+    config = load_config(config_path)
+    jobs = expand_jobs(config, synthetic=synthetic, only=only)
+    if not jobs:
+        raise UsageError(f"no job of {config.name} matches --only {' '.join(only)}",
+                         hint="--dry-run lists the jobs and their labels")
+    if dry_run:
+        if as_json:
+            out.print_json(json.dumps([{"label": j.label, "model": j.entry.key, "quant": j.entry.quant,
+                                        "mode": j.mode, "weights": j.weights, "job_key": job_key(config, j)}
+                                       for j in jobs]))
+        else:
+            for number, job in enumerate(jobs, start=1):
+                out.print(f"{number:3d}. {job.label}", highlight=False)
+        return
+    machine = describe_machine(bandwidth=True)
+    csv_path = out_csv or default_results_path(machine.hostname)
+    if quiet or as_json:
+        result = run_suite(config, jobs, machine, out_csv=csv_path, resume=resume, offline=offline,
+                           models_dirs=models_dir)
+    else:
+        result = _bench_with_progress(config, jobs, machine, csv_path, resume, offline, models_dir)
+    if as_json:
+        out.print_json(json.dumps({"suite": config.name, "csv": str(csv_path), "wall_s": round(result.wall_s, 1),
+                                   "jobs": [{"label": o.job.label, "mode": o.job.mode, "status": o.status,
+                                             "reason": o.reason, "rows": len(o.records)} for o in result.outcomes]}))
+        return
+    _print_bench_summary(config.name, result, csv_path)
+    if any(o.status not in ("ok", "skipped", "resumed") for o in result.outcomes):
+        raise typer.Exit(1)
+
+
+def _job_line(outcome: Any) -> str:
+    """One line per finished job: its speeds, or why it has none."""
+    status = outcome.status
+    if status == "resumed":
+        return f"[dim]= {outcome.job.label}: already recorded[/dim]"
+    speeds = ", ".join(f"{r.test} {r.avg_ts:.1f} t/s" if r.test != "ttft" else f"ttft {r.ttft_ms:.0f} ms"
+                       for r in outcome.records if r.status == "ok" and r.avg_ts is not None)
+    if status == "ok":
+        return f"[green]✓[/green] {outcome.job.label}: {speeds}"
+    colour = "yellow" if status == "skipped" else "red"
+    return f"[{colour}]{status}[/{colour}] {outcome.job.label}: {outcome.reason}" + (f" ({speeds})" if speeds else "")
+
+
+def _bench_with_progress(config: Any, jobs: list[Any], machine: MachineInfo, csv_path: Path, resume: bool,
+                         offline: bool, models_dir: list[Path]) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from .bench import run_suite
+
+    # one redraw a second: the display shares the cores with the llama.cpp threads being timed
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err, transient=True, refresh_per_second=1) as progress:
+        overall = progress.add_task(f"{config.name}: jobs", total=len(jobs))
+        current = progress.add_task("", total=None)
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "job_started":
+                progress.update(current, description=f"{data['job'].label}", completed=0, total=None)
+            elif kind == "status":
+                progress.update(current, description=data["message"])
+            elif kind == "run_event":
+                event = data["event"]
+                if event.get("event") == "loaded":
+                    progress.update(current, description=f"loaded in {event['load_ms'] / 1000:.1f} s")
+                elif event.get("event") == "sample":
+                    progress.update(current, description=f"{event['test']} rep {event['rep']}/{event['reps']}")
+            elif kind == "job_finished":
+                progress.console.print(_job_line(data["outcome"]), highlight=False)
+                progress.advance(overall)
+
+        return run_suite(config, jobs, machine, out_csv=csv_path, resume=resume, on_event=on_event,
+                         offline=offline, models_dirs=models_dir)
+
+
+def _print_bench_summary(name: str, result: Any, csv_path: Path) -> None:
+    counts = {status: result.count(status) for status in ("ok", "skipped", "resumed")}
+    failed = len(result.outcomes) - sum(counts.values())
+    out.print(f"{name}: {len(result.outcomes)} jobs in {result.wall_s / 60:.1f} min: {counts['ok']} ok, "
+              f"{counts['skipped']} skipped, {failed} failed" + (f", {counts['resumed']} already recorded"
+                                                                   if counts["resumed"] else ""))
+    for outcome in result.outcomes:
+        if outcome.status not in ("ok", "resumed"):
+            out.print("  " + _job_line(outcome), highlight=False)
+    out.print(f"rows in {csv_path}; compare machines with: qwenbench report {csv_path} OTHER.csv")
+
+
 @app.command("demo")
 def demo_command() -> None:
     """Offline demo: write a synthetic Qwen3-0.6B Q4_K_M, measure it with real llama.cpp, record a CSV."""

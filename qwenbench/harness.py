@@ -25,7 +25,7 @@ from .llamalog import LlamaBuffers, parse_buffers
 from .machine import MachineInfo
 from .memtrack import ChildOutcome, run_child
 from .metrics import summarize
-from .modelfile import ModelFile
+from .modelfile import ModelFile, ModelIdentity
 from .probe.bandwidth import cached_bandwidth
 from .results import SCHEMA_VERSION, Record
 from .runspec import RunSettings, TestResult, TestSpec
@@ -135,12 +135,11 @@ class _EventCollector:
             self.on_event(event)
 
 
-def _record(settings: RunSettings, model: ModelFile, machine: MachineInfo, loaded: dict[str, Any],
-            outcome: ChildOutcome, run_id: str, test: TestSpec, result: TestResult | None,
+def _record(settings: RunSettings, model: ModelIdentity, machine: MachineInfo, loaded: dict[str, Any],
+            outcome: ChildOutcome | None, run_id: str, test: TestSpec, result: TestResult | None,
             status: str, error: str, predicted: MemoryEstimate | None, labels: RunLabels) -> Record:
     summary = summarize(result.samples_ns, result.n_tokens) if result else None
     is_ttft = test.kind == "ttft"
-    header = model.header
     return Record(
         schema_version=SCHEMA_VERSION,
         run_id=run_id,
@@ -174,19 +173,19 @@ def _record(settings: RunSettings, model: ModelFile, machine: MachineInfo, loade
         samples_ts=tuple(round(ts, 4) for ts in summary.samples_ts) if summary else (),
         ttft_ms=summary.avg_ns / 1e6 if (summary and is_ttft) else None,
         load_ms=loaded.get("load_ms"),
-        peak_rss_bytes=outcome.peak_rss_bytes or None,
-        peak_vram_bytes=outcome.peak_vram_bytes,
+        peak_rss_bytes=(outcome.peak_rss_bytes or None) if outcome else None,
+        peak_vram_bytes=outcome.peak_vram_bytes if outcome else None,
         predicted_host_bytes=predicted.host_bytes if predicted else None,
         predicted_vram_bytes=predicted.vram_bytes if predicted else None,
         bytes_per_token=labels.bytes_per_token,
         ram_bandwidth_gbps=labels.ram_bandwidth_gbps,
         gpu_bandwidth_gbps=labels.gpu_bandwidth_gbps,
         model_key=model.model_key,
-        model_filename=model.path.name,
+        model_filename=model.filename,
         model_type=loaded.get("model_type", ""),
         quant=model.quant,
-        model_size=header.table.n_bytes,
-        model_n_params=header.table.n_params,
+        model_size=model.size,
+        model_n_params=model.n_params,
         model_n_params_active=model.n_params_active,
         is_moe=model.is_moe,
         weights=model.weights,
@@ -226,6 +225,14 @@ def _learn(predicted: MemoryEstimate, peak_rss: int, model: ModelFile, machine: 
                               moe=shape.is_moe, model=label)
 
 
+def unrun_records(settings: RunSettings, model: ModelIdentity, machine: MachineInfo, status: str, error: str, *,
+                  labels: RunLabels | None = None, predicted: MemoryEstimate | None = None) -> list[Record]:
+    """One row per test of a run that never started (skipped, or its model could not be had), with the reason."""
+    run_id = new_run_id()
+    return [_record(settings, model, machine, {}, None, run_id, test, None, status, error, predicted,
+                    labels or RunLabels()) for test in settings.tests()]
+
+
 def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo, *, log_dir: Path,
                   timeout_s: float | None = None, on_event: EventHandler | None = None,
                   predicted: MemoryEstimate | None = None, labels: RunLabels | None = None) -> RunReport:
@@ -256,7 +263,7 @@ def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo,
                 result = TestResult(test, tuple(done), settings.n_ctx or test.n_ctx_needed,
                                     test.n_prompt + test.n_gen)
                 error += f" after {len(done)} of {settings.repetitions} repetitions"
-        records.append(_record(settings, model, machine, collector.loaded, outcome, run_id, test, result,
+        records.append(_record(settings, model.identity, machine, collector.loaded, outcome, run_id, test, result,
                                status, error, predicted, labels))
     buffers = parse_buffers(log_path.read_text(errors="replace"))
     if predicted is not None and failure is None and not predicted.vram_bytes and outcome.peak_rss_bytes:

@@ -21,6 +21,29 @@ _HASH_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
+class ModelIdentity:
+    """What a result row says of its model: enough to compare it across machines."""
+
+    model_key: str
+    filename: str
+    quant: str
+    size: int  # tensor bytes
+    n_params: int
+    n_params_active: int
+    is_moe: bool
+    weights: str  # real | synthetic
+    sha256: str = ""
+    repo: str = ""
+    revision: str = ""
+
+
+def catalog_identity(spec: ModelSpec, quant: str, table: TensorTable, weights: str) -> ModelIdentity:
+    """The identity of a catalog model not (yet) on disk, from its recipe: for rows of jobs that never ran."""
+    return ModelIdentity(spec.key, "", quant.upper(), table.n_bytes, table.n_params,
+                         table.n_params_active(spec.n_expert, spec.n_expert_used), spec.is_moe, weights)
+
+
+@dataclass(frozen=True)
 class ModelFile:
     path: Path
     header: GGUFHeader
@@ -38,6 +61,12 @@ class ModelFile:
     @property
     def n_params_active(self) -> int:
         return self.header.table.n_params_active(self.header.n_expert, self.header.n_expert_used)
+
+    @property
+    def identity(self) -> ModelIdentity:
+        table = self.header.table
+        return ModelIdentity(self.model_key, self.path.name, self.quant, table.n_bytes, table.n_params,
+                             self.n_params_active, self.is_moe, self.weights, self.sha256, self.repo, self.revision)
 
 
 def guess_model_key(header: GGUFHeader, filename: str) -> str:

@@ -197,12 +197,7 @@ def append_records(path: Path, records: list[Record]) -> None:
             if os.fstat(fd).st_size == 0:
                 rows.insert(0, list(COLUMNS))
             else:
-                header = _existing_header(path)
-                if tuple(header) != COLUMNS:
-                    raise ResultsFileError(
-                        f"{path} has another column layout (schema {_schema_of(header, path)}, this is "
-                        f"{SCHEMA_VERSION}); not appending to it",
-                        hint="write to a new file with --out, or move the old one aside")
+                _check_layout(path)
             data = _encode(rows)
             while data:
                 written = os.write(fd, data)
@@ -210,6 +205,21 @@ def append_records(path: Path, records: list[Record]) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _check_layout(path: Path) -> None:
+    header = _existing_header(path)
+    if tuple(header) != COLUMNS:
+        raise ResultsFileError(f"{path} has another column layout (schema {_schema_of(header, path)}, this is "
+                               f"{SCHEMA_VERSION}); not appending to it",
+                               hint="write to a new file with --out, or move the old one aside")
+
+
+def check_appendable(path: Path) -> None:
+    """Refuse a results file that rows could not be appended to before hours of work, not after."""
+    path = Path(path)
+    if path.exists() and path.stat().st_size:
+        _check_layout(path)
 
 
 def _schema_of(header: list[str], path: Path) -> str:

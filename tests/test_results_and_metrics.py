@@ -23,7 +23,8 @@ REQUIRED = ("schema_version run_id test_time status error test n_prompt n_gen n_
 
 def make_record(**changes: object) -> Record:
     base = {f.name: None for f in fields(Record)}
-    base.update(schema_version=SCHEMA_VERSION, run_id="r1", suite="", mode="", job_key="", test_time="2026-11-22T00:00:00+00:00", status="ok",
+    base.update(schema_version=SCHEMA_VERSION, run_id="r1", suite="", mode="", job_key="",
+                test_time="2026-11-22T00:00:00+00:00", status="ok",
                 error="", test="tg128", n_prompt=0, n_gen=128, n_depth=0, n_ctx=128, n_batch=2048, n_ubatch=512,
                 n_threads=2, n_gpu_layers=-1, n_cpu_moe=0, flash_attn="auto", type_k="f16", type_v="f16",
                 load_mode="auto", repetitions=3, avg_ns=2.1e9, stddev_ns=1e7, avg_ts=60.5, stddev_ts=0.3,
