@@ -25,7 +25,14 @@ from .gguf_info import read_model_header
 from .harness import RunLabels, run_benchmark, unrun_records
 from .hub import fetch_model
 from .machine import MachineInfo
-from .modelfile import ModelFile, ModelIdentity, catalog_identity, ensure_synthetic, open_model_file
+from .modelfile import (
+    ModelFile,
+    ModelIdentity,
+    catalog_identity,
+    ensure_synthetic,
+    guess_model_key,
+    open_model_file,
+)
 from .planner import prepare_run, usable_gpu
 from .recipe import tensor_table
 from .results import Record, append_records, check_appendable, read_records
@@ -189,7 +196,8 @@ class _Runner:
             try:
                 header = read_model_header(entry.gguf)
                 table = header.table
-                return ModelIdentity(entry.key, entry.gguf.name, header.quant, table.n_bytes, table.n_params,
+                key = entry.key or guess_model_key(header, entry.gguf.name)
+                return ModelIdentity(key, entry.gguf.name, header.quant, table.n_bytes, table.n_params,
                                      table.n_params_active(header.n_expert, header.n_expert_used),
                                      header.n_expert > 0, "synthetic" if header.is_synthetic else "real")
             except QwenbenchError:
@@ -231,7 +239,8 @@ class _Runner:
         identity = model_file.identity
         if prepared.problems:
             return unrun("skipped", "does not fit: " + "; ".join(prepared.problems))
-        labels = replace(labels, bytes_per_token=prepared.bytes_per_token, ram_bandwidth_gbps=prepared.ram_gbps,
+        labels = replace(labels, host_bytes_per_token=prepared.host_bytes_per_token,
+                         gpu_bytes_per_token=prepared.gpu_bytes_per_token, ram_bandwidth_gbps=prepared.ram_gbps,
                          gpu_bandwidth_gbps=prepared.gpu_gbps)
         report = run_benchmark(prepared.settings, model_file, self.machine, log_dir=self.log_dir,
                                timeout_s=self.config.timeout_s, predicted=prepared.estimate, labels=labels,

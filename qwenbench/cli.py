@@ -561,7 +561,7 @@ def run_command(
     flash = {"1": "on", "0": "off", "true": "on", "false": "off"}.get(flash_attn.lower(), flash_attn.lower())
     if no_mmap and load_mode not in (None, "none"):
         raise UsageError("--no-mmap contradicts --load-mode " + str(load_mode))
-    machine = describe_machine()
+    machine = describe_machine(bandwidth=True)
     pinned = {name for name, value in (("n_gpu_layers", n_gpu_layers), ("n_cpu_moe", n_cpu_moe),
                                        ("type_k", cache_type_k), ("type_v", cache_type_v)) if value is not None}
     settings = RunSettings(
@@ -618,7 +618,8 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
                               "--force runs it anyway")
     for problem in prepared.problems:
         err.print(f"[yellow]warning:[/yellow] {problem} (running anyway: --force)")
-    labels = RunLabels(bytes_per_token=prepared.bytes_per_token, ram_bandwidth_gbps=prepared.ram_gbps,
+    labels = RunLabels(host_bytes_per_token=prepared.host_bytes_per_token,
+                       gpu_bytes_per_token=prepared.gpu_bytes_per_token, ram_bandwidth_gbps=prepared.ram_gbps,
                        gpu_bandwidth_gbps=prepared.gpu_gbps)
     csv_path = out_csv or default_results_path(machine.hostname)
     report = _run_with_progress(settings, model_file, machine, timeout, csv_path.parent / "logs", prepared.estimate,
@@ -759,6 +760,76 @@ def _print_bench_summary(name: str, result: Any, csv_path: Path) -> None:
         if outcome.status not in ("ok", "resumed"):
             out.print("  " + _job_line(outcome), highlight=False)
     out.print(f"rows in {csv_path}; compare machines with: qwenbench report {csv_path} OTHER.csv")
+
+
+# ----------------------------------------------------------------------------------- report, compare
+
+
+@app.command("report")
+def report_command(
+    files: list[Path] = typer.Argument(..., help="Results CSVs, from one machine or several."),
+    out_dir: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for report.md, report.html and PNGs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the written paths as JSON."),
+) -> None:
+    """Markdown and self-contained HTML reports with PNG charts: speed per machine by model and device mode,
+    dense vs MoE (bytes read per token, effective bandwidth and its share of the machine's), predicted vs
+    measured memory, and every failed or skipped job with its reason."""
+    from .report import write_report
+
+    with err.status("building the report"):
+        written = write_report(files, out_dir)
+    if as_json:
+        out.print_json(json.dumps({"markdown": str(written.markdown), "html": str(written.html),
+                                   "charts": [str(c) for c in written.charts], "rows": written.rows,
+                                   "machines": list(written.machines)}))
+        return
+    out.print(f"{written.rows} rows from {len(written.machines)} machine(s): {', '.join(written.machines)}")
+    out.print(f"wrote {written.html} (self-contained), {written.markdown} and {len(written.charts)} charts")
+
+
+@app.command("compare")
+def compare_command(
+    files: list[Path] = typer.Argument(..., help="Results CSVs of the machines to put side by side."),
+    baseline: str | None = typer.Option(None, "--baseline", help="The machine the ratios are to [the first]."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON records."),
+    as_markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
+) -> None:
+    """Machines side by side: one row per model, device mode and test; one column per machine (t/s, or ms for
+    ttft; the median of runs) and each machine's ratio to the baseline (>1: faster). Cells a machine did
+    not measure are shown as missing."""
+    from .report import compare, load_results, markdown_table
+
+    if sum((as_csv, as_json, as_markdown)) > 1:
+        raise UsageError("choose one of --csv, --json and --markdown")
+    table = compare(load_results(files), baseline)
+    if as_csv:
+        sys.stdout.write(table.to_csv(index=False))
+    elif as_json:
+        out.print_json(table.to_json(orient="records"))
+    elif as_markdown:
+        sys.stdout.write(markdown_table(table) + "\n")
+    else:
+        _print_compare(table)
+
+
+def _print_compare(table: Any) -> None:
+    from rich.table import Table
+
+    view = Table(title="machines side by side (t/s; ttft in ms; ratio > 1: faster than the baseline)")
+    for column in table.columns:
+        view.add_column(str(column), justify="left" if column in ("model", "mode", "test") else "right")
+    for row in table.itertuples(index=False):
+        cells = []
+        for column, value in zip(table.columns, row, strict=True):
+            if isinstance(value, float):
+                missing = value != value  # NaN: not measured there
+                ratio = " / " in str(column)
+                cells.append("[dim]—[/dim]" if missing else f"{value:.2f}x" if ratio else f"{value:.1f}")
+            else:
+                cells.append(str(value))
+        view.add_row(*cells)
+    out.print(view)
 
 
 @app.command("demo")

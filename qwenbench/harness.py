@@ -42,7 +42,8 @@ class RunLabels:
     suite: str = ""
     mode: str = ""
     job_key: str = ""
-    bytes_per_token: int | None = None
+    host_bytes_per_token: int | None = None
+    gpu_bytes_per_token: int | None = None
     ram_bandwidth_gbps: float | None = None
     gpu_bandwidth_gbps: float | None = None
 
@@ -177,7 +178,8 @@ def _record(settings: RunSettings, model: ModelIdentity, machine: MachineInfo, l
         peak_vram_bytes=outcome.peak_vram_bytes if outcome else None,
         predicted_host_bytes=predicted.host_bytes if predicted else None,
         predicted_vram_bytes=predicted.vram_bytes if predicted else None,
-        bytes_per_token=labels.bytes_per_token,
+        host_bytes_per_token=labels.host_bytes_per_token,
+        gpu_bytes_per_token=labels.gpu_bytes_per_token,
         ram_bandwidth_gbps=labels.ram_bandwidth_gbps,
         gpu_bandwidth_gbps=labels.gpu_bandwidth_gbps,
         model_key=model.model_key,

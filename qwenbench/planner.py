@@ -263,7 +263,8 @@ class PreparedRun:
     config: RunConfig
     estimate: MemoryEstimate
     problems: tuple[str, ...]  # why it would not fit; empty when it fits
-    bytes_per_token: int  # read per generated token, host and GPU together
+    host_bytes_per_token: int  # read per generated token from RAM
+    gpu_bytes_per_token: int  # and from VRAM
     ram_gbps: float | None
     gpu_gbps: float | None
 
@@ -293,7 +294,7 @@ def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: Mo
     host_read, gpu_read = bytes_read_per_token(table, shape, config)
     ram_gbps = hardware.bandwidth_gbps.get("ram")
     gpu_gbps = gpu_bandwidth_gbps(gpu, ram_gbps)[0] if gpu is not None and config.gpu else None
-    return PreparedRun(settings, tuple(notes), config, estimate, tuple(problems), host_read + gpu_read, ram_gbps,
+    return PreparedRun(settings, tuple(notes), config, estimate, tuple(problems), host_read, gpu_read, ram_gbps,
                        gpu_gbps)
 
 

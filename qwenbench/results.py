@@ -24,9 +24,10 @@ Schema (one row per test; llama-bench's column names where they overlap):
   peak_vram_bytes      peak GPU memory of the process where NVML reports it, else empty
   predicted_host_bytes, predicted_vram_bytes  the memory model's prediction for this run (schema 2+), so
                        prediction error reads off any CSV as predicted / peak
-  bytes_per_token      (schema 4+) bytes of weights and KV read per generated token in this placement
+  host_bytes_per_token, gpu_bytes_per_token  (schema 4+) bytes of weights and KV read per generated token
+                       from RAM and from VRAM in this placement (MoE: the used experts only)
   ram_bandwidth_gbps, gpu_bandwidth_gbps  the machine's measured RAM copy bandwidth and its GPU's (spec
-                       sheet), so tg x bytes_per_token reads as a share of the physical limit
+                       sheet), so tg x (host / ram + gpu / gpu) reads as a share of the physical limit
   model_key            catalog key (qwen3-30b-a3b), empty if unknown
   model_filename       file name of the GGUF
   model_type           llama.cpp's description (qwen3moe 30B.A3B Q3_K - Large)
@@ -64,7 +65,7 @@ except ImportError:  # pragma: no cover - Windows: appends stay atomic, header c
     fcntl = None  # type: ignore[assignment]
 
 # 2: predicted_host_bytes, predicted_vram_bytes; 3: model_repo, model_revision; 4: suite, mode, job_key,
-# bytes_per_token, ram_bandwidth_gbps, gpu_bandwidth_gbps
+# host_bytes_per_token, gpu_bytes_per_token, ram_bandwidth_gbps, gpu_bandwidth_gbps
 SCHEMA_VERSION = 4
 STATUSES = ("ok", "failed", "crashed", "oom", "timeout", "interrupted", "skipped")
 
@@ -109,7 +110,8 @@ class Record:
     peak_vram_bytes: int | None
     predicted_host_bytes: int | None
     predicted_vram_bytes: int | None
-    bytes_per_token: int | None
+    host_bytes_per_token: int | None
+    gpu_bytes_per_token: int | None
     ram_bandwidth_gbps: float | None
     gpu_bandwidth_gbps: float | None
     model_key: str
@@ -234,6 +236,7 @@ def _schema_of(header: list[str], path: Path) -> str:
 _INT = {f.name for f in fields(Record) if f.type in ("int", "int | None")}
 _FLOAT = {f.name for f in fields(Record) if f.type == "float | None"}
 _LISTS = {"samples_ns", "samples_ts"}
+NUMERIC_COLUMNS: tuple[str, ...] = tuple(name for name in COLUMNS if name in _INT | _FLOAT)
 
 
 def parse_row(row: dict[str, str]) -> dict[str, Any]:

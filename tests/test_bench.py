@@ -121,7 +121,7 @@ def test_matrix_records_every_job_and_resume_reruns_only_what_is_missing(suite: 
     assert all(len(job_rows) == 3 for job_rows in by_job.values())  # pp32, tg8, ttft for every job
     assert {r["suite"] for r in rows} == {"tiny"} and all(r["job_key"] for r in rows)
     ok = by_job[("dense.gguf", "cpu")]
-    assert all(r["avg_ts"] > 0 for r in ok if r["test"] != "ttft") and ok[0]["bytes_per_token"] > 0
+    assert all(r["avg_ts"] > 0 for r in ok if r["test"] != "ttft") and ok[0]["host_bytes_per_token"] > 0
 
     hub.corrupt.clear()
     resumed = run_cli("bench", "--config", str(suite), "--out", str(out), "--resume", "--json")

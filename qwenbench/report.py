@@ -1,0 +1,389 @@
+"""Reports and machine comparisons over results CSVs: the only module that imports pandas and matplotlib.
+
+Every CSV of every schema version this qwenbench knows is read (older files lack some columns, which stay
+empty); rows are labelled by machine (hostname), model (catalog key or file, quant, and "synthetic" for
+random weights) and device mode, and repeated runs of the same job are summarised by their median.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import ResultsFileError, UsageError
+from .results import COLUMNS, NUMERIC_COLUMNS, SCHEMA_VERSION
+
+GPU_BACKEND_NAMES = ("CUDA", "Metal", "Vulkan", "HIP", "ROCm", "SYCL", "OpenCL", "CANN", "MUSA")
+MODE_ORDER = ("cpu", "gpu", "gpu-experts-cpu")
+GB = 1e9
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def _read_one(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise ResultsFileError(f"{path}: no such results file") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ResultsFileError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    if "schema_version" not in frame.columns:
+        raise ResultsFileError(f"{path}: not a qwenbench results file (no schema_version column)",
+                               hint="give the CSVs `qwenbench run` or `qwenbench bench` wrote")
+    versions = pd.to_numeric(frame["schema_version"], errors="coerce")
+    if versions.isna().any():
+        line = int(versions.isna().to_numpy().argmax()) + 2
+        raise ResultsFileError(f"{path}:{line}: not a qwenbench results row "
+                               f"(schema_version {frame['schema_version'].iloc[line - 2]!r})")
+    if (versions > SCHEMA_VERSION).any():
+        raise ResultsFileError(f"{path}: written by a newer qwenbench (schema {int(versions.max())}, this reads "
+                               f"up to {SCHEMA_VERSION})", hint="upgrade qwenbench to read it")
+    frame = frame.reindex(columns=list(COLUMNS))  # columns an older schema lacks come back empty
+    frame["source"] = path.name
+    return frame
+
+
+def load_results(paths: list[Path]) -> pd.DataFrame:
+    """Every row of the files, typed, with the labels reports group by: machine, model, mode, metric."""
+    if not paths:
+        raise UsageError("no results files given", hint="e.g. qwenbench report results/*.csv")
+    frame = pd.concat([_read_one(Path(p)) for p in paths], ignore_index=True)
+    for column in NUMERIC_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    text_columns = [c for c in frame.columns if c not in NUMERIC_COLUMNS]
+    frame[text_columns] = frame[text_columns].fillna("")
+    frame["is_moe"] = frame["is_moe"].eq("true")
+    # a hostname two machines share (two "laptop"s) gets the machine id to tell them apart
+    ids_per_host = frame.groupby("hostname")["machine_id"].transform("nunique")
+    frame["machine"] = frame["hostname"].where(ids_per_host <= 1,
+                                               frame["hostname"] + "-" + frame["machine_id"].str[:6])
+    name = frame["model_key"].where(frame["model_key"] != "", frame["model_filename"].str.removesuffix(".gguf"))
+    frame["model"] = (name + " " + frame["quant"]).str.strip() + frame["weights"].map(
+        {"synthetic": " (synthetic)"}).fillna("")
+    # one label, two different files (a shrunken synthetic beside the full one): tell them apart by size
+    sizes = frame.groupby("model")["model_size"].transform("nunique")
+    frame["model"] = frame["model"].where(sizes <= 1, frame["model"] + " [" + (frame["model_size"] / GB).map(
+        lambda gb: f"{gb:.2f} GB") + "]")
+    has_gpu = frame["backends"].str.contains("|".join(GPU_BACKEND_NAMES), regex=True)
+    derived = pd.Series("gpu", index=frame.index).where(has_gpu & (frame["n_gpu_layers"] != 0), "cpu")
+    frame["mode"] = frame["mode"].where(frame["mode"] != "", derived)
+    frame["value"] = frame["avg_ts"].where(frame["test"] != "ttft", frame["ttft_ms"])
+    return frame
+
+
+def _ok(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[(frame["status"] == "ok") & frame["value"].notna()]
+
+
+def _machines(frame: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(frame["machine"]))
+
+
+def _mode_key(modes: pd.Index) -> pd.Index:
+    return modes.map(lambda m: MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER))
+
+
+# ------------------------------------------------------------------------------------------ compare
+
+
+def compare(frame: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """Machines side by side: one row per (model, mode, test), one column per machine (median over runs) and
+    for each other machine its ratio to the baseline (>1: faster; for TTFT, lower milliseconds are faster).
+    A cell no machine measured stays empty (NaN) rather than dropping the row."""
+    ok = _ok(frame)
+    if ok.empty:
+        raise UsageError("no measured rows to compare (every row failed or was skipped)")
+    machines = _machines(ok)
+    baseline = baseline or machines[0]
+    if baseline not in machines:
+        raise UsageError(f"no machine called {baseline!r} in these files", hint=f"machines: {', '.join(machines)}")
+    table = ok.pivot_table(index=["model", "mode", "test"], columns="machine", values="value", aggfunc="median")
+    table = table.reindex(columns=machines)
+    for machine in machines:
+        if machine == baseline:
+            continue
+        ratio = table[machine] / table[baseline]
+        is_ttft = table.index.get_level_values("test") == "ttft"
+        table[f"{machine} / {baseline}"] = ratio.where(~is_ttft, 1 / ratio)
+    table = table.reset_index()
+    return table.sort_values(["model", "mode", "test"], key=lambda c: _mode_key(pd.Index(c)) if c.name == "mode"
+                             else c).reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class _Section:
+    title: str
+    text: list[str] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+    charts: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    markdown: Path
+    html: Path
+    charts: tuple[Path, ...]
+    rows: int
+    machines: tuple[str, ...]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower() or "x"
+
+
+def _speed_section(ok: pd.DataFrame, machine: str, out_dir: Path) -> _Section:
+    import matplotlib.pyplot as plt
+
+    section = _Section(f"{machine}: speed by model and device mode")
+    rows = ok[ok["machine"] == machine]
+    first = rows.iloc[0]
+    section.text.append(f"{first['cpu_model']}, {first['n_cpu_physical']:.0f} cores, "
+                        f"{first['ram_total_bytes'] / 2**30:.0f} GiB RAM; GPUs: {first['gpu_names'] or 'none'}; "
+                        f"llama.cpp {first['llama_cpp_commit'] or '?'} ({first['backends'] or '?'})")
+    table = rows.pivot_table(index="model", columns=["mode", "test"], values="value", aggfunc="median")
+    table = table.sort_index(axis=1, key=lambda c: _mode_key(c) if c.name == "mode" else c)
+    flat = table.copy()
+    flat.columns = [f"{mode} {test}" + (" (ms)" if test == "ttft" else " (t/s)") for mode, test in table.columns]
+    section.tables.append(("median of runs; t/s for pp and tg, milliseconds to first token for ttft",
+                           flat.reset_index().round(1)))
+    kinds = [k for k in ("tg", "pp") if rows["test"].str.startswith(k).any()]
+    if kinds:
+        figure, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4.2), squeeze=False)
+        for axis, kind in zip(axes[0], kinds, strict=True):
+            subset = rows[rows["test"].str.startswith(kind)]
+            bars = subset.pivot_table(index="model", columns="mode", values="value", aggfunc="median")
+            bars = bars.reindex(columns=sorted(bars.columns, key=lambda m: _mode_key(pd.Index([m]))[0]))
+            bars.plot.bar(ax=axis, rot=30, width=0.8)
+            axis.set_title(f"{'generation' if kind == 'tg' else 'prompt processing'} ({kind}) on {machine}")
+            axis.set_ylabel("tokens/s")
+            axis.set_xlabel("")
+            axis.tick_params(axis="x", labelsize=8)
+            for label in axis.get_xticklabels():
+                label.set_horizontalalignment("right")
+        figure.tight_layout()
+        chart = out_dir / f"speed-{_slug(machine)}.png"
+        figure.savefig(chart, dpi=110)
+        plt.close(figure)
+        section.charts.append(chart)
+    return section
+
+
+def _bandwidth_columns(tg: pd.DataFrame) -> pd.DataFrame:
+    """Bytes read per generated token, the effective bandwidth it implies, and its share of the physical limit."""
+    host = tg["host_bytes_per_token"].fillna(0)
+    gpu = tg["gpu_bytes_per_token"].fillna(0)
+    total = (host + gpu).where(tg["host_bytes_per_token"].notna())
+    seconds_at_full_speed = host / (tg["ram_bandwidth_gbps"] * GB) + (gpu / (tg["gpu_bandwidth_gbps"] * GB)).fillna(0)
+    return pd.DataFrame({
+        "bytes_per_token": total,
+        "effective_gbps": tg["value"] * total / GB,
+        "bandwidth_share": (tg["value"] * seconds_at_full_speed).where(
+            total.notna() & tg["ram_bandwidth_gbps"].notna()),
+    }, index=tg.index)
+
+
+def _dense_moe_section(ok: pd.DataFrame, out_dir: Path) -> _Section | None:
+    import matplotlib.pyplot as plt
+
+    tg = ok[ok["test"].str.startswith("tg") & ~ok["test"].str.contains("@")]
+    if tg.empty:
+        return None
+    tg = pd.concat([tg, _bandwidth_columns(tg)], axis=1)
+    section = _Section("Dense vs MoE: why a 30B MoE decodes like a small dense model")
+    section.text.append(
+        "Decoding reads every weight a token touches once per token, so generation speed follows the bytes read "
+        "per token, not the parameter count: an MoE model reads its attention and shared weights plus only the "
+        "experts the router picks (Qwen3-30B-A3B: 8 of 128 per layer, about 3.3 B active parameters). Effective "
+        "bandwidth = tg t/s x bytes per token; its share is how close the run came to the machine's measured RAM "
+        "(and GPU) bandwidth.")
+    grouped = tg.groupby(["machine", "model", "mode", "test"], sort=False).agg(
+        kind=("is_moe", lambda s: "MoE" if s.iloc[0] else "dense"),
+        params_b=("model_n_params", "first"), active_b=("model_n_params_active", "first"),
+        size_gb=("model_size", "first"), tg_ts=("value", "median"), bytes_per_token=("bytes_per_token", "median"),
+        effective_gbps=("effective_gbps", "median"), bandwidth_share=("bandwidth_share", "median")).reset_index()
+    grouped["params_b"] /= 1e9
+    grouped["active_b"] /= 1e9
+    grouped["size_gb"] /= GB
+    grouped["mb_per_token"] = grouped.pop("bytes_per_token") / 1e6
+    grouped["bandwidth_share"] *= 100
+    for machine in grouped["machine"].unique():
+        rows = grouped[grouped["machine"] == machine]
+        for _, moe in rows[rows["kind"] == "MoE"].iterrows():
+            dense = rows[(rows["kind"] == "dense") & (rows["mode"] == moe["mode"]) & (rows["test"] == moe["test"])]
+            if dense.empty or pd.isna(moe["mb_per_token"]):
+                continue
+            near = dense.iloc[(dense["mb_per_token"] - moe["mb_per_token"]).abs().argsort().iloc[0]]
+            section.text.append(
+                f"On {machine} ({moe['mode']}, {moe['test']}): {moe['model']} has {moe['params_b']:.1f} B "
+                f"parameters but reads "
+                f"{moe['mb_per_token']:.0f} MB per token ({moe['active_b']:.1f} B active) and decodes at "
+                f"{moe['tg_ts']:.1f} t/s; {near['model']} ({near['params_b']:.1f} B dense) reads "
+                f"{near['mb_per_token']:.0f} MB and decodes at {near['tg_ts']:.1f} t/s.")
+    columns = {"machine": "machine", "model": "model", "mode": "mode", "test": "test", "kind": "type",
+               "params_b": "params (B)",
+               "active_b": "active (B)", "size_gb": "tensors (GB)", "tg_ts": "tg t/s",
+               "mb_per_token": "MB read / token", "effective_gbps": "effective GB/s",
+               "bandwidth_share": "% of bandwidth"}
+    section.tables.append(("generation (tg) per model: the median of runs",
+                           grouped[list(columns)].rename(columns=columns).round(2)))
+    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    markers = {"dense": "o", "MoE": "^"}
+    longest = grouped.groupby(["machine", "model", "mode"], sort=False)["test"].transform("last")
+    for (machine, mode, kind), points in grouped[grouped["test"] == longest].groupby(["machine", "mode", "kind"],
+                                                                                      sort=False):
+        axis.scatter(points["active_b"], points["tg_ts"], marker=markers[kind], s=60,
+                     label=f"{machine} {mode} ({kind})")
+        for _, point in points.iterrows():
+            axis.annotate(point["model"].split(" ")[0], (point["active_b"], point["tg_ts"]), fontsize=7,
+                          xytext=(4, 3), textcoords="offset points")
+    axis.set_xscale("log")
+    axis.set_xlabel("parameters read per token (B, log scale; MoE: active only)")
+    axis.set_ylabel("generation t/s")
+    axis.set_title("generation speed against active parameters")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    chart = out_dir / "dense-vs-moe.png"
+    figure.savefig(chart, dpi=110)
+    plt.close(figure)
+    section.charts.append(chart)
+    return section
+
+
+def _memory_section(frame: pd.DataFrame, out_dir: Path) -> _Section | None:
+    import matplotlib.pyplot as plt
+
+    host = frame["peak_rss_bytes"].notna() & frame["predicted_host_bytes"].notna()
+    vram = frame["peak_vram_bytes"].notna() & frame["predicted_vram_bytes"].notna()
+    runs = frame[(frame["status"] == "ok") & (host | vram)]
+    runs = runs.drop_duplicates("run_id")
+    if runs.empty:
+        return None
+    section = _Section("Predicted vs measured memory")
+    section.text.append("The memory model's prediction (from the GGUF's tensor sizes, the KV cache and this "
+                        "llama.cpp's buffers) against the kernel's peak resident set of the run, and NVML's VRAM.")
+    table = runs.groupby(["machine", "model", "mode"], sort=False).agg(
+        runs=("run_id", "count"), predicted_host_gib=("predicted_host_bytes", "median"),
+        peak_rss_gib=("peak_rss_bytes", "median"), predicted_vram_gib=("predicted_vram_bytes", "median"),
+        peak_vram_gib=("peak_vram_bytes", "median")).reset_index()
+    for column in ("predicted_host_gib", "peak_rss_gib", "predicted_vram_gib", "peak_vram_gib"):
+        table[column] /= 2**30
+    table["host error %"] = (table["predicted_host_gib"] / table["peak_rss_gib"] - 1) * 100
+    table = table.rename(columns={"predicted_host_gib": "predicted host GiB", "peak_rss_gib": "peak RSS GiB",
+                                  "predicted_vram_gib": "predicted VRAM GiB", "peak_vram_gib": "peak VRAM GiB"})
+    section.tables.append(("median of runs", table.round(2)))
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    for machine, points in runs.groupby("machine", sort=False):
+        axis.scatter(points["peak_rss_bytes"] / 2**30, points["predicted_host_bytes"] / 2**30, label=f"{machine} RAM",
+                     s=25)
+        if points["peak_vram_bytes"].notna().any():
+            axis.scatter(points["peak_vram_bytes"] / 2**30, points["predicted_vram_bytes"] / 2**30, marker="s",
+                         s=25, label=f"{machine} VRAM")
+    top = max(runs[["peak_rss_bytes", "predicted_host_bytes", "peak_vram_bytes", "predicted_vram_bytes"]].max()
+              .max(), 1) / 2**30 * 1.05
+    axis.plot([0, top], [0, top], color="grey", linewidth=1, label="prediction = measurement")
+    axis.set_xlabel("measured peak (GiB): RSS, or VRAM through NVML")
+    axis.set_ylabel("predicted (GiB)")
+    axis.set_title("memory: predicted against measured, per run")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    chart = out_dir / "memory.png"
+    figure.savefig(chart, dpi=110)
+    plt.close(figure)
+    section.charts.append(chart)
+    return section
+
+
+def _failures_section(frame: pd.DataFrame) -> _Section | None:
+    failed = frame[frame["status"] != "ok"]
+    if failed.empty:
+        return None
+    section = _Section("Failed and skipped jobs")
+    table = failed.groupby(["machine", "model", "mode", "status", "error"], sort=False).agg(
+        tests=("test", lambda s: ", ".join(dict.fromkeys(s))), rows=("test", "count")).reset_index()
+    section.tables.append(("every row that has no measurement, with the reason", table))
+    return section
+
+
+def _number(value: float) -> str:
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.3g}"
+
+
+def _formatted(table: pd.DataFrame) -> pd.DataFrame:
+    """Numbers as text a reader takes in at a glance (1,234 t/s; 0.85; 3.00), missing cells as a dash."""
+    shown = table.astype(object).copy()
+    for column in table.columns:
+        if pd.api.types.is_float_dtype(table[column]):
+            shown[column] = table[column].map(lambda v: "—" if pd.isna(v) else _number(v))
+    return shown
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    return _formatted(table).to_markdown(index=False, disable_numparse=True, colalign=[
+        "right" if pd.api.types.is_numeric_dtype(table[c]) else "left" for c in table.columns])
+
+
+def _markdown(section: _Section, out_dir: Path) -> str:
+    parts = [f"## {section.title}", *section.text]
+    for caption, table in section.tables:
+        parts += [f"*{caption}*", markdown_table(table)]
+    parts += [f"![{chart.stem}]({chart.relative_to(out_dir)})" for chart in section.charts]
+    return "\n\n".join(parts)
+
+
+def _html(section: _Section) -> str:
+    parts = [f"<h2>{html.escape(section.title)}</h2>", *(f"<p>{html.escape(t)}</p>" for t in section.text)]
+    for caption, table in section.tables:
+        parts.append(f"<p class='caption'>{html.escape(caption)}</p>"
+                     + _formatted(table).to_html(index=False, border=0))
+    for chart in section.charts:
+        data = base64.b64encode(chart.read_bytes()).decode()
+        parts.append(f"<img alt='{html.escape(chart.stem)}' src='data:image/png;base64,{data}'>")
+    return "\n".join(parts)
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:72em;color:#222}
+table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0 1.5em}th,td{padding:0.25em 0.6em;text-align:right}
+th{background:#eee}td:first-child,th:first-child{text-align:left}tr:nth-child(even){background:#f7f7f7}
+img{max-width:100%;margin:0.5em 0 1.5em}.caption{color:#666;font-style:italic;margin-bottom:0}
+.synthetic{background:#fff4d6;padding:0.6em;border-left:4px solid #e0a800}"""
+
+
+def write_report(paths: list[Path], out_dir: Path) -> ReportFiles:
+    """report.md and a self-contained report.html (charts inlined) plus the charts as PNG files in out_dir."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    frame = load_results(paths)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ok = _ok(frame)
+    machines = _machines(frame)
+    sections = [_speed_section(ok, machine, out_dir) for machine in _machines(ok)]
+    sections += [s for s in (_dense_moe_section(ok, out_dir), _memory_section(frame, out_dir),
+                             _failures_section(frame)) if s is not None]
+    title = f"qwenbench report: {len(machines)} machine{'s' * (len(machines) != 1)}, {len(frame)} rows"
+    sources = ", ".join(dict.fromkeys(frame["source"]))
+    notice = ("Rows marked (synthetic) measured synthetic weights: the real file's tensors and types with random "
+              "values, so their speed is the real model's and their text is noise."
+              if (frame["weights"] == "synthetic").any() else "")
+    markdown = [f"# {title}", f"From {sources}.", *([f"> {notice}"] if notice else []),
+                *(_markdown(s, out_dir) for s in sections)]
+    report_md = out_dir / "report.md"
+    report_md.write_text("\n\n".join(markdown) + "\n", encoding="utf-8")
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>From {html.escape(sources)}.</p>",
+            *([f"<p class='synthetic'>{html.escape(notice)}</p>"] if notice else []), *(_html(s) for s in sections)]
+    report_html = out_dir / "report.html"
+    report_html.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                           f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n",
+                           encoding="utf-8")
+    charts = tuple(chart for s in sections for chart in s.charts)
+    return ReportFiles(report_md, report_html, charts, len(frame), tuple(machines))

@@ -1,0 +1,161 @@
+"""Reports and comparisons over recorded CSVs of three machines: a CPU laptop, a GPU workstation, and an
+older-schema file; tables checked against the rows, the HTML self-contained, the PNGs real images."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from qwenbench.errors import ResultsFileError
+from qwenbench.report import compare, load_results
+from qwenbench.results import SCHEMA_VERSION, append_records
+
+from .conftest import run_cli
+from .test_results_and_metrics import make_record
+
+GB = 10**9
+QWEN3_4B = {"model_key": "qwen3-4b", "quant": "Q4_K_M", "model_size": 2_490_000_000, "model_n_params": 4_022_000_000,
+            "model_n_params_active": 4_022_000_000, "is_moe": False, "weights": "real"}
+QWEN3_30B = {"model_key": "qwen3-30b-a3b", "quant": "Q3_K_L", "model_size": 14_580_000_000,
+             "model_n_params": 30_530_000_000, "model_n_params_active": 3_340_000_000, "is_moe": True,
+             "weights": "synthetic"}
+
+
+def rows(machine: dict, model: dict, mode: str, tg: float, pp: float, ttft_ms: float, host_bpt: int, gpu_bpt: int,
+         run: str, **extra: object) -> list:
+    common = {**machine, **model, "mode": mode, "suite": "bench-all", "job_key": f"{run}-key", "run_id": run,
+              "host_bytes_per_token": host_bpt, "gpu_bytes_per_token": gpu_bpt, **extra}
+    return [make_record(**common, test="tg128", avg_ts=tg, n_prompt=0, n_gen=128),
+            make_record(**common, test="pp512", avg_ts=pp, n_prompt=512, n_gen=0),
+            make_record(**common, test="ttft", avg_ts=None, ttft_ms=ttft_ms, n_prompt=30, n_gen=1)]
+
+
+LAPTOP = {"hostname": "laptop", "machine_id": "lap123", "backends": "CPU", "gpu_names": "", "ram_bandwidth_gbps": 40.0,
+          "gpu_bandwidth_gbps": None, "cpu_model": "Ryzen 7 7840U"}
+WORKSTATION = {"hostname": "workstation", "machine_id": "ws4567", "backends": "CPU,CUDA",
+               "gpu_names": "NVIDIA GeForce RTX 4090", "ram_bandwidth_gbps": 60.0, "gpu_bandwidth_gbps": 1008.0,
+               "cpu_model": "Ryzen 9 7950X"}
+
+
+@pytest.fixture(scope="module")
+def csvs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("recorded")
+    laptop, workstation, old = folder / "laptop.csv", folder / "workstation.csv", folder / "oldbox.csv"
+    append_records(laptop, [
+        *rows(LAPTOP, QWEN3_4B, "cpu", tg=12.0, pp=150.0, ttft_ms=400.0, host_bpt=2_500_000_000, gpu_bpt=0, run="l1"),
+        *rows(LAPTOP, QWEN3_4B, "cpu", tg=14.0, pp=170.0, ttft_ms=380.0, host_bpt=2_500_000_000, gpu_bpt=0, run="l2"),
+        *rows(LAPTOP, QWEN3_30B, "cpu", tg=16.0, pp=90.0, ttft_ms=700.0, host_bpt=1_600_000_000, gpu_bpt=0, run="l3",
+              predicted_host_bytes=15 << 30, peak_rss_bytes=(15 << 30) + (200 << 20)),
+        *[make_record(**LAPTOP, **QWEN3_4B, mode="gpu", suite="bench-all", job_key="l4-key", run_id="l4",
+                      test=test, status="skipped", error="gpu mode needs a GPU that this llama.cpp build can use",
+                      avg_ts=None, stddev_ts=None, median_ts=None, samples_ns=(), samples_ts=())
+          for test in ("tg128", "pp512", "ttft")],
+    ])
+    append_records(workstation, [
+        *rows(WORKSTATION, QWEN3_4B, "cpu", tg=24.0, pp=400.0, ttft_ms=200.0, host_bpt=2_500_000_000, gpu_bpt=0,
+              run="w1"),
+        *rows(WORKSTATION, QWEN3_4B, "gpu", tg=180.0, pp=9000.0, ttft_ms=20.0, host_bpt=0, gpu_bpt=2_500_000_000,
+              run="w2", predicted_vram_bytes=3 << 30, peak_vram_bytes=(3 << 30) + (100 << 20)),
+        *rows(WORKSTATION, QWEN3_30B, "gpu-experts-cpu", tg=45.0, pp=600.0, ttft_ms=150.0, host_bpt=1_300_000_000,
+              gpu_bpt=300_000_000, run="w3"),
+    ])
+    # schema 3 (before suite, mode, job_key and the bandwidth columns): written as that qwenbench wrote it
+    current = laptop.read_text().splitlines()[0].split(",")
+    gone = {"suite", "mode", "job_key", "host_bytes_per_token", "gpu_bytes_per_token", "ram_bandwidth_gbps",
+            "gpu_bandwidth_gbps"}
+    header = [c for c in current if c not in gone]
+    with old.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, header)
+        writer.writeheader()
+        for record in rows({"hostname": "oldbox", "machine_id": "old999", "backends": "CPU"}, QWEN3_4B, "",
+                           tg=8.0, pp=80.0, ttft_ms=900.0, host_bpt=0, gpu_bpt=0, run="o1"):
+            values = dict(zip(current, record.to_row(), strict=True))
+            writer.writerow({**{k: values[k] for k in header}, "schema_version": "3"})
+    return {"laptop": laptop, "workstation": workstation, "old": old}
+
+
+def test_compare_puts_machines_side_by_side(csvs: dict[str, Path]) -> None:
+    table = compare(load_results([csvs["laptop"], csvs["workstation"], csvs["old"]]))
+    cell = table.set_index(["model", "mode", "test"])
+    assert cell.loc[("qwen3-4b Q4_K_M", "cpu", "tg128"), "laptop"] == 13.0  # median of two runs
+    assert cell.loc[("qwen3-4b Q4_K_M", "cpu", "tg128"), "workstation"] == 24.0
+    assert cell.loc[("qwen3-4b Q4_K_M", "cpu", "tg128"), "oldbox"] == 8.0  # schema 3, its mode derived
+    assert cell.loc[("qwen3-4b Q4_K_M", "cpu", "tg128"), "workstation / laptop"] == pytest.approx(24 / 13)
+    assert cell.loc[("qwen3-4b Q4_K_M", "cpu", "ttft"), "workstation / laptop"] == pytest.approx(390 / 200)
+    # measured on one machine only: the row stays, the other cells are missing
+    gpu = cell.loc[("qwen3-4b Q4_K_M", "gpu", "tg128")]
+    assert gpu["workstation"] == 180.0 and gpu.isna()["laptop"] and gpu.isna()["workstation / laptop"]
+    assert ("qwen3-30b-a3b Q3_K_L (synthetic)", "gpu-experts-cpu", "pp512") in cell.index
+
+    baseline = compare(load_results([csvs["laptop"], csvs["workstation"]]), baseline="workstation")
+    assert "laptop / workstation" in baseline.columns
+
+
+def test_compare_cli_outputs(csvs: dict[str, Path]) -> None:
+    files = [str(csvs["laptop"]), str(csvs["workstation"])]
+    as_json = run_cli("compare", *files, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    records = json.loads(as_json.stdout)
+    tg = next(r for r in records if r["model"] == "qwen3-4b Q4_K_M" and r["mode"] == "cpu" and r["test"] == "tg128")
+    assert tg["laptop"] == 13.0 and tg["workstation / laptop"] == pytest.approx(24 / 13)
+    as_csv = run_cli("compare", *files, "--csv")
+    header = as_csv.stdout.splitlines()[0].split(",")
+    assert header == ["model", "mode", "test", "laptop", "workstation", "workstation / laptop"]
+    markdown = run_cli("compare", *files, "--markdown")
+    assert "| qwen3-4b Q4_K_M" in markdown.stdout and "—" in markdown.stdout
+    terminal = run_cli("compare", *files)
+    assert "1.85x" in terminal.stdout  # 24 / 13
+    unknown = run_cli("compare", *files, "--baseline", "nas")
+    assert unknown.returncode == 2 and "machines: laptop, workstation" in unknown.stderr
+
+
+def test_unreadable_files_are_refused_clearly(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.csv"
+    newer.write_text(f"schema_version,run_id\n{SCHEMA_VERSION + 1},x\n")
+    with pytest.raises(ResultsFileError, match="newer qwenbench"):
+        load_results([newer])
+    other = tmp_path / "other.csv"
+    other.write_text("name,value\na,1\n")
+    with pytest.raises(ResultsFileError, match="not a qwenbench results file"):
+        load_results([other])
+    result = run_cli("report", str(other), "--out", str(tmp_path / "r"))
+    assert result.returncode == 1 and "not a qwenbench results file" in result.stderr
+
+
+def test_report_tables_charts_and_html(csvs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = run_cli("report", str(csvs["laptop"]), str(csvs["workstation"]), str(csvs["old"]), "--out", str(out),
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    written = json.loads(result.stdout)
+    assert written["machines"] == ["laptop", "workstation", "oldbox"] and written["rows"] == 24
+    for chart in map(Path, written["charts"]):
+        data = chart.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert width >= 400 and height >= 300
+    assert {Path(c).name for c in written["charts"]} >= {"speed-laptop.png", "speed-workstation.png",
+                                                         "dense-vs-moe.png", "memory.png"}
+    page = Path(written["html"]).read_text()
+    assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == len(written["charts"])
+    assert "src='http" not in page and "<script" not in page  # opens offline, alone
+    markdown = Path(written["markdown"]).read_text()
+    # dense vs MoE: the 30B-A3B on the laptop reads 1,600 MB per token at 16 t/s: 25.6 GB/s, 64% of 40 GB/s
+    line = next(r for r in markdown.splitlines() if "qwen3-30b-a3b" in r and "| laptop" in r and "MoE" in r)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[8] == "16.00" and cells[9] == "1,600" and cells[10] == "25.60" and cells[11] == "64.00"
+    # on the GPU: 180 t/s x 2.5 GB = 450 GB/s, 45% of the 4090's 1,008 GB/s
+    gpu_line = next(r for r in markdown.splitlines() if "| workstation | qwen3-4b" in r and "| gpu " in r)
+    gpu_cells = [c.strip() for c in gpu_line.strip("|").split("|")]
+    assert gpu_cells[10] == "450" and gpu_cells[11] == "44.64"
+    assert "qwen3-30b-a3b Q3_K_L (synthetic) has 30.5 B parameters but reads 1600 MB per token" in markdown
+    assert "measured synthetic weights" in markdown  # the synthetic rows are labelled
+    assert "gpu mode needs a GPU" in markdown and "skipped" in markdown  # failures with their reasons
+    memory = [r for r in markdown.splitlines() if r.count("GiB") == 0 and ("15.00" in r or "3.00" in r)]
+    laptop = next(r for r in memory if r.startswith("| laptop") and "qwen3-30b-a3b" in r)
+    assert "15.20" in laptop and "-1.29" in laptop  # predicted 15 GiB, measured 15.2 GiB: 1.3% under
+    vram = next(r for r in memory if r.startswith("| workstation") and "qwen3-4b" in r)
+    assert "3.10" in vram  # predicted 3 GiB of VRAM, NVML saw 3.1 GiB
