@@ -25,12 +25,21 @@ GB = 1e9
 # ------------------------------------------------------------------------------------------ loading
 
 
+# what reports read: the per-sample lists (the bulk of a big file) are left on disk
+_READ_COLUMNS = tuple(c for c in COLUMNS if c not in ("samples_ns", "samples_ts"))
+_TEXT_COLUMNS = tuple(c for c in _READ_COLUMNS if c not in NUMERIC_COLUMNS)
+
+
 def _read_one(path: Path) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        header = pd.read_csv(path, nrows=0).columns
+        # numbers are parsed as numbers straight away; text stays text ("" for empty, never NaN)
+        frame = pd.read_csv(path, usecols=[c for c in header if c in _READ_COLUMNS],
+                            dtype={c: str for c in _TEXT_COLUMNS if c in header}, keep_default_na=False,
+                            na_values={c: [""] for c in NUMERIC_COLUMNS if c in header})
     except FileNotFoundError:
         raise ResultsFileError(f"{path}: no such results file") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise ResultsFileError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     if "schema_version" not in frame.columns:
         raise ResultsFileError(f"{path}: not a qwenbench results file (no schema_version column)",
@@ -43,7 +52,7 @@ def _read_one(path: Path) -> pd.DataFrame:
     if (versions > SCHEMA_VERSION).any():
         raise ResultsFileError(f"{path}: written by a newer qwenbench (schema {int(versions.max())}, this reads "
                                f"up to {SCHEMA_VERSION})", hint="upgrade qwenbench to read it")
-    frame = frame.reindex(columns=list(COLUMNS))  # columns an older schema lacks come back empty
+    frame = frame.reindex(columns=list(_READ_COLUMNS))  # columns an older schema lacks come back empty
     frame["source"] = path.name
     return frame
 
@@ -54,7 +63,8 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
         raise UsageError("no results files given", hint="e.g. qwenbench report results/*.csv")
     frame = pd.concat([_read_one(Path(p)) for p in paths], ignore_index=True)
     for column in NUMERIC_COLUMNS:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        if not pd.api.types.is_numeric_dtype(frame[column]):  # a stray word where a number belongs
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
     text_columns = [c for c in frame.columns if c not in NUMERIC_COLUMNS]
     frame[text_columns] = frame[text_columns].fillna("")
     frame["is_moe"] = frame["is_moe"].eq("true")
@@ -161,16 +171,17 @@ def _speed_section(ok: pd.DataFrame, machine: str, out_dir: Path) -> _Section:
             subset = rows[rows["test"].str.startswith(kind)]
             bars = subset.pivot_table(index="model", columns="mode", values="value", aggfunc="median")
             bars = bars.reindex(columns=sorted(bars.columns, key=lambda m: _mode_key(pd.Index([m]))[0]))
-            bars.plot.bar(ax=axis, rot=30, width=0.8)
+            bars.plot.bar(ax=axis, rot=30, width=0.8, legend=False)
+            axis.legend(title="mode", loc="upper left", fontsize=8)  # a fixed place: "best" searches every bar
             axis.set_title(f"{'generation' if kind == 'tg' else 'prompt processing'} ({kind}) on {machine}")
             axis.set_ylabel("tokens/s")
             axis.set_xlabel("")
             axis.tick_params(axis="x", labelsize=8)
             for label in axis.get_xticklabels():
                 label.set_horizontalalignment("right")
-        figure.tight_layout()
+        figure.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.32, wspace=0.22)
         chart = out_dir / f"speed-{_slug(machine)}.png"
-        figure.savefig(chart, dpi=110)
+        figure.savefig(chart, dpi=100, pil_kwargs={"compress_level": 1})  # flat-colour charts: fast zlib
         plt.close(figure)
         section.charts.append(chart)
     return section
@@ -205,10 +216,11 @@ def _dense_moe_section(ok: pd.DataFrame, out_dir: Path) -> _Section | None:
         "bandwidth = tg t/s x bytes per token; its share is how close the run came to the machine's measured RAM "
         "(and GPU) bandwidth.")
     grouped = tg.groupby(["machine", "model", "mode", "test"], sort=False).agg(
-        kind=("is_moe", lambda s: "MoE" if s.iloc[0] else "dense"),
+        is_moe=("is_moe", "first"),
         params_b=("model_n_params", "first"), active_b=("model_n_params_active", "first"),
         size_gb=("model_size", "first"), tg_ts=("value", "median"), bytes_per_token=("bytes_per_token", "median"),
         effective_gbps=("effective_gbps", "median"), bandwidth_share=("bandwidth_share", "median")).reset_index()
+    grouped.insert(4, "kind", grouped.pop("is_moe").map({True: "MoE", False: "dense"}))
     grouped["params_b"] /= 1e9
     grouped["active_b"] /= 1e9
     grouped["size_gb"] /= GB
@@ -248,10 +260,10 @@ def _dense_moe_section(ok: pd.DataFrame, out_dir: Path) -> _Section | None:
     axis.set_xlabel("parameters read per token (B, log scale; MoE: active only)")
     axis.set_ylabel("generation t/s")
     axis.set_title("generation speed against active parameters")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
+    axis.legend(fontsize=7, loc="upper right")
+    figure.subplots_adjust(left=0.1, right=0.97, top=0.92, bottom=0.12)
     chart = out_dir / "dense-vs-moe.png"
-    figure.savefig(chart, dpi=110)
+    figure.savefig(chart, dpi=100, pil_kwargs={"compress_level": 1})  # flat-colour charts: fast zlib
     plt.close(figure)
     section.charts.append(chart)
     return section
@@ -292,10 +304,10 @@ def _memory_section(frame: pd.DataFrame, out_dir: Path) -> _Section | None:
     axis.set_xlabel("measured peak (GiB): RSS, or VRAM through NVML")
     axis.set_ylabel("predicted (GiB)")
     axis.set_title("memory: predicted against measured, per run")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
+    axis.legend(fontsize=7, loc="upper left")
+    figure.subplots_adjust(left=0.13, right=0.97, top=0.92, bottom=0.11)
     chart = out_dir / "memory.png"
-    figure.savefig(chart, dpi=110)
+    figure.savefig(chart, dpi=100, pil_kwargs={"compress_level": 1})  # flat-colour charts: fast zlib
     plt.close(figure)
     section.charts.append(chart)
     return section
