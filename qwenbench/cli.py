@@ -492,7 +492,9 @@ def _print_report(report: RunReport, csv_path: Path) -> None:
     from rich.table import Table
 
     first = report.records[0]
-    title = f"{first.model_type or first.model_filename} [{first.weights} weights]"
+    from rich.markup import escape
+
+    title = escape(f"{first.model_type or first.model_filename} [{first.weights} weights]")
     table = Table(title=title)
     for column in ("test", "t/s", "± sd", "TTFT ms", "peak RSS", "status"):
         table.add_column(column, justify="left" if column in ("test", "status") else "right")
@@ -593,7 +595,6 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
                  force: bool = False, pinned: set[str] | None = None, source: dict[str, Any] | None = None) -> None:
     from dataclasses import replace
 
-    from .paths import default_results_path
     from .results import append_records
 
     settings.validate()  # before any file is written or hashed
@@ -621,7 +622,7 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
     labels = RunLabels(host_bytes_per_token=prepared.host_bytes_per_token,
                        gpu_bytes_per_token=prepared.gpu_bytes_per_token, ram_bandwidth_gbps=prepared.ram_gbps,
                        gpu_bandwidth_gbps=prepared.gpu_gbps)
-    csv_path = out_csv or default_results_path(machine.hostname)
+    csv_path = out_csv or _default_results(machine)
     report = _run_with_progress(settings, model_file, machine, timeout, csv_path.parent / "logs", prepared.estimate,
                                 labels)
     append_records(csv_path, list(report.records))
@@ -666,7 +667,6 @@ def bench_command(
     from .bench import expand_jobs, job_key, run_suite
     from .config import load_config
     from .machine import describe_machine
-    from .paths import default_results_path
 
     config = load_config(config_path)
     jobs = expand_jobs(config, synthetic=synthetic, only=only)
@@ -683,7 +683,7 @@ def bench_command(
                 out.print(f"{number:3d}. {job.label}", highlight=False)
         return
     machine = describe_machine(bandwidth=True)
-    csv_path = out_csv or default_results_path(machine.hostname)
+    csv_path = out_csv or _default_results(machine)
     if quiet or as_json:
         result = run_suite(config, jobs, machine, out_csv=csv_path, resume=resume, offline=offline,
                            models_dirs=models_dir)
@@ -697,6 +697,19 @@ def bench_command(
     _print_bench_summary(config.name, result, csv_path)
     if any(o.status not in ("ok", "skipped", "resumed") for o in result.outcomes):
         raise typer.Exit(1)
+
+
+def _default_results(machine: MachineInfo) -> Path:
+    """results/<host>.csv; one an older qwenbench wrote is set aside (renamed, kept) rather than refused."""
+    from .paths import default_results_path
+    from .results import set_aside_older
+
+    path = default_results_path(machine.hostname)
+    moved = set_aside_older(path)
+    if moved is not None:
+        err.print(f"note: {path} has an older column layout; kept as {moved}, new rows start {path} "
+                  "(qwenbench report and compare read both)")
+    return path
 
 
 def _job_line(outcome: Any) -> str:

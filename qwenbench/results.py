@@ -217,6 +217,28 @@ def _check_layout(path: Path) -> None:
                                hint="write to a new file with --out, or move the old one aside")
 
 
+def set_aside_older(path: Path) -> Path | None:
+    """Move a results file of an older schema out of the way (to `<name>.schema<N>.csv`, nothing deleted) so new
+    rows start a new file; returns where it went, or None when the file is absent or current. For the default
+    file only: a file the user named is refused instead (check_appendable)."""
+    path = Path(path)
+    if not path.exists() or not path.stat().st_size:
+        return None
+    header = _existing_header(path)
+    if tuple(header) == COLUMNS:
+        return None
+    version = _schema_of(header, path)
+    if not version.isdigit() or int(version) >= SCHEMA_VERSION:
+        return None  # not ours to move: check_appendable refuses it with the reason
+    target = path.with_name(f"{path.stem}.schema{version}{path.suffix}")
+    counter = 1
+    while target.exists():
+        counter += 1
+        target = path.with_name(f"{path.stem}.schema{version}-{counter}{path.suffix}")
+    path.rename(target)
+    return target
+
+
 def check_appendable(path: Path) -> None:
     """Refuse a results file that rows could not be appended to before hours of work, not after."""
     path = Path(path)

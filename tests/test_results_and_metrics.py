@@ -117,3 +117,19 @@ def test_summary_matches_llama_bench_definitions() -> None:
 
 def test_record_replace_keeps_types() -> None:
     assert replace(make_record(), status="timeout").to_row()[COLUMNS.index("status")] == "timeout"
+
+
+def test_an_older_default_file_is_set_aside_not_lost(tmp_path: Path) -> None:
+    from qwenbench.results import set_aside_older
+
+    path = tmp_path / "host.csv"
+    path.write_text("schema_version,run_id,test\n1,old,pp512\n")
+    moved = set_aside_older(path)
+    assert moved == tmp_path / "host.schema1.csv" and moved.read_text().endswith("1,old,pp512\n")
+    assert not path.exists()
+    append_records(path, [make_record()])
+    assert set_aside_older(path) is None  # current: stays
+    path.with_name("host.schema1.csv").write_text("x")
+    newer = tmp_path / "newer.csv"
+    newer.write_text(f"schema_version,run_id\n{SCHEMA_VERSION + 1},x\n")
+    assert set_aside_older(newer) is None and newer.exists()  # not ours to move
