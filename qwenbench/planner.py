@@ -270,12 +270,13 @@ class PreparedRun:
 
 
 def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: ModelShape, hardware: Hardware,
-                calibration: Calibration, pinned: set[str]) -> PreparedRun:
+                calibration: Calibration, pinned: set[str], expert_offload: bool = True) -> PreparedRun:
     """Fill the placement settings the user did not pin from the plan for this model (a file's header or the
-    catalog's recipe), say where pins differ, and predict the run's memory."""
+    catalog's recipe), say where pins differ, and predict the run's memory. expert_offload=False plans for a
+    runtime that cannot keep MoE experts in RAM."""
     config = run_config(settings, shape, hardware)
     kv_types = (settings.type_k,) if {"type_k", "type_v"} & pinned else ("f16", "q8_0")
-    placement = best_placement(quant, table, shape, hardware, config.n_ctx, calibration, kv_types)
+    placement = best_placement(quant, table, shape, hardware, config.n_ctx, calibration, kv_types, expert_offload)
     gpu = usable_gpu(hardware)
     planned = {"n_gpu_layers": placement.n_gpu_layers if gpu is not None else -1,
                "n_cpu_moe": placement.n_cpu_moe, "type_k": placement.type_k, "type_v": placement.type_v}

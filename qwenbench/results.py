@@ -43,6 +43,11 @@ Schema (one row per test; llama-bench's column names where they overlap):
   hostname, cpu_model, n_cpu_physical, ram_total_bytes, gpu_names  the machine
   backends             ggml backends of this llama.cpp build (CPU, CUDA, Metal, ...)
   llama_cpp_commit, llama_cpp_python_version, qwenbench_version  the software
+  server, serve_metrics (schema 5+) bench-serve rows (test serve_c<concurrency>): the server measured (its URL,
+                       model id and Server header) and, as JSON, the level's request counts (failed and timed
+                       out included), throughputs and p50/p90/p99 of TTFT, first visible token, inter-token
+                       latency, time per output token and end-to-end latency; avg_ts is the level's output
+                       tokens/s, median_ts one request's decode rate (1 / median TPOT), ttft_ms the median TTFT
 """
 
 from __future__ import annotations
@@ -65,8 +70,8 @@ except ImportError:  # pragma: no cover - Windows: appends stay atomic, header c
     fcntl = None  # type: ignore[assignment]
 
 # 2: predicted_host_bytes, predicted_vram_bytes; 3: model_repo, model_revision; 4: suite, mode, job_key,
-# host_bytes_per_token, gpu_bytes_per_token, ram_bandwidth_gbps, gpu_bandwidth_gbps
-SCHEMA_VERSION = 4
+# host_bytes_per_token, gpu_bytes_per_token, ram_bandwidth_gbps, gpu_bandwidth_gbps; 5: server, serve_metrics
+SCHEMA_VERSION = 5
 STATUSES = ("ok", "failed", "crashed", "oom", "timeout", "interrupted", "skipped")
 
 
@@ -136,6 +141,8 @@ class Record:
     llama_cpp_commit: str
     llama_cpp_python_version: str
     qwenbench_version: str
+    server: str = ""
+    serve_metrics: str = ""
 
     def to_row(self) -> list[str]:
         return [_format(value) for value in astuple(self)]
