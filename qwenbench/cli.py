@@ -972,6 +972,8 @@ def bench_serve_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt choice and sampling."),
     timeout: float = typer.Option(300, "--timeout", help="Seconds before one request counts as timed out."),
     ctx: int = typer.Option(4096, "--ctx", "-c", help="With --model/--gguf: the server's context size."),
+    threads: int | None = typer.Option(None, "-t", "--threads", help="With --model/--gguf: the server's CPU "
+                                                                     "threads [physical cores]."),
     out_csv: Path | None = typer.Option(None, "--out", "-o", help="Results CSV [results/<host>.csv]."),
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON for scripts."),
 ) -> None:
@@ -1001,7 +1003,7 @@ def bench_serve_command(
     try:
         if url is None:
             plan, notes = _plan_server(gguf, model, quant, synthetic, "127.0.0.1", free_port(), ctx, None, None,
-                                       None, None, "llama-cpp-python", False)
+                                       None, threads, "llama-cpp-python", False)
             for note in notes:
                 err.print(f"note: {note}")
             identity = _resolve_model_file(gguf, model, quant, synthetic).identity
