@@ -11,6 +11,7 @@ import base64
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -149,6 +150,16 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower() or "x"
 
 
+def _save_chart(figure: Any, path: Path, section: _Section, **margins: float) -> None:
+    """Fixed margins (tight_layout measures every label: slow on big reports) and fast zlib for flat colours."""
+    import matplotlib.pyplot as plt
+
+    figure.subplots_adjust(**margins)
+    figure.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})
+    plt.close(figure)
+    section.charts.append(path)
+
+
 def _speed_section(ok: pd.DataFrame, machine: str, out_dir: Path) -> _Section:
     import matplotlib.pyplot as plt
 
@@ -179,11 +190,8 @@ def _speed_section(ok: pd.DataFrame, machine: str, out_dir: Path) -> _Section:
             axis.tick_params(axis="x", labelsize=8)
             for label in axis.get_xticklabels():
                 label.set_horizontalalignment("right")
-        figure.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.32, wspace=0.22)
-        chart = out_dir / f"speed-{_slug(machine)}.png"
-        figure.savefig(chart, dpi=100, pil_kwargs={"compress_level": 1})  # flat-colour charts: fast zlib
-        plt.close(figure)
-        section.charts.append(chart)
+        _save_chart(figure, out_dir / f"speed-{_slug(machine)}.png", section, left=0.07, right=0.98, top=0.9,
+                    bottom=0.32, wspace=0.22)
     return section
 
 
@@ -261,11 +269,7 @@ def _dense_moe_section(ok: pd.DataFrame, out_dir: Path) -> _Section | None:
     axis.set_ylabel("generation t/s")
     axis.set_title("generation speed against active parameters")
     axis.legend(fontsize=7, loc="upper right")
-    figure.subplots_adjust(left=0.1, right=0.97, top=0.92, bottom=0.12)
-    chart = out_dir / "dense-vs-moe.png"
-    figure.savefig(chart, dpi=100, pil_kwargs={"compress_level": 1})  # flat-colour charts: fast zlib
-    plt.close(figure)
-    section.charts.append(chart)
+    _save_chart(figure, out_dir / "dense-vs-moe.png", section, left=0.1, right=0.97, top=0.92, bottom=0.12)
     return section
 
 
@@ -305,11 +309,7 @@ def _memory_section(frame: pd.DataFrame, out_dir: Path) -> _Section | None:
     axis.set_ylabel("predicted (GiB)")
     axis.set_title("memory: predicted against measured, per run")
     axis.legend(fontsize=7, loc="upper left")
-    figure.subplots_adjust(left=0.13, right=0.97, top=0.92, bottom=0.11)
-    chart = out_dir / "memory.png"
-    figure.savefig(chart, dpi=100, pil_kwargs={"compress_level": 1})  # flat-colour charts: fast zlib
-    plt.close(figure)
-    section.charts.append(chart)
+    _save_chart(figure, out_dir / "memory.png", section, left=0.13, right=0.97, top=0.92, bottom=0.11)
     return section
 
 
