@@ -880,8 +880,8 @@ def serve_command(
     if ctx < 1:
         raise UsageError("--ctx must be >= 1")
     check_port(host, port)
-    plan, notes = _plan_server(gguf, model, quant, synthetic, host, port, ctx, n_gpu_layers, n_cpu_moe, cache_type,
-                               threads, chosen, force)
+    plan, notes, _ = _plan_server(gguf, model, quant, synthetic, host, port, ctx, n_gpu_layers, n_cpu_moe,
+                                  cache_type, threads, chosen, force)
     equivalent = " ".join(plan.llama_server_argv())
     if dry_run:
         if as_json:
@@ -921,8 +921,9 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def _plan_server(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool, host: str, port: int,
                  ctx: int, n_gpu_layers: int | None, n_cpu_moe: int | None, cache_type: str | None,
-                 threads: int | None, backend: str, force: bool) -> tuple[Any, list[str]]:
-    """The server's settings from the plan for this model and machine, with what the user pinned."""
+                 threads: int | None, backend: str, force: bool) -> tuple[Any, list[str], ModelFile]:
+    """The server's settings from the plan for this model and machine, with what the user pinned; the notes to
+    show; and the model file."""
     from .calibration import load_calibration
     from .machine import describe_machine
     from .planner import prepare_run
@@ -955,7 +956,7 @@ def _plan_server(gguf: Path | None, model: str | None, quant: str | None, synthe
     plan = ServerPlan(model_file.path, f"{alias}-{model_file.quant}".lower() if model_file.model_key else alias,
                       host, port, ctx, chosen.n_gpu_layers, chosen.n_cpu_moe, chosen.n_threads, chosen.n_batch,
                       chosen.n_ubatch, prepared.config.flash_attn, chosen.type_k, chosen.type_v)
-    return plan, notes
+    return plan, notes, model_file
 
 
 @app.command("bench-serve")
@@ -1002,11 +1003,11 @@ def bench_serve_command(
     log_path = Path("results") / "logs" / "bench-serve-server.log"
     try:
         if url is None:
-            plan, notes = _plan_server(gguf, model, quant, synthetic, "127.0.0.1", free_port(), ctx, None, None,
-                                       None, threads, "llama-cpp-python", False)
+            plan, notes, model_file = _plan_server(gguf, model, quant, synthetic, "127.0.0.1", free_port(), ctx,
+                                                   None, None, None, threads, "llama-cpp-python", False)
             for note in notes:
                 err.print(f"note: {note}")
-            identity = _resolve_model_file(gguf, model, quant, synthetic).identity
+            identity = model_file.identity
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with log_path.open("wb") as log:
                 process = start_server(plan, "llama-cpp-python", log, log_path.parent)
