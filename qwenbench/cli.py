@@ -1066,6 +1066,88 @@ def _print_serve_table(records: list[Any], url: str, model_id: str, server: str,
     out.print(f"{len(records)} rows appended to {csv_path}")
 
 
+# ------------------------------------------------------------------------------------------- chat
+
+
+@app.command("chat")
+def chat_command(
+    model: str | None = typer.Option(None, "--model", "-m", help="Catalog model key (qwenbench models)."),
+    quant: str | None = typer.Option(None, "--quant", "-q", help="Quant with --model [Q4_K_M]."),
+    gguf: Path | None = typer.Option(None, "--gguf", help="A GGUF file to chat with."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="With --model: a synthetic twin (random weights: "
+                                                              "the text is noise, the speed is real)."),
+    think: bool = typer.Option(True, "--think/--no-think", help="Qwen3 thinking (switch with /think, /no_think)."),
+    ctx: int = typer.Option(4096, "--ctx", "-c", help="Context size."),
+    max_tokens: int = typer.Option(1024, "--max-tokens", help="Longest reply, in tokens."),
+    threads: int | None = typer.Option(None, "-t", "--threads", help="CPU threads [physical cores]."),
+    n_gpu_layers: int | None = typer.Option(None, "-ngl", "--n-gpu-layers", help="Layers on the GPU [the plan's]."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+) -> None:
+    """Chat with a model in the terminal, with the planned settings: its own chat template, streamed replies
+    (thinking shown apart, dimmed), history within the session, and tokens, TTFT and t/s after each reply.
+    \"\"\" starts and ends a multi-line message; /think, /no_think, /clear, /bye; Ctrl-C stops a reply,
+    Ctrl-D (or Ctrl-C at the prompt) leaves."""
+    from .chat import ChatSession, ChatSettings
+
+    if max_tokens < 1 or ctx < 16:
+        raise UsageError("--max-tokens must be >= 1 and --ctx >= 16")
+    plan, notes, model_file = _plan_server(gguf, model, quant, synthetic, "127.0.0.1", 0, ctx, n_gpu_layers, None,
+                                           None, threads, "llama-cpp-python", False)
+    for note in notes:
+        err.print(f"[dim]note: {note}[/dim]")
+    settings = ChatSettings(n_ctx=ctx, n_gpu_layers=plan.n_gpu_layers, n_threads=plan.n_threads,
+                            n_batch=plan.n_batch, n_ubatch=plan.n_ubatch, flash_attn=plan.flash_attn,
+                            type_k=plan.type_k, type_v=plan.type_v, max_tokens=max_tokens, seed=seed)
+    with err.status(f"loading {model_file.path.name}"):
+        session = ChatSession(model_file.path, settings, think=think)
+    name = model_file.model_key or model_file.path.name
+    out.print(f"[bold]{name}[/bold] {model_file.quant}: ngl {plan.n_gpu_layers}, {plan.n_threads} threads, "
+              f"context {ctx}, KV {plan.type_k}; thinking {'on' if think else 'off'}", highlight=False)
+    if model_file.weights == "synthetic":
+        out.print("[yellow]synthetic weights: replies are random tokens; the speed is the real model's[/yellow]")
+    out.print('[dim]/think /no_think /clear /bye; """ for several lines; Ctrl-D leaves[/dim]')
+    try:
+        while True:
+            try:
+                text = _read_message()
+            except (EOFError, KeyboardInterrupt):
+                out.print()
+                break
+            if not text.strip():
+                continue
+            answer = session.command(text)
+            if answer is not None:
+                if text.strip().lower() == "/bye":
+                    break
+                out.print(f"[dim]{answer}[/dim]")
+                continue
+            _stream_reply(session, text)
+    finally:
+        session.close()
+
+
+def _read_message() -> str:
+    line = input(">>> ")
+    if line.strip() != '"""':
+        return line
+    lines = []
+    while (line := input("... ")).strip() != '"""':
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _stream_reply(session: Any, text: str) -> None:
+    styles = {"think": "dim italic", "text": ""}
+    try:
+        for kind, piece in session.reply(text):
+            out.print(piece, style=styles[kind], end="", highlight=False, markup=False, soft_wrap=True)
+    except KeyboardInterrupt:
+        out.print(" [stopped]", style="yellow", end="", markup=False)
+    out.print()
+    if session.last_stats is not None:
+        out.print(session.last_stats.line(), style="dim", highlight=False)
+
+
 @app.command("demo")
 def demo_command() -> None:
     """Offline demo: write a synthetic Qwen3-0.6B Q4_K_M, measure it with real llama.cpp, record a CSV."""

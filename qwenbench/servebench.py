@@ -26,6 +26,7 @@ from .errors import UsageError
 from .machine import MachineInfo
 from .modelfile import ModelIdentity
 from .results import SCHEMA_VERSION, Record
+from .thinking import ThinkSplitter
 
 PROMPTS = (
     "Explain in three sentences why the sky is blue.",
@@ -45,7 +46,6 @@ PROMPTS = (
     "Describe the water cycle in simple terms.",
     "Give two arguments for and two against remote work.",
 )
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class _Stream:
     """Token deltas of one streamed chat completion, told apart as thinking or visible text."""
 
     def __init__(self) -> None:
-        self.thinking = False
+        self._splitter = ThinkSplitter()
 
     def visible(self, delta: dict) -> tuple[bool, bool]:
         """(any token, a visible token) in one delta: reasoning_content (llama-server) or <think> text (Qwen3
@@ -124,21 +124,7 @@ class _Stream:
         text = delta.get("content") or ""
         if not text:
             return False, False
-        seen_visible = False
-        rest = text
-        while rest:
-            if self.thinking:
-                end = rest.find(THINK_CLOSE)
-                if end < 0:
-                    return True, seen_visible
-                self.thinking, rest = False, rest[end + len(THINK_CLOSE):]
-            else:
-                start = rest.find(THINK_OPEN)
-                if start < 0:
-                    return True, seen_visible or bool(rest.strip())
-                seen_visible = seen_visible or bool(rest[:start].strip())
-                self.thinking, rest = True, rest[start + len(THINK_OPEN):]
-        return True, seen_visible
+        return True, any(kind == "text" and piece.strip() for kind, piece in self._splitter.feed(text))
 
 
 def chat_request(url: str, model: str, prompt: str, max_tokens: int, timeout_s: float, seed: int) -> RequestResult:
