@@ -1126,12 +1126,27 @@ def chat_command(
         session.close()
 
 
+def _read_line(prompt: str) -> str:
+    """input() that Ctrl-C always interrupts: llama.cpp's worker threads can take the SIGINT, and Python then
+    only notices it when the main thread runs again, which a read() blocked on the terminal never does."""
+    import select
+
+    out.print(prompt, end="", highlight=False, markup=False)
+    sys.stdout.flush()
+    while not select.select([sys.stdin], [], [], 0.1)[0]:
+        pass  # back in Python ten times a second: a pending Ctrl-C is raised here
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\n")
+
+
 def _read_message() -> str:
-    line = input(">>> ")
+    line = _read_line(">>> ")
     if line.strip() != '"""':
         return line
     lines = []
-    while (line := input("... ")).strip() != '"""':
+    while (line := _read_line("... ")).strip() != '"""':
         lines.append(line)
     return "\n".join(lines)
 
