@@ -229,6 +229,8 @@ class _Runner:
                 return unrun("skipped", "does not fit: " + "; ".join(early.problems))
         try:
             model_file = self._model_file(job)
+        except Interrupted:
+            raise KeyboardInterrupt from None  # Ctrl-C during a download stops the suite, as anywhere else
         except QwenbenchError as exc:
             return unrun("failed", exc.message + (f" ({exc.hint})" if exc.hint else ""))
         header = model_file.header
