@@ -30,7 +30,7 @@ from .modelfile import (
     ModelIdentity,
     catalog_identity,
     ensure_synthetic,
-    guess_model_key,
+    header_identity,
     open_model_file,
 )
 from .planner import prepare_run, usable_gpu
@@ -194,12 +194,7 @@ class _Runner:
         entry = job.entry
         if entry.gguf is not None:
             try:
-                header = read_model_header(entry.gguf)
-                table = header.table
-                key = entry.key or guess_model_key(header, entry.gguf.name)
-                return ModelIdentity(key, entry.gguf.name, header.quant, table.n_bytes, table.n_params,
-                                     table.n_params_active(header.n_expert, header.n_expert_used),
-                                     header.n_expert > 0, "synthetic" if header.is_synthetic else "real")
+                return header_identity(read_model_header(entry.gguf), entry.gguf.name, model_key=entry.key)
             except QwenbenchError:
                 return ModelIdentity(entry.key, entry.gguf.name, "", 0, 0, 0, False, "real")
         spec = get_model(entry.key)

@@ -64,9 +64,17 @@ class ModelFile:
 
     @property
     def identity(self) -> ModelIdentity:
-        table = self.header.table
-        return ModelIdentity(self.model_key, self.path.name, self.quant, table.n_bytes, table.n_params,
-                             self.n_params_active, self.is_moe, self.weights, self.sha256, self.repo, self.revision)
+        return header_identity(self.header, self.path.name, model_key=self.model_key, sha256=self.sha256,
+                               repo=self.repo, revision=self.revision)
+
+
+def header_identity(header: GGUFHeader, filename: str, *, model_key: str = "", sha256: str = "", repo: str = "",
+                    revision: str = "") -> ModelIdentity:
+    """A file's identity from its header (the catalog key guessed when not given)."""
+    table = header.table
+    return ModelIdentity(model_key or guess_model_key(header, filename), filename, header.quant, table.n_bytes,
+                         table.n_params, table.n_params_active(header.n_expert, header.n_expert_used),
+                         header.n_expert > 0, "synthetic" if header.is_synthetic else "real", sha256, repo, revision)
 
 
 def guess_model_key(header: GGUFHeader, filename: str) -> str:
