@@ -138,7 +138,8 @@ def test_matrix_records_every_job_and_resume_reruns_only_what_is_missing(suite: 
 
 def test_ctrl_c_stops_the_suite_with_the_csv_valid(suite: Path) -> None:
     out = suite.parent / "results.csv"
-    config = suite.read_text().replace("repetitions = 2", "repetitions = 50").replace('n_gen = [8]', 'n_gen = [64]')
+    # long enough (minutes) that the interrupt always lands inside the job, whatever the load
+    config = suite.read_text().replace("repetitions = 2", "repetitions = 500").replace("n_gen = [8]", "n_gen = [256]")
     suite.write_text(config)
     bench = subprocess.Popen([QWENBENCH, "bench", "--config", str(suite), "--out", str(out), "--only", "dense"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
