@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,18 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     Hub start the fake one and lift offline mode."""
     monkeypatch.setenv("QWENBENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def no_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pynvml whose init fails as it does on a machine without the NVIDIA driver."""
+    broken = types.ModuleType("pynvml")
+
+    def fail() -> None:
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    broken.nvmlInit = fail
+    monkeypatch.setitem(sys.modules, "pynvml", broken)
 
 
 @pytest.fixture(scope="session")

@@ -69,16 +69,6 @@ def _fake_smi(tmp_path: Path, body: str) -> Path:
     return folder
 
 
-@pytest.fixture
-def no_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
-    broken = types.ModuleType("pynvml")
-
-    def fail() -> None:
-        raise RuntimeError("NVML Shared Library Not Found")
-
-    broken.nvmlInit = fail
-    monkeypatch.setitem(sys.modules, "pynvml", broken)
-
 
 def test_nvidia_smi_is_the_fallback_when_nvml_fails(no_nvml: None, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
