@@ -127,10 +127,15 @@ class _Stream:
         return True, any(kind == "text" and piece.strip() for kind, piece in self._splitter.feed(text))
 
 
-def chat_request(url: str, model: str, prompt: str, max_tokens: int, timeout_s: float, seed: int) -> RequestResult:
-    """One streamed chat completion, timed from before the request is sent."""
+def _connect(url: str, timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
+    """A connection to the server of `url`, and the path prefix its API lives under."""
     parsed = urlparse(url)
     connection_type = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
+    return connection_type(parsed.hostname or "127.0.0.1", parsed.port, timeout=timeout_s), parsed.path.rstrip("/")
+
+
+def chat_request(url: str, model: str, prompt: str, max_tokens: int, timeout_s: float, seed: int) -> RequestResult:
+    """One streamed chat completion, timed from before the request is sent."""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                        "stream": True, "temperature": 0.0, "seed": seed})
     start = time.perf_counter()
@@ -138,8 +143,8 @@ def chat_request(url: str, model: str, prompt: str, max_tokens: int, timeout_s: 
     stamps: list[float] = []
     stream = _Stream()
     try:
-        connection = connection_type(parsed.hostname or "127.0.0.1", parsed.port, timeout=timeout_s)
-        connection.request("POST", f"{parsed.path.rstrip('/')}/v1/chat/completions", body,
+        connection, prefix = _connect(url, timeout_s)
+        connection.request("POST", f"{prefix}/v1/chat/completions", body,
                            {"Content-Type": "application/json", "Accept": "text/event-stream"})
         response = connection.getresponse()
         if response.status != 200:
@@ -214,11 +219,9 @@ def run_level(url: str, model: str, concurrency: int, n_requests: int, max_token
 
 def server_identity(url: str, timeout_s: float = 10) -> tuple[str, str]:
     """(model id the server serves, what it says it is: its Server header)."""
-    parsed = urlparse(url)
-    connection_type = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
     try:
-        connection = connection_type(parsed.hostname or "127.0.0.1", parsed.port, timeout=timeout_s)
-        connection.request("GET", f"{parsed.path.rstrip('/')}/v1/models")
+        connection, prefix = _connect(url, timeout_s)
+        connection.request("GET", f"{prefix}/v1/models")
         response = connection.getresponse()
         data = json.loads(response.read() or b"{}")
         server = response.getheader("Server") or ""
