@@ -9,11 +9,27 @@ OUT ?=
 
 .PHONY: install demo test lint bench-all clean
 
-$(STAMP): pyproject.toml
+# llama-cpp-python compiles llama.cpp for this CPU (-march=native). Its AMX matrix kernels segfault on the first
+# prompt on Sapphire Rapids Xeons (ggml-org/llama.cpp#20824, open upstream; reproduced here on Q4_K_M models), so
+# x86-64 builds leave them out; AVX-512 and the repacked CPU kernels stay. The wheel is built once per flag set
+# into its own folder: pip's own wheel cache ignores CMAKE_ARGS and would hand back a build with other flags.
+LLAMA_CPP_PYTHON := llama-cpp-python==$(shell sed -n 's/.*"llama-cpp-python\[server\]==\([0-9.]*\)".*/\1/p' pyproject.toml)
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8
+endif
+WHEELHOUSE ?= $(HOME)/.cache/qwenbench/wheels/$(shell echo '$(LLAMA_CPP_PYTHON) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@echo "Installing qwenbench and llama-cpp-python (the first install compiles llama.cpp: about 6 minutes on 2 cores)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@if ! ls $(WHEELHOUSE)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+		echo "Building $(LLAMA_CPP_PYTHON) (compiles llama.cpp: about 9 minutes on 2 cores, once per machine)"; \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel --quiet --no-cache-dir --no-deps \
+			"$(LLAMA_CPP_PYTHON)" -w $(WHEELHOUSE); \
+	fi
+	@echo "Installing qwenbench and its dependencies"
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps $(WHEELHOUSE)/llama_cpp_python-*.whl
+	$(BIN)/python -m pip install --quiet --find-links $(WHEELHOUSE) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
