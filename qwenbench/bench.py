@@ -38,7 +38,7 @@ from .recipe import tensor_table
 from .results import Record, append_records, check_appendable, read_records
 from .runspec import RunSettings
 
-OnEvent = Callable[[str, dict[str, Any]], None]  # (kind, data): job_started, status, run_event, job_finished
+OnEvent = Callable[[str, dict[str, Any]], None]  # (kind, data): job_started, status, note, run_event, job_finished
 GPU_MODES = ("gpu", "gpu-experts-cpu")
 DONE_STATUSES = ("ok", "skipped")
 
@@ -78,6 +78,8 @@ class JobOutcome:
 class SuiteResult:
     outcomes: tuple[JobOutcome, ...]
     wall_s: float
+    csv_path: Path  # where the rows went: the file asked for, unless it became unusable and they were rescued
+    notes: tuple[str, ...] = ()
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -167,12 +169,17 @@ class _Runner:
         self.offline = offline
         self.models_dirs = models_dirs
         self.calibration = load_calibration(machine.machine_id)
+        self.notes: list[str] = []
 
     def _say(self, message: str) -> None:
         self.on_event("status", {"message": message})
 
     def _record(self, job: Job, records: list[Record], **extra: Any) -> JobOutcome:
-        append_records(self.out_csv, records)
+        appended = append_records(self.out_csv, records)
+        self.out_csv = appended.path  # rescued elsewhere: the rest of the suite follows its rows there
+        for note in appended.notes:
+            self.notes.append(note)
+            self.on_event("note", {"message": note})
         return JobOutcome(job, tuple(records), **extra)
 
     def _model_file(self, job: Job) -> ModelFile:
@@ -199,6 +206,13 @@ class _Runner:
                 return ModelIdentity(entry.key, entry.gguf.name, "", 0, 0, 0, False, "real")
         spec = get_model(entry.key)
         return catalog_identity(spec, entry.quant, tensor_table(spec, entry.quant), job.weights)
+
+    def failed_job(self, job: Job, key: str, reason: str) -> JobOutcome:
+        """Rows for a job that failed before it measured anything."""
+        settings, _ = job_settings(self.config, job, self.machine, 0)
+        labels = RunLabels(suite=self.config.name, mode=job.mode, job_key=key)
+        return self._record(job, unrun_records(settings, self._identity(job), self.machine, "failed", reason,
+                                               labels=labels))
 
     def run_job(self, job: Job, key: str) -> JobOutcome:
         started = time.monotonic()
@@ -279,10 +293,16 @@ def run_suite(config: BenchConfig, jobs: list[Job], machine: MachineInfo, *, out
                 outcomes.append(stop.outcome)
                 emit("job_finished", {"outcome": stop.outcome})
                 raise Interrupted(f"stopped at job {number} of {len(jobs)} ({job.label}); finished rows are in "
-                                  f"{out_csv}", hint="run the same command with --resume to do what is left") from None
+                                  f"{runner.out_csv}",
+                                  hint="run the same command with --resume to do what is left") from None
             except KeyboardInterrupt:
                 raise Interrupted(f"stopped at job {number} of {len(jobs)} ({job.label}) before it ran",
                                   hint="run the same command with --resume to do what is left") from None
+            except QwenbenchError as exc:  # whatever one job meets, the others still run
+                outcome = runner.failed_job(job, key, exc.message + (f" ({exc.hint})" if exc.hint else ""))
+            except Exception as exc:  # a qwenbench bug in one job must not cost the suite either
+                outcome = runner.failed_job(job, key, f"internal error, please report it: {type(exc).__name__}: "
+                                                      f"{exc}")
         outcomes.append(outcome)
         emit("job_finished", {"outcome": outcome})
-    return SuiteResult(tuple(outcomes), time.monotonic() - started)
+    return SuiteResult(tuple(outcomes), time.monotonic() - started, runner.out_csv, tuple(runner.notes))

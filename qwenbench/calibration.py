@@ -34,25 +34,46 @@ def _efficiencies(observations: list[dict], base: Calibration) -> Calibration:
     return replace(base, **updates) if updates else base
 
 
-def fit_calibration(observations: list[dict]) -> Calibration:
-    """Least squares of residual = base + factor * activation_units over this machine's observations,
-    and the median decode efficiencies."""
-    points = [(o["activation_units"], o["residual_bytes"]) for o in observations if "residual_bytes" in o]
-    xs = {x for x, _ in points}
-    efficiencies = _efficiencies(observations, Calibration())
-    if len(xs) < 2:
-        measured = len(observations)
-        return replace(efficiencies, source=f"measured ({measured} runs)") if measured else efficiencies
+def _line(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least squares (intercept, slope), or None without two distinct x."""
     n = len(points)
+    if len({x for x, _ in points}) < 2:
+        return None
     mean_x = sum(x for x, _ in points) / n
     mean_y = sum(y for _, y in points) / n
-    var = sum((x - mean_x) ** 2 for x, _ in points)
-    factor = sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+    return mean_y - slope * mean_x, slope
+
+
+def _without_outliers(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Drop the points far off the first fit (a run measured while something else held memory): beyond three
+    robust standard deviations (1.4826 x the median absolute deviation) and 64 MiB."""
+    fitted = _line(points)
+    if fitted is None or len(points) < 4:
+        return points
+    base, slope = fitted
+    errors = [abs(y - base - slope * x) for x, y in points]
+    mad = sorted(errors)[len(errors) // 2]
+    limit = max(3 * 1.4826 * mad, 64 * MIB)
+    return [p for p, e in zip(points, errors, strict=True) if e <= limit]
+
+
+def fit_calibration(observations: list[dict]) -> Calibration:
+    """Least squares of residual = base + factor * activation_units over this machine's observations (outliers
+    dropped), and the median decode efficiencies."""
+    points = _without_outliers([(o["activation_units"], o["residual_bytes"]) for o in observations
+                                if "residual_bytes" in o])
+    efficiencies = _efficiencies(observations, Calibration())
+    fitted = _line(points)
+    if fitted is None:
+        measured = len(observations)
+        return replace(efficiencies, source=f"measured ({measured} runs)") if measured else efficiencies
+    base, factor = fitted
+    source = f"measured ({len(points)} runs)"
     if factor < 0:  # noise, not physics: more activations never need less memory
-        return replace(efficiencies, host_base_bytes=mean_y, host_activation_factor=0.0,
-                       source=f"measured ({n} runs)")
-    return replace(efficiencies, host_base_bytes=max(0.0, mean_y - factor * mean_x), host_activation_factor=factor,
-                   source=f"measured ({n} runs)")
+        return replace(efficiencies, host_base_bytes=sum(y for _, y in points) / len(points),
+                       host_activation_factor=0.0, source=source)
+    return replace(efficiencies, host_base_bytes=max(0.0, base), host_activation_factor=factor, source=source)
 
 
 def load_calibration(machine_id: str) -> Calibration:

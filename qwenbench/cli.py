@@ -6,17 +6,23 @@ command imports what it needs.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
-import signal
+import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from . import __version__
-from .errors import QwenbenchError, UsageError
+from . import __version__, lifetime
+from .errors import Interrupted, QwenbenchError, UsageError
+from .runspec import CACHE_TYPES
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -39,6 +45,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+MIN_WIDTH = 40
+# COLUMNS=0 (or a handful) makes rich, ours and typer's, lay everything out zero columns wide: print nothing
+# at all, errors included. Such a value is dropped before any console reads it; the terminal's width stands.
+if not (os.environ.get("COLUMNS", "").isdigit() and int(os.environ["COLUMNS"]) >= MIN_WIDTH):
+    os.environ.pop("COLUMNS", None)
+# One escaping rule: markup ([bold], [red]) only in our own literals; every value from outside (paths, names,
+# labels, notes, errors, server strings) goes through escape() or is printed with markup=False.
 out = Console()
 err = Console(stderr=True)
 
@@ -53,6 +66,40 @@ def _version(value: bool) -> None:
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     pass
+
+
+# -- where input enters: option types and callbacks that every command shares, so a value is checked once,
+# -- the same way, before any work starts
+
+SEED_RANGE = {"min": 0, "max": 2**32 - 1}  # numpy's and llama.cpp's seeds are 32-bit
+EXISTING_FOLDER = {"exists": True, "file_okay": False, "dir_okay": True}
+
+
+def _quant_option(value: str | None) -> str | None:
+    """Quants as llama.cpp names them, whatever the spacing or case typed: ' q4_k_m' is Q4_K_M."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise typer.BadParameter("is empty; e.g. --quant Q4_K_M")
+    return value.strip().upper()
+
+
+def _kv_type(value: str | None) -> str | None:
+    """A KV cache type llama.cpp knows, named for the flag it came with (click names the flag in the error)."""
+    if value is None:
+        return None
+    if value.strip().lower() not in CACHE_TYPES:
+        raise typer.BadParameter(f"{value!r} is not a KV cache type; one of {', '.join(CACHE_TYPES)}")
+    return value.strip().lower()
+
+
+def _finite(minimum: float, *, strict: bool) -> Callable[[float], float]:
+    """A callback refusing nan, inf and numbers below `minimum` (click's FloatRange lets nan through)."""
+    def check(value: float) -> float:
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise typer.BadParameter(f"must be a finite number {'>' if strict else '>='} {minimum:g}, got {value}")
+        return value
+    return check
 
 
 def _int_list(flag: str, text: str) -> tuple[int, ...]:
@@ -127,31 +174,32 @@ def probe_command(
         out.print_json(json.dumps(hardware.to_json()))
         return
     cpu, ram = hardware.cpu, hardware.ram
-    out.print(f"[bold]CPU[/bold]   {cpu.model}: {cpu.physical_cores} cores / {cpu.logical_cores} threads; "
+    out.print(f"[bold]CPU[/bold]   {escape(cpu.model)}: {cpu.physical_cores} cores / {cpu.logical_cores} threads; "
               f"{' '.join(cpu.features) or 'no SIMD features found'}")
     out.print(f"[bold]RAM[/bold]   {_bytes(ram.total_bytes)} total, {_bytes(ram.available_bytes)} available; "
               f"swap {_bytes(ram.swap_total_bytes)}")
     if hardware.disk_free_bytes is not None:
-        out.print(f"[bold]disk[/bold]  {_bytes(hardware.disk_free_bytes)} free at {hardware.disk_path}")
+        out.print(f"[bold]disk[/bold]  {_bytes(hardware.disk_free_bytes)} free at {escape(str(hardware.disk_path))}")
     if hardware.gpus:
         table = Table(title="GPUs")
         for column in ("#", "vendor", "name", "kind", "dedicated", "free", "shared", "usable", "source"):
             table.add_column(column)
         for gpu in hardware.gpus:
-            table.add_row(str(gpu.index), gpu.vendor, gpu.name, gpu.kind, _bytes(gpu.memory_total_bytes),
-                          _bytes(gpu.memory_free_bytes), _bytes(gpu.shared_memory_bytes), _bytes(gpu.budget_bytes),
-                          gpu.source)
+            table.add_row(str(gpu.index), escape(gpu.vendor), escape(gpu.name), gpu.kind,
+                          _bytes(gpu.memory_total_bytes), _bytes(gpu.memory_free_bytes),
+                          _bytes(gpu.shared_memory_bytes), _bytes(gpu.budget_bytes), escape(gpu.source))
         out.print(table)
     else:
         out.print("[bold]GPUs[/bold]  none found: llama.cpp runs on the CPU")
-    out.print(f"[bold]llama.cpp backends[/bold]  {', '.join(hardware.backends) or 'none (llama-cpp-python missing?)'}")
+    backends = escape(", ".join(hardware.backends)) or "none (llama-cpp-python missing?)"
+    out.print(f"[bold]llama.cpp backends[/bold]  {backends}")
     for name, gbps in hardware.bandwidth_gbps.items():
         out.print(f"[bold]{name} bandwidth[/bold]  {gbps:.1f} GB/s (measured copy)")
     for gpu in hardware.gpus:
         for note in gpu.notes:
-            out.print(f"[dim]note ({gpu.name}):[/dim] {note}")
+            out.print(f"[dim]note ({escape(gpu.name)}):[/dim] {escape(note)}")
     for note in hardware.notes:
-        out.print(f"[dim]note:[/dim] {note}")
+        out.print(f"[dim]note:[/dim] {escape(note)}")
 
 
 # ------------------------------------------------------------------------------------------- plan
@@ -160,10 +208,12 @@ def probe_command(
 @app.command("plan")
 def plan_command(
     model: str | None = typer.Option(None, "--model", "-m", help="Catalog model key, e.g. qwen3-30b-a3b."),
-    quant: str | None = typer.Option(None, "--quant", "-q", help="Plan only this quant (and show neighbours)."),
+    quant: str | None = typer.Option(None, "--quant", "-q", callback=_quant_option,
+                                     help="Plan only this quant (and show neighbours)."),
     gguf: Path | None = typer.Option(None, "--gguf", help="Plan a local GGUF file from its header."),
     ctx: int = typer.Option(4096, "--ctx", "-c", help="Context size to plan for."),
-    min_tg: float = typer.Option(5.0, "--min-tg", help="Slowest generation speed (t/s) still usable."),
+    min_tg: float = typer.Option(5.0, "--min-tg", callback=_finite(0, strict=False),
+                                 help="Slowest generation speed (t/s) still usable."),
     repo: str | None = typer.Option(None, "--repo", help="Read the headers from this repo, not the catalog's list."),
     revision: str | None = typer.Option(None, "--revision", help="A branch, tag or commit to pin."),
     offline: bool = typer.Option(False, "--offline", help="Plan from the catalog's recipe, without the Hub."),
@@ -217,22 +267,22 @@ def plan_command(
         return
     choice = plan.choice
     if choice is None:
-        out.print(f"[red]{name}: nothing fits this machine at {ctx} tokens of context[/red]")
+        out.print(f"[red]{escape(name)}: nothing fits this machine at {ctx} tokens of context[/red]")
     else:
         where = "CPU" if not choice.n_gpu_layers else f"-ngl {choice.n_gpu_layers}" + (
             f" --n-cpu-moe {choice.n_cpu_moe}" if choice.n_cpu_moe else "")
-        out.print(f"[bold]{name}: {choice.quant}[/bold], {where}, KV {choice.type_k}, context {ctx}: "
+        out.print(f"[bold]{escape(name)}: {escape(choice.quant)}[/bold], {where}, KV {choice.type_k}, context {ctx}: "
                   f"host {_bytes(choice.predicted_host_required_bytes)}, VRAM {_bytes(choice.predicted_vram_bytes)}, "
                   f"about {choice.predicted_tg_ts:.1f} t/s generation")
     for reason in plan.reasons:
-        out.print(f"  - {reason}")
+        out.print(f"  - {reason}", markup=False)
     if source["source"] == "hub":
         fetched, size = source["header_bytes_fetched"], sum(f["size"] for f in source["files"].values())
         out.print(f"[dim]tensor tables from the published files' headers ({_bytes(fetched) if fetched else 'cached'}"
                   f"{f', {fetched / size:.2%} of {_bytes(size)}' if fetched else ''}): "
-                  + ", ".join(f"{q} {f['repo']}" for q, f in source["files"].items()) + "[/dim]")
+                  + escape(", ".join(f"{q} {f['repo']}" for q, f in source["files"].items())) + "[/dim]")
     for note in source.get("notes", ()):
-        out.print(f"[dim]note:[/dim] {note}")
+        out.print(f"[dim]note:[/dim] {escape(note)}")
     table = Table(title=f"every quant's best placement on this machine ({calibration.source} calibration)")
     for column in ("quant", "fits", "placement", "KV", "host need", "peak RSS", "VRAM", "tg t/s (predicted)"):
         table.add_column(column)
@@ -240,7 +290,7 @@ def plan_command(
         mark = " ←" if p == choice else ""
         placement = "CPU" if not p.n_gpu_layers else f"ngl {p.n_gpu_layers}" + (
             f", cpu-moe {p.n_cpu_moe}" if p.n_cpu_moe else "")
-        table.add_row(p.quant + mark, "yes" if p.fits else "[red]no[/red]", placement, p.type_k,
+        table.add_row(escape(p.quant) + mark, "yes" if p.fits else "[red]no[/red]", placement, p.type_k,
                       _bytes(p.predicted_host_required_bytes), _bytes(p.predicted_host_bytes),
                       _bytes(p.predicted_vram_bytes), f"{p.predicted_tg_ts:.1f}")
     out.print(table)
@@ -260,7 +310,8 @@ def _shape_overrides(layers: int | None, hidden: int | None, ff: int | None, hea
     return {k: v for k, v in given.items() if v is not None}
 
 
-def _progress_bytes(description: str) -> Progress:
+def _progress_bytes() -> Progress:
+    """A byte-progress display; each task's description is shown as it is (a file name is not markup)."""
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -270,8 +321,9 @@ def _progress_bytes(description: str) -> Progress:
         TransferSpeedColumn,
     )
 
-    return Progress(TextColumn(description), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=err, transient=True)
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
+    return progress
 
 
 @app.command("synth")
@@ -280,10 +332,10 @@ def synth_command(
     from_hub: str | None = typer.Option(None, "--from-hub", metavar="MODEL",
                                         help="Catalog model key: copy the header of the GGUF the Hub publishes "
                                              "(any quant, e.g. unsloth's UD-Q4_K_XL) instead of using the recipe."),
-    quant: str = typer.Option("Q4_K_M", "--quant", "-q", help="Quant, e.g. Q3_K_L."),
-    out_path: Path | None = typer.Option(None, "--out", "-o",
+    quant: str = typer.Option("Q4_K_M", "--quant", "-q", callback=_quant_option, help="Quant, e.g. Q3_K_L."),
+    out_path: Path | None = typer.Option(None, "--out", "-o", dir_okay=False,
                                          help="Where to write the .gguf file (default: qwenbench's cache)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    seed: int = typer.Option(0, "--seed", **SEED_RANGE, help="Seed of the random weights."),
     repo: str | None = typer.Option(None, "--repo", help="With --from-hub: this repo, not the catalog's list."),
     revision: str | None = typer.Option(None, "--revision", help="With --from-hub: a branch, tag or commit."),
     layers: int | None = typer.Option(None, "--layers", help="Tiny-model override: number of layers."),
@@ -325,8 +377,8 @@ def synth_command(
         spec = get_model(model or "")
         if overrides:
             spec = spec.with_overrides(**overrides)
-        with _progress_bytes(f"writing {spec.name} {quant.upper()}") as progress:
-            task = progress.add_task("write", total=None)
+        with _progress_bytes() as progress:
+            task = progress.add_task(f"writing {spec.name} {quant.upper()}", total=None)
             path, written = ensure_synthetic(spec, quant, out_path, seed=seed,
                                              on_progress=lambda done, total: progress.update(task, completed=done,
                                                                                              total=total))
@@ -339,10 +391,10 @@ def synth_command(
         return
     verb = "wrote" if written else "kept (already identical)"
     out.print(f"{verb} {path} ({_bytes(summary['file_bytes'])}, {summary['n_params'] / 1e6:.1f} M params, "
-              f"types {summary['tensor_types']})")
+              f"types {summary['tensor_types']})", markup=False)
     if "twin_of" in extra:
         out.print(f"twin of {extra['twin_of']} (header: {_bytes(extra['header_bytes_fetched']) or 'cached'} "
-                  f"fetched); measure it with: qwenbench run --gguf {path}")
+                  f"fetched); measure it with: qwenbench run --gguf {path}", markup=False)
 
 
 def _write_twin(spec: ModelSpec, quant: str, repo: str | None, revision: str | None, out_path: Path | None,
@@ -353,14 +405,14 @@ def _write_twin(spec: ModelSpec, quant: str, repo: str | None, revision: str | N
     from .modelfile import ensure_twin
     from .paths import twin_model_path
 
-    with err.status(f"reading the {quant.upper()} header of {spec.name} from the Hub"):
+    with err.status(escape(f"reading the {quant.upper()} header of {spec.name} from the Hub")):
         resolved = resolve(spec, quant, repo=repo, revision=revision)
         remote = read_remote_header(resolved, keep_arrays=True)
     first = resolved.files[0].path
     twin_of = f"{resolved.repo}/{first}@{resolved.revision}"
     target = out_path or twin_model_path(resolved.repo, first.rsplit("/", 1)[-1])
-    with _progress_bytes(f"writing the twin of {first.rsplit('/', 1)[-1]}") as progress:
-        task = progress.add_task("write", total=None)
+    with _progress_bytes() as progress:
+        task = progress.add_task(f"writing the twin of {first.rsplit('/', 1)[-1]}", total=None)
         path, written = ensure_twin(remote.header, target, model_key=spec.key, quant=resolved.quant, twin_of=twin_of,
                                     seed=seed, on_progress=lambda d, t: progress.update(task, completed=d, total=t))
     return path, written, {"twin_of": twin_of, "repo": resolved.repo, "revision": resolved.revision,
@@ -377,7 +429,8 @@ def _fetch(model: str, quant: str, repo: str | None, revision: str | None, offli
     from .hub import fetch_model
 
     fetched = fetch_model(get_model(model), quant, repo=repo, revision=revision, offline=offline,
-                          models_dirs=models_dirs, on_status=lambda message: err.print(message, highlight=False),
+                          models_dirs=models_dirs,
+                          on_status=lambda message: err.print(message, highlight=False, markup=False),
                           on_progress=_HashProgress())
     return fetched.path, fetched.resolved
 
@@ -391,7 +444,7 @@ class _HashProgress:
 
     def __call__(self, name: str, done: int, total: int) -> None:
         if self._progress is None:
-            self._progress = _progress_bytes(name)
+            self._progress = _progress_bytes()
             self._progress.start()
             self._task = self._progress.add_task(name, total=total)
         assert self._task is not None
@@ -404,11 +457,12 @@ class _HashProgress:
 @app.command("pull")
 def pull_command(
     model: str = typer.Option(..., "--model", "-m", help="Catalog model key, e.g. qwen3-30b-a3b."),
-    quant: str = typer.Option("Q4_K_M", "--quant", "-q", help="Quant to fetch, e.g. Q3_K_L."),
+    quant: str = typer.Option("Q4_K_M", "--quant", "-q", callback=_quant_option, help="Quant to fetch, e.g. Q3_K_L."),
     repo: str | None = typer.Option(None, "--repo", help="Take it from this repo instead of the catalog's list."),
     revision: str | None = typer.Option(None, "--revision", help="A branch, tag or commit to pin."),
     offline: bool = typer.Option(False, "--offline", help="Use only the HF cache (also HF_HUB_OFFLINE=1)."),
-    models_dir: list[Path] = typer.Option([], "--models-dir", help="Also look for the GGUF in this folder."),
+    models_dir: list[Path] = typer.Option([], "--models-dir", **EXISTING_FOLDER,
+                                          help="Also look for the GGUF in this folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Download a model's GGUF into the Hugging Face cache: found by listing the repos, resumable, and
@@ -422,7 +476,7 @@ def pull_command(
                                              for f in resolved.files] if resolved else [],
                                    "local_path": str(path)}))
         return
-    out.print(f"{quant.upper()} of {model} ready{' and verified' if resolved else ''}: {path}")
+    out.print(f"{quant.upper()} of {model} ready{' and verified' if resolved else ''}: {path}", markup=False)
 
 
 def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool,
@@ -444,14 +498,14 @@ def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None,
         origin = {"repo": resolved.repo, "revision": resolved.revision} if resolved else {}
     elif model is not None:
         spec = get_model(model)
-        with _progress_bytes(f"writing synthetic {spec.name} {(quant or 'Q4_K_M').upper()}") as progress:
-            task = progress.add_task("write", total=None)
+        with _progress_bytes() as progress:
+            task = progress.add_task(f"writing synthetic {spec.name} {(quant or 'Q4_K_M').upper()}", total=None)
             path, _ = ensure_synthetic(spec, quant or "Q4_K_M",
                                        on_progress=lambda d, t: progress.update(task, completed=d, total=t))
     else:
         raise UsageError("no model given", hint="use --gguf PATH, or --model M --quant Q --synthetic")
-    with _progress_bytes(f"hashing {path.name}") as progress:
-        task = progress.add_task("hash", total=None)
+    with _progress_bytes() as progress:
+        task = progress.add_task(f"hashing {path.name}", total=None)
         return open_model_file(path, on_hash_progress=lambda d, t: progress.update(task, completed=d, total=t),
                                **origin)
 
@@ -471,8 +525,8 @@ def _run_with_progress(settings: RunSettings, model_file: ModelFile, machine: Ma
 
     total_samples = len(settings.tests()) * settings.repetitions
     # one redraw a second: the display shares the cores with the llama.cpp threads being timed
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, refresh_per_second=1) as progress:
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True, refresh_per_second=1) as progress:
         task = progress.add_task(f"loading {model_file.path.name}", total=total_samples)
 
         def on_event(event: dict[str, Any]) -> None:
@@ -503,31 +557,33 @@ def _print_report(report: RunReport, csv_path: Path) -> None:
         table.add_row(r.test, f"{r.avg_ts:.2f}" if r.avg_ts is not None else "-",
                       f"{r.stddev_ts:.2f}" if r.stddev_ts is not None else "-",
                       f"{r.ttft_ms:.0f}" if r.ttft_ms is not None else "-", _bytes(r.peak_rss_bytes),
-                      r.status if r.status == "ok" else f"[red]{r.status}[/red]: {r.error}")
+                      r.status if r.status == "ok" else f"[red]{r.status}[/red]: {escape(r.error)}")
     out.print(table)
     out.print(f"threads {first.n_threads}, ngl {first.n_gpu_layers}, batch {first.n_batch}/{first.n_ubatch}, "
               f"fa {first.flash_attn}, kv {first.type_k}/{first.type_v}, backends {first.backends or '?'}, "
-              f"llama.cpp {first.llama_cpp_commit}, load {first.load_ms or 0:.0f} ms")
+              f"llama.cpp {first.llama_cpp_commit}, load {first.load_ms or 0:.0f} ms", markup=False)
     if first.predicted_host_bytes and first.peak_rss_bytes:
         vram = (f", VRAM {_bytes(first.predicted_vram_bytes)} predicted / {_bytes(first.peak_vram_bytes)} measured"
                 if first.predicted_vram_bytes else "")
         out.print(f"memory: host {_bytes(first.predicted_host_bytes)} predicted / {_bytes(first.peak_rss_bytes)} "
-                  f"measured peak{vram}")
+                  f"measured peak{vram}", markup=False)
     if first.weights == "synthetic":
         out.print("[yellow]synthetic weights: the speed is the real file's, the text is noise[/yellow]")
-    out.print(f"{len(report.records)} rows appended to {csv_path}")
+    out.print(f"{len(report.records)} rows appended to {csv_path}", markup=False)
 
 
 @app.command("run", context_settings={"ignore_unknown_options": False})
 def run_command(
     gguf: Path | None = typer.Option(None, "--gguf", help="A GGUF file to measure."),
     model: str | None = typer.Option(None, "--model", "-m", help="Catalog model key (qwenbench models)."),
-    quant: str | None = typer.Option(None, "--quant", "-q", help="Quant preset with --model [Q4_K_M]."),
+    quant: str | None = typer.Option(None, "--quant", "-q", callback=_quant_option,
+                                     help="Quant preset with --model [Q4_K_M]."),
     synthetic: bool = typer.Option(False, "--synthetic", help="With --model: a cached synthetic twin."),
     repo: str | None = typer.Option(None, "--repo", help="With --model: the Hub repo to take the GGUF from."),
     revision: str | None = typer.Option(None, "--revision", help="With --model: a branch, tag or commit."),
     offline: bool = typer.Option(False, "--offline", help="With --model: only the HF cache, no network."),
-    models_dir: list[Path] = typer.Option([], "--models-dir", help="With --model: also look for the GGUF here."),
+    models_dir: list[Path] = typer.Option([], "--models-dir", **EXISTING_FOLDER,
+                                          help="With --model: also look for the GGUF here."),
     n_prompt: str = typer.Option("512", "-p", "--n-prompt", help="Prompt sizes, e.g. 512 or 128,512."),
     n_gen: str = typer.Option("128", "-n", "--n-gen", help="Generation sizes, e.g. 128."),
     n_depth: str = typer.Option("0", "-d", "--n-depth", help="KV depth prefilled before each test."),
@@ -541,16 +597,19 @@ def run_command(
     ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Physical batch size."),
     ctx_size: int = typer.Option(0, "-c", "--ctx-size", help="Context size (0: n_prompt+n_gen+n_depth per test)."),
     flash_attn: str = typer.Option("auto", "-fa", "--flash-attn", help="Flash attention: auto, on, off."),
-    cache_type_k: str | None = typer.Option(None, "-ctk", "--cache-type-k", help="K cache type (f16, q8_0, ...)."),
-    cache_type_v: str | None = typer.Option(None, "-ctv", "--cache-type-v", help="V cache type (f16, q8_0, ...)."),
+    cache_type_k: str | None = typer.Option(None, "-ctk", "--cache-type-k", callback=_kv_type,
+                                            help="K cache type (f16, q8_0, ...)."),
+    cache_type_v: str | None = typer.Option(None, "-ctv", "--cache-type-v", callback=_kv_type,
+                                            help="V cache type (f16, q8_0, ...)."),
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Read the model into memory instead of mapping it."),
     load_mode: str | None = typer.Option(None, "--load-mode", help="llama.cpp load mode (auto, none, mmap, "
                                                                        "mlock, mmap+mlock, dio)."),
     ttft: bool = typer.Option(True, "--ttft/--no-ttft", help="Also time a chat prompt's first token."),
     think: bool = typer.Option(False, "--think/--no-think", help="Chat template with Qwen3 thinking on."),
-    timeout: float = typer.Option(3600, "--timeout", help="Seconds before the run is stopped."),
+    timeout: float = typer.Option(3600, "--timeout", callback=_finite(0, strict=True),
+                                  help="Seconds before the run is stopped."),
     force: bool = typer.Option(False, "--force", help="Run even when the memory model says it will not fit."),
-    out_csv: Path | None = typer.Option(None, "--out", "-o", help="Results CSV [results/<host>.csv]."),
+    out_csv: Path | None = typer.Option(None, "--out", "-o", dir_okay=False, help="Results CSV [results/<host>.csv]."),
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON for scripts."),
 ) -> None:
     """Measure a model like llama-bench: prompt (pp) and generation (tg) tokens/s, TTFT, peak memory.
@@ -596,8 +655,6 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
                  force: bool = False, pinned: set[str] | None = None, source: dict[str, Any] | None = None) -> None:
     from dataclasses import replace
 
-    from .results import append_records
-
     settings.validate()  # before any file is written or hashed
     if timeout <= 0:
         raise UsageError("--timeout must be > 0 seconds")
@@ -605,13 +662,14 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
     from .harness import RunLabels
     from .planner import prepare_run
 
+    csv_path = _results_destination(out_csv, machine)  # before any download, hash or hour of measuring
     model_file = _resolve_model_file(gguf, model, quant, synthetic, **(source or {}))
     calibration = load_calibration(machine.machine_id)
     header = model_file.header
     prepared = prepare_run(replace(settings, model_path=str(model_file.path)), header.quant, header.table,
                            header.shape(), machine.hardware, calibration, pinned if pinned is not None else set())
     for note in prepared.notes:
-        err.print(f"[yellow]warning:[/yellow] {note}")
+        err.print(f"[yellow]warning:[/yellow] {escape(note)}")
     settings = prepared.settings
     settings.validate()
     if prepared.problems and not force:
@@ -619,14 +677,13 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
                          hint="a smaller quant, a shorter context (-c), fewer GPU layers (-ngl) or --n-cpu-moe; "
                               "--force runs it anyway")
     for problem in prepared.problems:
-        err.print(f"[yellow]warning:[/yellow] {problem} (running anyway: --force)")
+        err.print(f"[yellow]warning:[/yellow] {escape(problem)} (running anyway: --force)")
     labels = RunLabels(host_bytes_per_token=prepared.host_bytes_per_token,
                        gpu_bytes_per_token=prepared.gpu_bytes_per_token, ram_bandwidth_gbps=prepared.ram_gbps,
                        gpu_bandwidth_gbps=prepared.gpu_gbps)
-    csv_path = out_csv or _default_results(machine)
     report = _run_with_progress(settings, model_file, machine, timeout, csv_path.parent / "logs", prepared.estimate,
                                 labels)
-    append_records(csv_path, list(report.records))
+    csv_path = _append(csv_path, list(report.records))
     if as_json:
         out.print_json(json.dumps({"run_id": report.run_id, "csv": str(csv_path),
                                    "llama_cpp_buffers": report.buffers.to_json(),
@@ -634,11 +691,13 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
     else:
         _print_report(report, csv_path)
     for note in report.notes:
-        err.print(f"note: {note}")
+        err.print(f"note: {note}", markup=False)
     if report.log_path is not None:
-        err.print(f"llama.cpp's log of this run: {report.log_path}")
+        err.print(f"llama.cpp's log of this run: {report.log_path}", markup=False)
     if report.interrupted:
-        raise typer.Exit(130)
+        err.print(f"{lifetime.stop_reason(report.stop_signal)}: the finished repetitions are in {csv_path}",
+                  markup=False)
+        raise typer.Exit(lifetime.exit_code(report.stop_signal))
     if not report.ok:
         raise typer.Exit(1)
 
@@ -648,15 +707,16 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
 
 @app.command("bench")
 def bench_command(
-    config_path: Path = typer.Option(..., "--config", "-f", help="A suite: configs/bench-all.toml, configs/quick.toml "
-                                                                "or your own."),
+    config_path: Path = typer.Option(..., "--config", "-f", exists=True, dir_okay=False,
+                                     help="A suite: configs/bench-all.toml, configs/quick.toml or your own."),
     synthetic: bool = typer.Option(False, "--synthetic", help="Measure synthetic twins (nothing is downloaded)."),
     resume: bool = typer.Option(False, "--resume", help="Skip the jobs already recorded as done in the output."),
-    out_csv: Path | None = typer.Option(None, "--out", "-o", help="Results CSV [results/<host>.csv]."),
+    out_csv: Path | None = typer.Option(None, "--out", "-o", dir_okay=False, help="Results CSV [results/<host>.csv]."),
     only: list[str] = typer.Option([], "--only", help="Run only jobs whose label matches (glob or word; "
                                                       "repeatable), e.g. --only 30b --only '*cpu'."),
     offline: bool = typer.Option(False, "--offline", help="Models from the caches only (also HF_HUB_OFFLINE=1)."),
-    models_dir: list[Path] = typer.Option([], "--models-dir", help="Also look for GGUFs in this folder."),
+    models_dir: list[Path] = typer.Option([], "--models-dir", **EXISTING_FOLDER,
+                                          help="Also look for GGUFs in this folder."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; the summary only."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON for scripts."),
@@ -681,7 +741,7 @@ def bench_command(
                                        for j in jobs]))
         else:
             for number, job in enumerate(jobs, start=1):
-                out.print(f"{number:3d}. {job.label}", highlight=False)
+                out.print(f"{number:3d}. {job.label}", highlight=False, markup=False)
         return
     machine = describe_machine(bandwidth=True)
     csv_path = out_csv or _default_results(machine)
@@ -691,13 +751,36 @@ def bench_command(
     else:
         result = _bench_with_progress(config, jobs, machine, csv_path, resume, offline, models_dir)
     if as_json:
-        out.print_json(json.dumps({"suite": config.name, "csv": str(csv_path), "wall_s": round(result.wall_s, 1),
+        out.print_json(json.dumps({"suite": config.name, "csv": str(result.csv_path), "notes": list(result.notes),
+                                   "wall_s": round(result.wall_s, 1),
                                    "jobs": [{"label": o.job.label, "mode": o.job.mode, "status": o.status,
                                              "reason": o.reason, "rows": len(o.records)} for o in result.outcomes]}))
         return
-    _print_bench_summary(config.name, result, csv_path)
+    if quiet:
+        for note in result.notes:
+            err.print(f"[yellow]note:[/yellow] {escape(note)}")
+    _print_bench_summary(config.name, result, result.csv_path)
     if any(o.status not in ("ok", "skipped", "resumed") for o in result.outcomes):
         raise typer.Exit(1)
+
+
+def _results_destination(out_csv: Path | None, machine: MachineInfo) -> Path:
+    """The results file rows will go to, checked now so that no work is thrown away at the end."""
+    from .results import check_appendable
+
+    path = out_csv or _default_results(machine)
+    check_appendable(path)
+    return path
+
+
+def _append(path: Path, records: list[Any]) -> Path:
+    """Append rows, saying where they went when it was not `path` (it became unusable) and what was mended."""
+    from .results import append_records
+
+    appended = append_records(path, records)
+    for note in appended.notes:
+        err.print(f"[yellow]note:[/yellow] {escape(note)}")
+    return appended.path
 
 
 def _default_results(machine: MachineInfo) -> Path:
@@ -709,7 +792,7 @@ def _default_results(machine: MachineInfo) -> Path:
     moved = set_aside_older(path)
     if moved is not None:
         err.print(f"note: {path} has an older column layout; kept as {moved}, new rows start {path} "
-                  "(qwenbench report and compare read both)")
+                  "(qwenbench report and compare read both)", markup=False)
     return path
 
 
@@ -717,13 +800,14 @@ def _job_line(outcome: Any) -> str:
     """One line per finished job: its speeds, or why it has none."""
     status = outcome.status
     if status == "resumed":
-        return f"[dim]= {outcome.job.label}: already recorded[/dim]"
+        return f"[dim]= {escape(outcome.job.label)}: already recorded[/dim]"
     speeds = ", ".join(f"{r.test} {r.avg_ts:.1f} t/s" if r.test != "ttft" else f"ttft {r.ttft_ms:.0f} ms"
                        for r in outcome.records if r.status == "ok" and r.avg_ts is not None)
     if status == "ok":
-        return f"[green]✓[/green] {outcome.job.label}: {speeds}"
+        return f"[green]✓[/green] {escape(outcome.job.label)}: {escape(speeds)}"
     colour = "yellow" if status == "skipped" else "red"
-    return f"[{colour}]{status}[/{colour}] {outcome.job.label}: {outcome.reason}" + (f" ({speeds})" if speeds else "")
+    return (f"[{colour}]{status}[/{colour}] {escape(outcome.job.label)}: {escape(outcome.reason)}"
+            + (f" ({escape(speeds)})" if speeds else ""))
 
 
 def _bench_with_progress(config: Any, jobs: list[Any], machine: MachineInfo, csv_path: Path, resume: bool,
@@ -740,8 +824,9 @@ def _bench_with_progress(config: Any, jobs: list[Any], machine: MachineInfo, csv
     from .bench import run_suite
 
     # one redraw a second: the display shares the cores with the llama.cpp threads being timed
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=err, transient=True, refresh_per_second=1) as progress:
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
+                  refresh_per_second=1) as progress:
         overall = progress.add_task(f"{config.name}: jobs", total=len(jobs))
         current = progress.add_task("", total=None)
 
@@ -750,6 +835,8 @@ def _bench_with_progress(config: Any, jobs: list[Any], machine: MachineInfo, csv
                 progress.update(current, description=f"{data['job'].label}", completed=0, total=None)
             elif kind == "status":
                 progress.update(current, description=data["message"])
+            elif kind == "note":
+                progress.console.print(f"[yellow]note:[/yellow] {escape(data['message'])}")
             elif kind == "run_event":
                 event = data["event"]
                 if event.get("event") == "loaded":
@@ -767,13 +854,13 @@ def _bench_with_progress(config: Any, jobs: list[Any], machine: MachineInfo, csv
 def _print_bench_summary(name: str, result: Any, csv_path: Path) -> None:
     counts = {status: result.count(status) for status in ("ok", "skipped", "resumed")}
     failed = len(result.outcomes) - sum(counts.values())
-    out.print(f"{name}: {len(result.outcomes)} jobs in {result.wall_s / 60:.1f} min: {counts['ok']} ok, "
+    out.print(f"{escape(name)}: {len(result.outcomes)} jobs in {result.wall_s / 60:.1f} min: {counts['ok']} ok, "
               f"{counts['skipped']} skipped, {failed} failed" + (f", {counts['resumed']} already recorded"
                                                                    if counts["resumed"] else ""))
     for outcome in result.outcomes:
         if outcome.status not in ("ok", "resumed"):
             out.print("  " + _job_line(outcome), highlight=False)
-    out.print(f"rows in {csv_path}; compare machines with: qwenbench report {csv_path} OTHER.csv")
+    out.print(f"rows in {csv_path}; compare machines with: qwenbench report {csv_path} OTHER.csv", markup=False)
 
 
 # ----------------------------------------------------------------------------------- report, compare
@@ -781,8 +868,10 @@ def _print_bench_summary(name: str, result: Any, csv_path: Path) -> None:
 
 @app.command("report")
 def report_command(
-    files: list[Path] = typer.Argument(..., help="Results CSVs, from one machine or several."),
-    out_dir: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for report.md, report.html and PNGs."),
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False,
+                                       help="Results CSVs, from one machine or several."),
+    out_dir: Path = typer.Option(Path("report"), "--out", "-o", file_okay=False,
+                                 help="Folder for report.md, report.html and PNGs."),
     as_json: bool = typer.Option(False, "--json", help="Print the written paths as JSON."),
 ) -> None:
     """Markdown and self-contained HTML reports with PNG charts: speed per machine by model and device mode,
@@ -792,18 +881,24 @@ def report_command(
 
     with err.status("building the report"):
         written = write_report(files, out_dir)
+    for note in written.notes:
+        err.print(f"note: {note}", markup=False)
     if as_json:
         out.print_json(json.dumps({"markdown": str(written.markdown), "html": str(written.html),
                                    "charts": [str(c) for c in written.charts], "rows": written.rows,
+                                   "notes": list(written.notes),
                                    "machines": list(written.machines)}))
         return
-    out.print(f"{written.rows} rows from {len(written.machines)} machine(s): {', '.join(written.machines)}")
-    out.print(f"wrote {written.html} (self-contained), {written.markdown} and {len(written.charts)} charts")
+    out.print(f"{written.rows} rows from {len(written.machines)} machine(s): {', '.join(written.machines)}",
+              markup=False)
+    out.print(f"wrote {written.html} (self-contained), {written.markdown} and {len(written.charts)} charts",
+              markup=False)
 
 
 @app.command("compare")
 def compare_command(
-    files: list[Path] = typer.Argument(..., help="Results CSVs of the machines to put side by side."),
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False,
+                                       help="Results CSVs of the machines to put side by side."),
     baseline: str | None = typer.Option(None, "--baseline", help="The machine the ratios are to [the first]."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON records."),
@@ -816,7 +911,10 @@ def compare_command(
 
     if sum((as_csv, as_json, as_markdown)) > 1:
         raise UsageError("choose one of --csv, --json and --markdown")
-    table = compare(load_results(files), baseline)
+    frame = load_results(files)
+    for note in frame.attrs["notes"]:
+        err.print(f"note: {note}", markup=False)
+    table = compare(frame, baseline)
     if as_csv:
         sys.stdout.write(table.to_csv(index=False))
     elif as_json:
@@ -832,7 +930,7 @@ def _print_compare(table: Any) -> None:
 
     view = Table(title="machines side by side (t/s; ttft in ms; ratio > 1: faster than the baseline)")
     for column in table.columns:
-        view.add_column(str(column), justify="left" if column in ("model", "mode", "test") else "right")
+        view.add_column(escape(str(column)), justify="left" if column in ("model", "mode", "test") else "right")
     for row in table.itertuples(index=False):
         cells = []
         for column, value in zip(table.columns, row, strict=True):
@@ -841,7 +939,7 @@ def _print_compare(table: Any) -> None:
                 ratio = " / " in str(column)
                 cells.append("[dim]—[/dim]" if missing else f"{value:.2f}x" if ratio else f"{value:.1f}")
             else:
-                cells.append(str(value))
+                cells.append(escape(str(value)))
         view.add_row(*cells)
     out.print(view)
 
@@ -852,7 +950,8 @@ def _print_compare(table: Any) -> None:
 @app.command("serve")
 def serve_command(
     model: str | None = typer.Option(None, "--model", "-m", help="Catalog model key (qwenbench models)."),
-    quant: str | None = typer.Option(None, "--quant", "-q", help="Quant with --model [Q4_K_M]."),
+    quant: str | None = typer.Option(None, "--quant", "-q", callback=_quant_option,
+                                     help="Quant with --model [Q4_K_M]."),
     gguf: Path | None = typer.Option(None, "--gguf", help="A GGUF file to serve."),
     synthetic: bool = typer.Option(False, "--synthetic", help="With --model: a synthetic twin (random weights)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback unless you say so)."),
@@ -861,7 +960,8 @@ def serve_command(
     n_gpu_layers: int | None = typer.Option(None, "-ngl", "--n-gpu-layers", help="Layers on the GPU [the plan's]."),
     n_cpu_moe: int | None = typer.Option(None, "-ncmoe", "--n-cpu-moe", help="MoE experts of the first N layers "
                                                                             "in RAM [the plan's; llama-server]."),
-    cache_type: str | None = typer.Option(None, "-ctk", "--cache-type", help="KV cache type [the plan's]."),
+    cache_type: str | None = typer.Option(None, "-ctk", "--cache-type", callback=_kv_type,
+                                          help="KV cache type [the plan's]."),
     threads: int | None = typer.Option(None, "-t", "--threads", help="CPU threads [physical cores]."),
     backend: str = typer.Option("auto", "--backend", help="auto (llama-server if on PATH), llama-server, or "
                                                           "llama-cpp-python."),
@@ -888,25 +988,25 @@ def serve_command(
             out.print_json(json.dumps({"backend": chosen, "url": plan.url, "llama_server": plan.llama_server_argv(),
                                        "llama_cpp_python_config": plan.llama_cpp_python_config(), "notes": notes}))
         else:
-            out.print(f"would serve {plan.model_path.name} at {plan.url} with {chosen}", highlight=False)
-            out.print(f"equivalent: {equivalent}", highlight=False, soft_wrap=True)
+            out.print(f"would serve {plan.model_path.name} at {plan.url} with {chosen}", highlight=False,
+                      markup=False)
+            out.print(f"equivalent: {equivalent}", highlight=False, soft_wrap=True, markup=False)
         return
     for note in notes:
-        err.print(f"[yellow]note:[/yellow] {note}")
+        err.print(f"[yellow]note:[/yellow] {escape(note)}")
     if host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"[yellow]warning:[/yellow] listening on {host}: other machines on the network can use this "
+        err.print(f"[yellow]warning:[/yellow] listening on {escape(host)}: other machines on the network can use this "
                   "server (it has no API key)")
-    log_path = Path("results") / "logs" / f"server-{port}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops the server too, never orphans it
+    log_path = _server_log_path(f"server-{port}.log")
+    err.print(f"server log: {log_path}", markup=False)
     with log_path.open("wb") as log:
         process = start_server(plan, chosen, log, log_path.parent)
         try:
-            with err.status(f"loading {plan.model_path.name} into {chosen}"):
+            with err.status(escape(f"loading {plan.model_path.name} into {chosen}")):
                 model_id = wait_ready(plan.url, process, 600, log_path)
             out.print(f"serving {model_id or plan.alias} at {plan.url}/v1 (OpenAI API) with {chosen}; Ctrl-C stops it",
-                      highlight=False)
-            out.print(f"equivalent: {equivalent}", highlight=False, soft_wrap=True)
+                      highlight=False, markup=False)
+            out.print(f"equivalent: {equivalent}", highlight=False, soft_wrap=True, markup=False)
             process.wait()
             raise ServerError(f"the server stopped on its own (code {process.returncode})", hint=f"its log: {log_path}")
         except KeyboardInterrupt:
@@ -915,8 +1015,18 @@ def serve_command(
             stop_server(process)
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _server_log_path(name: str, beside: Path | None = None) -> Path:
+    """A server's log (and llama-cpp-python's config file beside it): in a logs folder next to the results file
+    the user named, else in qwenbench's cache, never in the current directory unasked."""
+    from .paths import logs_dir
+
+    folder = beside.parent / "logs" if beside is not None else logs_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {folder} for the server's log: {exc.strerror or exc}",
+                         hint="set QWENBENCH_CACHE_DIR to a writable folder") from None
+    return folder / name
 
 
 def _plan_server(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool, host: str, port: int,
@@ -924,6 +1034,8 @@ def _plan_server(gguf: Path | None, model: str | None, quant: str | None, synthe
                  threads: int | None, backend: str, force: bool) -> tuple[Any, list[str], ModelFile]:
     """The server's settings from the plan for this model and machine, with what the user pinned; the notes to
     show; and the model file."""
+    from dataclasses import replace
+
     from .calibration import load_calibration
     from .machine import describe_machine
     from .planner import prepare_run
@@ -933,17 +1045,19 @@ def _plan_server(gguf: Path | None, model: str | None, quant: str | None, synthe
     if n_cpu_moe and backend == "llama-cpp-python":
         raise UsageError("--n-cpu-moe needs llama-server: llama-cpp-python's server cannot keep experts in RAM",
                          hint="install llama.cpp's llama-server, or leave --n-cpu-moe to the plan")
-    model_file = _resolve_model_file(gguf, model, quant, synthetic)
     machine = describe_machine(bandwidth=True)
     pinned = {name for name, value in (("n_gpu_layers", n_gpu_layers), ("n_cpu_moe", n_cpu_moe),
                                        ("type_k", cache_type), ("type_v", cache_type)) if value is not None}
     kv = (cache_type or "f16").lower()
-    settings = RunSettings(model_path=str(model_file.path), n_ctx=ctx, ttft=False, type_k=kv, type_v=kv,
-                           n_threads=threads or machine.n_cpu_physical,
+    settings = RunSettings(model_path="", n_ctx=ctx, ttft=False, type_k=kv, type_v=kv,
+                           n_threads=threads if threads is not None else machine.n_cpu_physical,
                            n_gpu_layers=-1 if n_gpu_layers is None else n_gpu_layers, n_cpu_moe=n_cpu_moe or 0)
+    settings.validate()  # the same checks as `run`, before a model is fetched or loaded
+    model_file = _resolve_model_file(gguf, model, quant, synthetic)
     header = model_file.header
-    prepared = prepare_run(settings, header.quant, header.table, header.shape(), machine.hardware,
-                           load_calibration(machine.machine_id), pinned, expert_offload=backend == "llama-server")
+    prepared = prepare_run(replace(settings, model_path=str(model_file.path)), header.quant, header.table,
+                           header.shape(), machine.hardware, load_calibration(machine.machine_id), pinned,
+                           expert_offload=backend == "llama-server")
     notes = list(prepared.notes)
     if header.n_expert and backend != "llama-server":
         notes.append("llama-cpp-python's server cannot keep MoE experts in RAM: planned without that option "
@@ -964,18 +1078,20 @@ def bench_serve_command(
     url: str | None = typer.Option(None, "--url", help="A running OpenAI-compatible server, e.g. "
                                                        "http://127.0.0.1:8080 (ours, llama-server, Ollama...)."),
     model: str | None = typer.Option(None, "--model", "-m", help="Start our server for this catalog model instead."),
-    quant: str | None = typer.Option(None, "--quant", "-q", help="Quant with --model [Q4_K_M]."),
+    quant: str | None = typer.Option(None, "--quant", "-q", callback=_quant_option,
+                                     help="Quant with --model [Q4_K_M]."),
     gguf: Path | None = typer.Option(None, "--gguf", help="Start our server for this GGUF instead."),
     synthetic: bool = typer.Option(False, "--synthetic", help="With --model: a synthetic twin."),
     concurrency: str = typer.Option("1,4", "--concurrency", help="Requests in flight, e.g. 1,4."),
     requests: int = typer.Option(8, "--requests", "-n", help="Requests per concurrency level."),
     max_tokens: int = typer.Option(128, "--max-tokens", help="Tokens to generate per request."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the prompt choice and sampling."),
-    timeout: float = typer.Option(300, "--timeout", help="Seconds before one request counts as timed out."),
+    seed: int = typer.Option(0, "--seed", **SEED_RANGE, help="Seed of the prompt choice and sampling."),
+    timeout: float = typer.Option(300, "--timeout", callback=_finite(0, strict=True),
+                                  help="Seconds before one request counts as timed out."),
     ctx: int = typer.Option(4096, "--ctx", "-c", help="With --model/--gguf: the server's context size."),
     threads: int | None = typer.Option(None, "-t", "--threads", help="With --model/--gguf: the server's CPU "
                                                                      "threads [physical cores]."),
-    out_csv: Path | None = typer.Option(None, "--out", "-o", help="Results CSV [results/<host>.csv]."),
+    out_csv: Path | None = typer.Option(None, "--out", "-o", dir_okay=False, help="Results CSV [results/<host>.csv]."),
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON for scripts."),
 ) -> None:
     """What a chat user feels from a server: seeded chat prompts at each concurrency level, streamed; TTFT
@@ -985,7 +1101,6 @@ def bench_serve_command(
     from .harness import new_run_id
     from .machine import describe_machine
     from .modelfile import ModelIdentity
-    from .results import append_records
     from .serve import free_port, start_server, stop_server, wait_ready
     from .servebench import level_record, run_level, server_identity
 
@@ -998,20 +1113,21 @@ def bench_serve_command(
     if url is not None and not url.startswith(("http://", "https://")):
         raise UsageError(f"--url {url!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8080")
     machine = describe_machine()
+    csv_path = _results_destination(out_csv, machine)
     process = None
     identity = ModelIdentity("", "", "", 0, 0, 0, False, "")
-    log_path = Path("results") / "logs" / "bench-serve-server.log"
+    log_path = _server_log_path("bench-serve-server.log", out_csv)
     try:
         if url is None:
             plan, notes, model_file = _plan_server(gguf, model, quant, synthetic, "127.0.0.1", free_port(), ctx,
                                                    None, None, None, threads, "llama-cpp-python", False)
             for note in notes:
-                err.print(f"note: {note}")
+                err.print(f"note: {note}", markup=False)
             identity = model_file.identity
-            log_path.parent.mkdir(parents=True, exist_ok=True)
+            err.print(f"server log: {log_path}", markup=False)
             with log_path.open("wb") as log:
                 process = start_server(plan, "llama-cpp-python", log, log_path.parent)
-            with err.status(f"starting a server for {plan.model_path.name}"):
+            with err.status(escape(f"starting a server for {plan.model_path.name}")):
                 wait_ready(plan.url, process, 600, log_path)
             url = plan.url
         model_id, server = server_identity(url)
@@ -1033,18 +1149,19 @@ def bench_serve_command(
     finally:
         if process is not None:
             stop_server(process)
-    csv_path = out_csv or _default_results(machine)
-    append_records(csv_path, records)
+    csv_path = _append(csv_path, records)
     if as_json:
         out.print_json(json.dumps({"csv": str(csv_path), "rows": [r.to_json() for r in records]}))
-        return
-    _print_serve_table(records, url, model_id, server, csv_path)
+    else:
+        _print_serve_table(records, url, model_id, server, csv_path)
+    if any(r.status != "ok" for r in records):
+        raise typer.Exit(1)  # a server that failed requests is not a clean measurement, for scripts too
 
 
 def _print_serve_table(records: list[Any], url: str, model_id: str, server: str, csv_path: Path) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{model_id or 'model'} at {url}" + (f" ({server})" if server else ""))
+    table = Table(title=escape(f"{model_id or 'model'} at {url}" + (f" ({server})" if server else "")))
     columns = ("level", "ok/failed", "TTFT p50/p90/p99 ms", "visible p50 ms", "ITL p50/p99 ms", "TPOT p50 ms",
                "e2e p50/p99 ms", "req/s", "tok/s")
     for column in columns:
@@ -1062,8 +1179,8 @@ def _print_serve_table(records: list[Any], url: str, model_id: str, server: str,
     out.print(table)
     for record in records:
         if record.error:
-            out.print(f"[red]{record.test}[/red]: {record.error}", highlight=False)
-    out.print(f"{len(records)} rows appended to {csv_path}")
+            out.print(f"[red]{record.test}[/red]: {escape(record.error)}", highlight=False)
+    out.print(f"{len(records)} rows appended to {csv_path}", markup=False)
 
 
 # ------------------------------------------------------------------------------------------- chat
@@ -1072,7 +1189,8 @@ def _print_serve_table(records: list[Any], url: str, model_id: str, server: str,
 @app.command("chat")
 def chat_command(
     model: str | None = typer.Option(None, "--model", "-m", help="Catalog model key (qwenbench models)."),
-    quant: str | None = typer.Option(None, "--quant", "-q", help="Quant with --model [Q4_K_M]."),
+    quant: str | None = typer.Option(None, "--quant", "-q", callback=_quant_option,
+                                     help="Quant with --model [Q4_K_M]."),
     gguf: Path | None = typer.Option(None, "--gguf", help="A GGUF file to chat with."),
     synthetic: bool = typer.Option(False, "--synthetic", help="With --model: a synthetic twin (random weights: "
                                                               "the text is noise, the speed is real)."),
@@ -1081,7 +1199,7 @@ def chat_command(
     max_tokens: int = typer.Option(1024, "--max-tokens", help="Longest reply, in tokens."),
     threads: int | None = typer.Option(None, "-t", "--threads", help="CPU threads [physical cores]."),
     n_gpu_layers: int | None = typer.Option(None, "-ngl", "--n-gpu-layers", help="Layers on the GPU [the plan's]."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    seed: int = typer.Option(0, "--seed", **SEED_RANGE, help="Sampling seed."),
 ) -> None:
     """Chat with a model in the terminal, with the planned settings: its own chat template, streamed replies
     (thinking shown apart, dimmed), history within the session, and tokens, TTFT and t/s after each reply.
@@ -1094,15 +1212,16 @@ def chat_command(
     plan, notes, model_file = _plan_server(gguf, model, quant, synthetic, "127.0.0.1", 0, ctx, n_gpu_layers, None,
                                            None, threads, "llama-cpp-python", False)
     for note in notes:
-        err.print(f"[dim]note: {note}[/dim]")
+        err.print(f"[dim]note: {escape(note)}[/dim]")
     settings = ChatSettings(n_ctx=ctx, n_gpu_layers=plan.n_gpu_layers, n_threads=plan.n_threads,
                             n_batch=plan.n_batch, n_ubatch=plan.n_ubatch, flash_attn=plan.flash_attn,
                             type_k=plan.type_k, type_v=plan.type_v, max_tokens=max_tokens, seed=seed)
-    with err.status(f"loading {model_file.path.name}"):
+    with err.status(escape(f"loading {model_file.path.name}")):
         session = ChatSession(model_file.path, settings, think=think)
     name = model_file.model_key or model_file.path.name
-    out.print(f"[bold]{name}[/bold] {model_file.quant}: ngl {plan.n_gpu_layers}, {plan.n_threads} threads, "
-              f"context {ctx}, KV {plan.type_k}; thinking {'on' if think else 'off'}", highlight=False)
+    out.print(f"[bold]{escape(name)}[/bold] {escape(model_file.quant)}: ngl {plan.n_gpu_layers}, "
+              f"{plan.n_threads} threads, context {ctx}, KV {plan.type_k}; thinking {'on' if think else 'off'}",
+              highlight=False)
     if model_file.weights == "synthetic":
         out.print("[yellow]synthetic weights: replies are random tokens; the speed is the real model's[/yellow]")
     out.print('[dim]/think /no_think /clear /bye; """ for several lines; Ctrl-D leaves[/dim]')
@@ -1119,7 +1238,7 @@ def chat_command(
             if answer is not None:
                 if text.strip().lower() == "/bye":
                     break
-                out.print(f"[dim]{answer}[/dim]")
+                out.print(f"[dim]{escape(answer)}[/dim]")
                 continue
             _stream_reply(session, text)
     finally:
@@ -1177,15 +1296,36 @@ def demo_command() -> None:
                  timeout=3600, out_csv=None, as_json=False)
 
 
+def _tolerant_streams() -> None:
+    """Text that cannot be encoded or decoded (a Latin-1 byte on stdin, PYTHONIOENCODING=ascii) becomes a
+    replacement character instead of a UnicodeError after the work is done."""
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="replace")
+
+
 def main() -> None:
-    """Entry point: every QwenbenchError becomes one line and a hint, never a traceback."""
+    """Entry point: every QwenbenchError becomes one line and a hint, never a traceback; Ctrl-C, SIGTERM and
+    SIGHUP stop the work the same way (what finished is kept) with the shell's exit code for that signal."""
+    _tolerant_streams()
+    lifetime.install_stop_handlers()
     try:
         app()
     except QwenbenchError as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
         if exc.hint:
-            err.print(f"[dim]hint:[/dim] {exc.hint}", highlight=False)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+            err.print(f"[dim]hint:[/dim] {escape(exc.hint)}", highlight=False)
+        code = lifetime.exit_code(lifetime.stop_signal()) if isinstance(exc, Interrupted) else exc.exit_code
+        sys.exit(code)
+    except KeyboardInterrupt as exc:
+        signum = lifetime.stop_signal(exc)
+        err.print(lifetime.stop_reason(signum))
+        sys.exit(lifetime.exit_code(signum))
+    except OSError as exc:
+        if exc.errno not in (errno.EPIPE, errno.EIO):
+            raise
+        # the reader of our output went away (`| head`, a closed terminal): nothing left to say it to
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -24,6 +24,7 @@ A suite lists models (catalog key and quant), the device modes to run each in, a
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,8 +116,9 @@ class _Fields:
 
     def number(self, key: str, default: float, minimum: float) -> float:
         value = self.table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= minimum:
-            raise self._fail(key, f"must be a number > {minimum:g}, got {value!r}")
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or value <= minimum):
+            raise self._fail(key, f"must be a finite number > {minimum:g}, got {value!r}")
         return float(value)
 
     def flag(self, key: str, default: bool) -> bool:
@@ -171,6 +173,18 @@ def _model_entry(table: Any, where: str, base: Path) -> ModelEntry:
     return ModelEntry(key, quant, fields.modes("modes", None), fields.text("repo"), fields.text("revision"))
 
 
+def _refuse_repeats(entries: tuple[ModelEntry, ...], where: str) -> None:
+    """A model listed twice would be measured twice and its rows counted twice in every report."""
+    seen: dict[tuple[Any, ...], int] = {}
+    for index, entry in enumerate(entries):
+        identity = (entry.key, entry.quant, entry.repo, entry.revision,
+                    entry.gguf.resolve() if entry.gguf is not None else None)
+        if identity in seen:
+            raise ConfigError(f"{where}: model[{index}] repeats model[{seen[identity]}] ({entry.label})",
+                              hint="list each model once; give it several modes with modes = [...]")
+        seen[identity] = index
+
+
 def parse_config(data: dict[str, Any], path: Path) -> BenchConfig:
     """A suite from parsed TOML; ConfigError names the first bad field."""
     where = path.name
@@ -185,6 +199,7 @@ def parse_config(data: dict[str, Any], path: Path) -> BenchConfig:
     if not isinstance(models, list) or not models:
         raise ConfigError(f"{where}: no [[model]] entries", hint='add [[model]] tables with key = "..." and quant')
     entries = tuple(_model_entry(m, f"{where}: model[{i}]", path.parent) for i, m in enumerate(models))
+    _refuse_repeats(entries, where)
     type_choices = tuple(CACHE_TYPES)
     config = BenchConfig(
         name=suite.text("name", path.stem) or path.stem,
@@ -215,11 +230,15 @@ def parse_config(data: dict[str, Any], path: Path) -> BenchConfig:
 
 def load_config(path: Path) -> BenchConfig:
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a folder, not a suite file", hint="e.g. --config configs/quick.toml")
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such config", hint="see configs/ for the bundled suites") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path.name}: not valid TOML: {exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path.name}: not valid TOML: {exc}", hint="a suite is a UTF-8 TOML file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return parse_config(data, path)

@@ -28,7 +28,14 @@ _MAX_STRING = 1 << 26
 _MAX_COUNT = 1 << 24
 _KEEP_ARRAY_ITEMS = 64  # longer arrays (tokens, merges) are skipped; only their length is kept
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9
+_UINT32, _BOOL, _STRING, _ARRAY = 4, 7, 8, 9
+_INTEGERS = frozenset({0, 1, 2, 3, 4, 5, 10, 11})
+_FLOATS = frozenset({6, 12})
+_TYPE_NAMES = {0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "int32", 6: "float32", 7: "bool",
+               8: "string", 9: "array", 10: "uint64", 11: "int64", 12: "float64"}
+# this llama.cpp's LLAMA_MAX_LAYERS and LLAMA_MAX_EXPERTS: it aborts (GGML_ASSERT) on a file beyond them
+MAX_LAYERS = 512
+MAX_EXPERTS = 1024
 
 
 @dataclass(frozen=True)
@@ -57,17 +64,24 @@ class GGUFHeader:
     def arch_value(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(f"{self.arch}.{key}", default)
 
+    def per_layer(self, key: str) -> list[int] | None:
+        """An arch key llama.cpp reads as one value or one per layer (get_key_or_arr), as a list; None if absent."""
+        value = self.arch_value(key)
+        if value is None:
+            return None
+        return list(value) if isinstance(value, list) else [value]
+
     @property
     def is_synthetic(self) -> bool:
-        return bool(self.metadata.get(SYNTHETIC_KEY, False))
+        return self.metadata.get(SYNTHETIC_KEY) is True
 
     @property
     def quant(self) -> str:
         stored = self.metadata.get("qwenbench.quant")
         if stored:
-            return str(stored)
+            return stored
         file_type = self.metadata.get("general.file_type")
-        named = preset_for_file_type(int(file_type)) if file_type is not None else None
+        named = preset_for_file_type(file_type) if file_type is not None else None
         return named or "unknown"
 
     @property
@@ -79,34 +93,37 @@ class GGUFHeader:
 
     @property
     def n_expert(self) -> int:
-        return int(self.arch_value("expert_count", 0) or 0)
+        return self.arch_value("expert_count", 0)
 
     @property
     def n_expert_used(self) -> int:
-        return int(self.arch_value("expert_used_count", 0) or 0)
+        return max(self.per_layer("expert_used_count") or [0])
 
     def shape(self) -> ModelShape:
-        """The hyperparameters of the memory model, with llama.cpp's defaults for absent keys."""
-        n_embd = int(self.arch_value("embedding_length", 0) or 0)
-        n_head = int(self.arch_value("attention.head_count", 1) or 1)
-        head_dim = n_embd // n_head if n_head else 0
+        """The hyperparameters of the memory model, with llama.cpp's defaults for absent keys (parse_header has
+        checked every one's type and range). Per-layer values reduce to what the memory model needs of them:
+        the widest layer for buffers, the mean KV heads for the KV cache (its size is the sum over layers)."""
+        n_embd = self.arch_value("embedding_length", 0)
+        heads = self.per_layer("attention.head_count") or [1]
+        kv_heads = self.per_layer("attention.head_count_kv") or heads
+        head_dim = n_embd // heads[0] if heads[0] else 0  # llama.cpp's default takes the first layer's heads
         return ModelShape(
-            n_layer=int(self.arch_value("block_count", 0) or 0),
+            n_layer=self.arch_value("block_count", 0),
             n_embd=n_embd,
-            n_head=n_head,
-            n_head_kv=int(self.arch_value("attention.head_count_kv", n_head) or n_head),
-            head_dim_k=int(self.arch_value("attention.key_length", head_dim) or head_dim),
-            head_dim_v=int(self.arch_value("attention.value_length", head_dim) or head_dim),
+            n_head=max(heads),
+            n_head_kv=-(-sum(kv_heads) // len(kv_heads)),
+            head_dim_k=self.arch_value("attention.key_length", head_dim),
+            head_dim_v=self.arch_value("attention.value_length", head_dim),
             n_vocab=self.n_vocab,
-            n_ff=int(self.arch_value("feed_forward_length", 0) or 0),
+            n_ff=max(self.per_layer("feed_forward_length") or [0]),
             n_expert=self.n_expert,
             n_expert_used=self.n_expert_used,
-            n_ff_exp=int(self.arch_value("expert_feed_forward_length", 0) or 0),
+            n_ff_exp=max(self.per_layer("expert_feed_forward_length") or [0]),
         )
 
     @property
     def split_count(self) -> int:
-        return int(self.metadata.get("split.count", 1) or 1)
+        return self.metadata.get("split.count", 1)
 
 
 class _Stream:
@@ -153,7 +170,9 @@ class _Stream:
             count = self.unpack("Q")
             if count > _MAX_COUNT:
                 raise InvalidModelFileError(f"{self._where}: corrupt GGUF header (an array of {count} items)")
-            if count > _KEEP_ARRAY_ITEMS and not self._keep_arrays:
+            # per-layer hyperparameters are numeric arrays of up to MAX_LAYERS items: kept, so they can be checked
+            per_layer = item_type in _INTEGERS and count <= MAX_LAYERS
+            if count > _KEEP_ARRAY_ITEMS and not (self._keep_arrays or per_layer):
                 self._skip_array(item_type, count)
                 self.last_item_type = item_type
                 return ArrayLength(count)
@@ -174,6 +193,147 @@ class _Stream:
                 self.skip(length)
             else:
                 self.value(item_type)
+
+
+# ------------------------------------------------------------------------------------- metadata rules
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """What the value of a metadata key qwenbench interprets must be."""
+
+    kind: str  # "int", "bool" or "string"
+    low: int = 0
+    high: int = 0
+    per_layer: bool = False  # llama.cpp also takes an array of one value per layer (get_key_or_arr)
+    types: frozenset[int] = _INTEGERS  # the GGUF value types an "int" may be stored as
+    power_of_two: bool = False
+
+    def expected(self) -> str:
+        if self.kind == "bool":
+            return "a bool (true or false)"
+        if self.kind == "string":
+            return "a string"
+        if self.power_of_two:
+            return f"a power of two stored as {'/'.join(_TYPE_NAMES[t] for t in sorted(self.types))}"
+        layered = f" (or one per layer, each from 0 to {self.high})" if self.per_layer else ""
+        return f"a whole number from {self.low} to {self.high}{layered}"
+
+
+# "{arch}" stands for general.architecture. Bounds are llama.cpp's where it has them, else far beyond any real
+# model: what lies past them is garbage that would otherwise reach the planner's arithmetic.
+METADATA_RULES: dict[str, _Rule] = {
+    "general.architecture": _Rule("string"),
+    "general.alignment": _Rule("int", 1, 1 << 30, types=frozenset({_UINT32}), power_of_two=True),  # gguf.cpp: u32
+    "general.file_type": _Rule("int", 0, 0xFFFF),
+    "split.count": _Rule("int", 1, 0xFFFF),
+    "split.no": _Rule("int", 0, 0xFFFE),
+    "split.tensors.count": _Rule("int", 0, _MAX_COUNT),
+    SYNTHETIC_KEY: _Rule("bool"),
+    "qwenbench.quant": _Rule("string"),
+    "qwenbench.model_key": _Rule("string"),
+    "{arch}.block_count": _Rule("int", 1, MAX_LAYERS),
+    "{arch}.context_length": _Rule("int", 1, 1 << 30),
+    "{arch}.embedding_length": _Rule("int", 1, 1 << 20),
+    "{arch}.feed_forward_length": _Rule("int", 0, 1 << 22, per_layer=True),
+    "{arch}.attention.head_count": _Rule("int", 1, 1 << 12, per_layer=True),
+    "{arch}.attention.head_count_kv": _Rule("int", 0, 1 << 12, per_layer=True),
+    "{arch}.attention.key_length": _Rule("int", 1, 1 << 16),
+    "{arch}.attention.value_length": _Rule("int", 1, 1 << 16),
+    "{arch}.expert_count": _Rule("int", 0, MAX_EXPERTS),
+    "{arch}.expert_used_count": _Rule("int", 0, MAX_EXPERTS, per_layer=True),
+    "{arch}.expert_feed_forward_length": _Rule("int", 0, 1 << 22, per_layer=True),
+}
+_DAMAGED = "the file's header is damaged or was written by a broken converter: download or convert it again"
+_OURS = "the qwenbench.* keys of a header are written by `qwenbench synth`: damaged here, write the file again"
+
+
+def _describe(value: Any, vtype: int, item_type: int | None) -> str:
+    """A found value as a user can recognise it, with its GGUF type where that is the problem."""
+    if vtype == _STRING:
+        text = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {text!r}"
+    if vtype == _BOOL:
+        return f"the bool {'true' if value else 'false'}"
+    if vtype in _FLOATS:
+        return f"the {_TYPE_NAMES[vtype]} {value!r}"
+    if vtype == _ARRAY:
+        count = value.length if isinstance(value, ArrayLength) else len(value)
+        return f"an array of {count} {_TYPE_NAMES.get(item_type, '?')} values"
+    return f"{value} ({_TYPE_NAMES[vtype]})"
+
+
+def _rule_holds(rule: _Rule, value: Any, vtype: int, item_type: int | None, n_layer: int | None) -> bool:
+    if rule.kind == "bool":
+        return vtype == _BOOL
+    if rule.kind == "string":
+        return vtype == _STRING
+    if vtype == _ARRAY:
+        # llama.cpp refuses a per-layer array whose length is not block_count
+        return (rule.per_layer and isinstance(value, list) and item_type in _INTEGERS
+                and (n_layer is None or len(value) == n_layer) and all(0 <= v <= rule.high for v in value))
+    # the type, not isinstance: Python's bool is an int, and a GGUF bool is no number
+    if vtype not in rule.types or not rule.low <= value <= rule.high:
+        return False
+    return not rule.power_of_two or value & (value - 1) == 0
+
+
+def validate_metadata(metadata: dict[str, Any], value_types: ValueTypes, where: str) -> None:
+    """Refuse a header whose keys qwenbench interprets have the wrong type, are out of range, or contradict
+    each other the way llama.cpp aborts on; what qwenbench reads from a header that passes is well typed."""
+
+    def refuse(message: str, key: str = "") -> InvalidModelFileError:
+        return InvalidModelFileError(f"{where}: {message}", hint=_OURS if key.startswith("qwenbench.") else _DAMAGED)
+
+    def check(key: str, rule: _Rule, n_layer: int | None) -> None:
+        if key not in metadata:
+            return
+        value = metadata[key]
+        vtype, item_type = value_types[key]
+        if _rule_holds(rule, value, vtype, item_type, n_layer):
+            return
+        found = _describe(value, vtype, item_type)
+        if rule.per_layer and isinstance(value, list) and n_layer is not None and len(value) != n_layer:
+            found += f", not one per layer (block_count {n_layer})"
+        raise refuse(f"metadata {key} must be {rule.expected()}, found {found}", key)
+
+    check("general.architecture", METADATA_RULES["general.architecture"], None)
+    arch = metadata.get("general.architecture", "")
+    block_key = f"{arch}.block_count"
+    check(block_key, METADATA_RULES["{arch}.block_count"], None)
+    n_layer = metadata.get(block_key) if arch else None
+    for pattern, rule in METADATA_RULES.items():
+        if "{arch}" in pattern and not arch:
+            continue  # a later split part has no architecture, and no model keys either
+        check(pattern.replace("{arch}", arch), rule, n_layer)
+
+    def layers(key: str, default: list[int]) -> list[int]:
+        value = metadata.get(f"{arch}.{key}")
+        if value is None:
+            return default
+        return list(value) if isinstance(value, list) else [value] * (n_layer or 1)
+
+    if arch:
+        n_expert = metadata.get(f"{arch}.expert_count", 0)
+        used = max(layers("expert_used_count", [0]))
+        # llama.cpp asserts both, killing the process: refuse the file before it gets there
+        if used > n_expert:
+            raise refuse(f"metadata {arch}.expert_used_count {used} is more than {arch}.expert_count {n_expert}")
+        if n_expert and not used:
+            raise refuse(f"metadata {arch}.expert_count is {n_expert} but {arch}.expert_used_count is "
+                         f"{'0' if f'{arch}.expert_used_count' in metadata else 'missing'}: an MoE model routes "
+                         "each token to at least one expert")
+        heads = layers("attention.head_count", [])
+        kv_heads = layers("attention.head_count_kv", heads)
+        for layer, (n_head, n_kv) in enumerate(zip(heads, kv_heads, strict=False)):
+            # grouped-query attention: ggml asserts each KV head serves a whole number of query heads
+            if n_kv and n_head % n_kv:
+                at = f" (layer {layer})" if len(heads) > 1 else ""
+                raise refuse(f"metadata {arch}.attention.head_count {n_head} is not a multiple of "
+                             f"{arch}.attention.head_count_kv {n_kv}{at}")
+    if "split.no" in metadata and metadata["split.no"] >= metadata.get("split.count", 1):
+        raise refuse(f"metadata split.no {metadata['split.no']} is not below split.count "
+                     f"{metadata.get('split.count', 1)}")
 
 
 def parse_header(handle: IO[bytes], where: str, file_size: int | None = None, *,
@@ -198,6 +358,7 @@ def parse_header(handle: IO[bytes], where: str, file_size: int | None = None, *,
         vtype = stream.unpack("I")
         metadata[key] = stream.value(vtype)
         value_types[key] = (vtype, stream.last_item_type if vtype == _ARRAY else None)
+    validate_metadata(metadata, value_types, where)
     tensors = []
     offsets = []
     for _ in range(n_tensors):
@@ -216,9 +377,7 @@ def parse_header(handle: IO[bytes], where: str, file_size: int | None = None, *,
             raise InvalidModelFileError(f"{where}: tensor {name!r} has unsupported type {ggml_type.name}")
         tensors.append(TensorInfo(name, int(ggml_type), shape))
         offsets.append(stream.unpack("Q"))
-    alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
-    if alignment <= 0 or alignment & (alignment - 1):
-        raise InvalidModelFileError(f"{where}: corrupt GGUF header (alignment {alignment})")
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     data_offset = -(-stream.position // alignment) * alignment
     header = GGUFHeader(Path(where), version, metadata, TensorTable(tuple(tensors)), data_offset,
                         file_size if file_size is not None else -1, tuple(offsets), value_types)
@@ -260,7 +419,7 @@ def merge_split_headers(parts: Sequence[GGUFHeader]) -> GGUFHeader:
     """One header for a model split across files (gguf-split): the first part's metadata, every part's tensors."""
     first = parts[0]
     tensors = tuple(t for part in parts for t in part.table.tensors)
-    expected = int(first.metadata.get("split.tensors.count", len(tensors)) or len(tensors))
+    expected = first.metadata.get("split.tensors.count", len(tensors))
     if len(tensors) != expected:
         raise InvalidModelFileError(f"{first.path}: the parts hold {len(tensors)} tensors, the split says {expected}",
                                     hint="the parts come from different files: fetch them again")
@@ -273,9 +432,9 @@ def read_model_header(path: Path) -> GGUFHeader:
     if header.split_count <= 1:
         return header
     path = Path(path)
-    if int(header.metadata.get("split.no", 0) or 0) != 0:
+    if header.metadata.get("split.no", 0) != 0:
         first = split_sibling(path.name, 1)
-        raise InvalidModelFileError(f"{path}: part {int(header.metadata['split.no']) + 1} of a split model",
+        raise InvalidModelFileError(f"{path}: part {header.metadata['split.no'] + 1} of a split model",
                                     hint=f"give the first part{f' ({first})' if first else ''}")
     parts = [header]
     for number in range(2, header.split_count + 1):

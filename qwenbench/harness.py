@@ -8,19 +8,21 @@ finished is lost when something later fails.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import signal
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .calibration import record_efficiency, record_memory
-from .fit import MemoryEstimate, RunConfig, bytes_read_per_token
+from .fit import MIB, MemoryEstimate, RunConfig, bytes_read_per_token
+from .lifetime import stop_reason
 from .llamalog import LlamaBuffers, parse_buffers
 from .machine import MachineInfo
 from .memtrack import ChildOutcome, run_child
@@ -58,6 +60,7 @@ class RunReport:
     buffers: LlamaBuffers  # what llama.cpp allocated, from its log
     wall_s: float = 0.0  # the child's life, from start to exit
     llama_ns: int = 0  # of which inside llama.cpp calls (load, contexts, decodes)
+    stop_signal: int = 0  # when interrupted: the signal that stopped it (SIGINT, SIGTERM, SIGHUP)
 
     @property
     def ok(self) -> bool:
@@ -68,12 +71,17 @@ def new_run_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
+# a backtrace frame (`libggml-base.so(+0x15f3b) [0x7f..]`, `#3 0x00007f..`): addresses, not a reason
+_STACK_FRAME = re.compile(r"\(\S*\+0x[0-9a-f]+\)|\[0x[0-9a-f]+\]|^#\d+\s+0x[0-9a-f]+", re.IGNORECASE)
+
+
 def _log_excerpt(log_path: Path) -> str:
     """The lines of llama.cpp's log that say what went wrong."""
     try:
-        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+        text = log_path.read_text(errors="replace")
     except OSError:
         return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not _STACK_FRAME.search(line)]
     telling = [line for line in lines if any(word in line.lower() for word in
                                               ("error", "failed", "assert", "abort", "exception"))]
     chosen = (telling or lines)[-3:]
@@ -83,7 +91,7 @@ def _log_excerpt(log_path: Path) -> str:
 def _failure(outcome: ChildOutcome, error_event: str | None, log_path: Path) -> tuple[str, str]:
     """(status, error) for the tests a child did not finish."""
     if outcome.interrupted:
-        return "interrupted", "interrupted by the user (Ctrl-C)"
+        return "interrupted", stop_reason(outcome.stop_signal or signal.SIGINT)
     if outcome.timed_out:
         return "timeout", f"the run exceeded its time limit after {outcome.wall_s:.0f} s"
     if error_event:
@@ -112,6 +120,7 @@ class _EventCollector:
         self.error: str | None = None
         self.notes: list[str] = []
         self.llama_ns = 0
+        self.peak_rss_bytes = 0  # the child's own high-water mark, as it reported it on its way out
 
     def __call__(self, line: str) -> None:
         try:
@@ -132,6 +141,7 @@ class _EventCollector:
             self.partial.setdefault(event["test"], []).append(int(event["ns"]))
         elif kind == "timing":
             self.llama_ns = int(event.get("llama_ns", 0))
+            self.peak_rss_bytes = int(event.get("peak_rss_bytes") or 0)
         if self.on_event is not None:
             self.on_event(event)
 
@@ -207,10 +217,26 @@ def _record(settings: RunSettings, model: ModelIdentity, machine: MachineInfo, l
     )
 
 
+# a model this small is all fixed overhead and noise: it teaches the memory model nothing about real ones
+MIN_LEARN_MODEL_BYTES = 256 * MIB
+# repetitions that spread wider than this (coefficient of variation) were disturbed: swapping, a busy machine
+MAX_LEARN_SPREAD = 0.2
+
+
+def _trustworthy(model: ModelFile, records: list[Record]) -> bool:
+    """Whether a run's figures may calibrate later predictions."""
+    if model.header.table.n_bytes < MIN_LEARN_MODEL_BYTES:
+        return False
+    return all(r.stddev_ts is None or not r.avg_ts or r.stddev_ts / r.avg_ts <= MAX_LEARN_SPREAD
+               for r in records if r.status == "ok" and r.test != "ttft")
+
+
 def _learn(predicted: MemoryEstimate, peak_rss: int, model: ModelFile, machine: MachineInfo,
            records: list[Record]) -> None:
     """Keep what this CPU run measured beyond the exactly-known buffers, and how close decode came to
-    the machine's copy bandwidth, to calibrate later predictions."""
+    the machine's copy bandwidth, to calibrate later predictions; runs that cannot be trusted teach nothing."""
+    if not _trustworthy(model, records):
+        return
     label = f"{model.model_key} {model.quant}"
     known = predicted.host_bytes - predicted.parts["host_overhead"]
     record_memory(machine.machine_id, activation_units=predicted.activation_units, residual_bytes=peak_rss - known,
@@ -248,6 +274,7 @@ def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo,
         log_path = Path(log.name)
         outcome = run_child([sys.executable, "-m", "qwenbench.runner"], json.dumps(settings.to_json()), log,
                             collector, timeout_s=timeout_s)
+    outcome = replace(outcome, peak_rss_bytes=max(outcome.peak_rss_bytes, collector.peak_rss_bytes))
     records = []
     failure: tuple[str, str] | None = None
     for test in settings.tests():
@@ -274,4 +301,4 @@ def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo,
     if kept_log is None:
         log_path.unlink(missing_ok=True)
     return RunReport(run_id, tuple(records), kept_log, tuple(collector.notes), outcome.interrupted, buffers,
-                     outcome.wall_s, collector.llama_ns)
+                     outcome.wall_s, collector.llama_ns, outcome.stop_signal)

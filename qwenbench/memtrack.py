@@ -1,8 +1,10 @@
 """Run a child process while sampling its memory from outside, with a timeout.
 
-Peak RSS comes from the kernel's own high-water mark (wait4's ru_maxrss) where the OS has it,
-so a spike between two samples is not missed; sampling (psutil, and NVML for VRAM) gives the
-rest. Nothing here imports llama_cpp.
+Peak RSS is the kernel's high-water mark of the child's own address space (VmHWM in /proc, which exec
+resets), sampled here and reported by the child itself as it ends, so a spike between two samples is not
+missed. wait4's ru_maxrss is not used on Linux: it carries the parent's RSS at the fork across the exec, so
+a parent holding a large buffer would be measured as the child's peak. Sampling (psutil, and NVML for VRAM)
+gives the rest. Nothing here imports llama_cpp.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import IO
 
 import psutil
 
+from . import lifetime
+
 # the kernel keeps the exact RSS peak (wait4); sampling only adds VRAM and non-Linux figures, and each
 # wake-up of this process takes a core from llama.cpp's threads, so sample gently
 SAMPLE_INTERVAL_S = 0.1
@@ -34,6 +38,7 @@ class ChildOutcome:
     timed_out: bool
     interrupted: bool
     wall_s: float
+    stop_signal: int = 0  # with interrupted: SIGINT (Ctrl-C), SIGTERM or SIGHUP
 
 
 class VramSampler:
@@ -80,6 +85,18 @@ def _reader(stream: IO[str], lines: queue.Queue[str | None]) -> None:
     lines.put(None)
 
 
+def peak_rss_of(pid: int | str = "self") -> int | None:
+    """The kernel's high-water mark of a live process's resident memory (Linux VmHWM), or None."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _reap(process: subprocess.Popen[str]) -> tuple[bool, int, int]:
     """(exited, returncode, the kernel's max RSS in bytes or 0) without blocking."""
     if not hasattr(os, "wait4"):  # Windows: no rusage, the sampled peak stands
@@ -89,7 +106,9 @@ def _reap(process: subprocess.Popen[str]) -> tuple[bool, int, int]:
     if waited == 0:
         return False, 0, 0
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    if sys.platform.startswith("linux"):
+        return True, process.returncode, 0  # ru_maxrss includes the parent's RSS at fork: see the module doc
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
     return True, process.returncode, usage.ru_maxrss * scale
 
 
@@ -97,30 +116,37 @@ def run_child(argv: list[str], stdin_data: str, log: IO[bytes], on_line: Callabl
               timeout_s: float | None) -> ChildOutcome:
     """Run argv, feed stdin, hand each stdout line to on_line, and measure its peak memory.
 
-    Ctrl-C in the parent stops the child and returns with interrupted=True instead of raising,
-    so the caller can still record what finished.
+    Ctrl-C, SIGTERM or SIGHUP in the parent (lifetime.Terminated) stops the child and returns with
+    interrupted=True instead of raising, so the caller can still record what finished. The child learns our
+    pid from QWENBENCH_PARENT_PID to die with us (lifetime.die_with_parent) if we cannot stop it.
     """
     start = time.monotonic()
     # its own process group (so Ctrl-C reaches only us, and a timeout kills it whole) but our session:
     # Linux's scheduler autogroups by session, and a session of its own would be scheduled apart from
     # the way `llama-bench` run from the same shell is
     group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+    environment = {**os.environ, "QWENBENCH_PARENT_PID": str(os.getpid())}
     process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                               **group)
+                               env=environment, **group)
     assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(stdin_data)
-    process.stdin.close()
     lines: queue.Queue[str | None] = queue.Queue()
-    reader = threading.Thread(target=_reader, args=(process.stdout, lines), daemon=True)
-    reader.start()
-    vram = VramSampler()
+    try:
+        process.stdin.write(stdin_data)
+        process.stdin.close()
+        reader = threading.Thread(target=_reader, args=(process.stdout, lines), daemon=True)
+        reader.start()
+        vram = VramSampler()
+    except BaseException:  # a stop before the watch loop: the child must not run on unwatched
+        _kill(process)
+        process.wait()
+        raise
     try:
         watched: psutil.Process | None = psutil.Process(process.pid)
     except psutil.Error:
         watched = None
     peak_rss, peak_vram = 0, None
     timed_out = interrupted = False
-    returncode = 0
+    returncode = stopped_by = 0
     try:
         while True:
             try:
@@ -128,7 +154,10 @@ def run_child(argv: list[str], stdin_data: str, log: IO[bytes], on_line: Callabl
                 if exited:
                     peak_rss = max(peak_rss, kernel_peak)
                     break
-                if watched is not None:
+                own_peak = peak_rss_of(process.pid)
+                if own_peak is not None:
+                    peak_rss = max(peak_rss, own_peak)
+                elif watched is not None:
                     with contextlib.suppress(psutil.Error):
                         peak_rss = max(peak_rss, watched.memory_info().rss)
                 used = vram.used_by(process.pid)
@@ -139,14 +168,16 @@ def run_child(argv: list[str], stdin_data: str, log: IO[bytes], on_line: Callabl
                     timed_out = True
                     _kill(process)
                 time.sleep(SAMPLE_INTERVAL_S)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as stop:
                 interrupted = True
+                stopped_by = stopped_by or lifetime.stop_signal(stop)
                 _kill(process)
     finally:
         vram.close()
     reader.join(timeout=5)
     _drain(lines, on_line)
-    return ChildOutcome(returncode, peak_rss, peak_vram, timed_out, interrupted, time.monotonic() - start)
+    return ChildOutcome(returncode, peak_rss, peak_vram, timed_out, interrupted, time.monotonic() - start,
+                        stopped_by)
 
 
 def _drain(lines: queue.Queue[str | None], on_line: Callable[[str], None]) -> None:

@@ -6,14 +6,26 @@ import json
 import os
 from pathlib import Path
 
+from .errors import UsageError
+
 
 def cache_dir() -> Path:
-    """QWENBENCH_CACHE_DIR, else $XDG_CACHE_HOME/qwenbench, else ~/.cache/qwenbench."""
+    """QWENBENCH_CACHE_DIR, else $XDG_CACHE_HOME/qwenbench, else ~/.cache/qwenbench; a file in its place is refused."""
     env = os.environ.get("QWENBENCH_CACHE_DIR")
     if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "qwenbench"
+        path = Path(env)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME")
+        path = (Path(base) if base else Path.home() / ".cache") / "qwenbench"
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"the cache folder {path} is a file",
+                         hint="point QWENBENCH_CACHE_DIR at a folder (or unset it)")
+    return path
+
+
+def logs_dir() -> Path:
+    """Where server logs and configs go when the user named no place for them."""
+    return cache_dir() / "logs"
 
 
 def synthetic_model_path(model_key: str, quant: str) -> Path:

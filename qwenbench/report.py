@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import ResultsFileError, UsageError
-from .results import COLUMNS, NUMERIC_COLUMNS, SCHEMA_VERSION
+from .errors import UsageError
+from .results import COLUMNS, NUMERIC_COLUMNS, read_table
 
 GPU_BACKEND_NAMES = ("CUDA", "Metal", "Vulkan", "HIP", "ROCm", "SYCL", "OpenCL", "CANN", "MUSA")
 MODE_ORDER = ("cpu", "gpu", "gpu-experts-cpu")
@@ -28,33 +28,25 @@ GB = 1e9
 
 # what reports read: the per-sample lists (the bulk of a big file) are left on disk
 _READ_COLUMNS = tuple(c for c in COLUMNS if c not in ("samples_ns", "samples_ts"))
-_TEXT_COLUMNS = tuple(c for c in _READ_COLUMNS if c not in NUMERIC_COLUMNS)
 
 
-def _read_one(path: Path) -> pd.DataFrame:
-    try:
-        header = pd.read_csv(path, nrows=0).columns
-        # numbers are parsed as numbers straight away; text stays text ("" for empty, never NaN)
-        frame = pd.read_csv(path, usecols=[c for c in header if c in _READ_COLUMNS],
-                            dtype={c: str for c in _TEXT_COLUMNS if c in header}, keep_default_na=False,
-                            na_values={c: [""] for c in NUMERIC_COLUMNS if c in header})
-    except FileNotFoundError:
-        raise ResultsFileError(f"{path}: no such results file") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        raise ResultsFileError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-    if "schema_version" not in frame.columns:
-        raise ResultsFileError(f"{path}: not a qwenbench results file (no schema_version column)",
-                               hint="give the CSVs `qwenbench run` or `qwenbench bench` wrote")
-    versions = pd.to_numeric(frame["schema_version"], errors="coerce")
-    if versions.isna().any():
-        line = int(versions.isna().to_numpy().argmax()) + 2
-        raise ResultsFileError(f"{path}:{line}: not a qwenbench results row "
-                               f"(schema_version {frame['schema_version'].iloc[line - 2]!r})")
-    if (versions > SCHEMA_VERSION).any():
-        raise ResultsFileError(f"{path}: written by a newer qwenbench (schema {int(versions.max())}, this reads "
-                               f"up to {SCHEMA_VERSION})", hint="upgrade qwenbench to read it")
-    frame = frame.reindex(columns=list(_READ_COLUMNS))  # columns an older schema lacks come back empty
-    frame["source"] = path.name
+def _read_all(paths: list[Path]) -> pd.DataFrame:
+    """Every whole row of every file in one DataFrame, built once from columns (a DataFrame per file would cost
+    milliseconds each: thousands of small CSVs took a minute). Readers' notes go to frame.attrs["notes"]."""
+    columns: dict[str, list[str]] = {name: [] for name in (*_READ_COLUMNS, "source")}
+    notes: list[str] = []
+    for path in paths:
+        table = read_table(Path(path))
+        notes += table.notes
+        at = {name: i for i, name in enumerate(table.header)}
+        for name in _READ_COLUMNS:  # columns an older schema lacks come back empty
+            index = at.get(name)
+            columns[name] += [row[index] for row in table.rows] if index is not None else [""] * len(table.rows)
+        columns["source"] += [Path(path).name] * len(table.rows)
+    frame = pd.DataFrame(columns)
+    for column in NUMERIC_COLUMNS:  # empty, or a stray word where a number belongs: missing
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame.attrs["notes"] = notes
     return frame
 
 
@@ -62,10 +54,7 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
     """Every row of the files, typed, with the labels reports group by: machine, model, mode, metric."""
     if not paths:
         raise UsageError("no results files given", hint="e.g. qwenbench report results/*.csv")
-    frame = pd.concat([_read_one(Path(p)) for p in paths], ignore_index=True)
-    for column in NUMERIC_COLUMNS:
-        if not pd.api.types.is_numeric_dtype(frame[column]):  # a stray word where a number belongs
-            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame = _read_all(paths)
     text_columns = [c for c in frame.columns if c not in NUMERIC_COLUMNS]
     frame[text_columns] = frame[text_columns].fillna("")
     frame["is_moe"] = frame["is_moe"].eq("true")
@@ -144,6 +133,7 @@ class ReportFiles:
     charts: tuple[Path, ...]
     rows: int
     machines: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # lines of the inputs that were skipped, and why
 
 
 def _slug(text: str) -> str:
@@ -376,7 +366,11 @@ def write_report(paths: list[Path], out_dir: Path) -> ReportFiles:
 
     matplotlib.use("Agg")
     frame = load_results(paths)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot make the report folder {out_dir}: {exc.strerror or exc}",
+                         hint="give --out a folder that can be created") from None
     ok = _ok(frame)
     machines = _machines(frame)
     sections = [_speed_section(ok, machine, out_dir) for machine in _machines(ok)]
@@ -398,4 +392,4 @@ def write_report(paths: list[Path], out_dir: Path) -> ReportFiles:
                            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n",
                            encoding="utf-8")
     charts = tuple(chart for s in sections for chart in s.charts)
-    return ReportFiles(report_md, report_html, charts, len(frame), tuple(machines))
+    return ReportFiles(report_md, report_html, charts, len(frame), tuple(machines), tuple(frame.attrs["notes"]))

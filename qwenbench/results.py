@@ -1,5 +1,9 @@
 """The results CSV: one schema defined here, atomic appends safe with concurrent writers, versioned reads.
 
+Every row is one line (line breaks inside values are written as spaces), so a file cut short loses at most its
+last line: the next append moves that torn line to `<file>.torn` and starts on a fresh line, and readers skip a
+line that is not a whole row with a note instead of refusing the file.
+
 Schema (one row per test; llama-bench's column names where they overlap):
   schema_version       this file's layout version (SCHEMA_VERSION)
   run_id               one id per `qwenbench run` (all tests of one model load share it)
@@ -57,8 +61,11 @@ import csv
 import io
 import json
 import os
+import stat
+import tempfile
 from collections.abc import Iterator
 from dataclasses import astuple, dataclass, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +170,8 @@ def _format(value: Any) -> str:
         return json.dumps(list(value))
     if isinstance(value, float):
         return f"{value:.6g}" if abs(value) < 1e15 else str(int(value))
-    return str(value)
+    # one row, one line: a torn file then loses at most its last line, and readers resync on the next one
+    return str(value).replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
 
 
 @contextlib.contextmanager
@@ -184,29 +192,51 @@ def _encode(rows: list[list[str]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _existing_header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return next(csv.reader(handle), [])
+_HEADER_LINE = _encode([list(COLUMNS)])
+_MAX_HEADER_BYTES = 1 << 20  # a results file's first line is about 1 KB: past this it is not one
 
 
-def append_records(path: Path, records: list[Record]) -> None:
-    """Append rows in one write under an exclusive lock: no torn rows, no interleaving, header once."""
-    if not records:
-        return
+@dataclass(frozen=True)
+class AppendResult:
+    """Where appended rows went (the file asked for, or a rescue file beside it) and what was mended on the way."""
+
+    path: Path
+    rows: int
+    notes: tuple[str, ...] = ()
+
+
+def append_records(path: Path, records: list[Record]) -> AppendResult:
+    """Append rows in one write under an exclusive lock: no interleaving, header once, each row one line.
+
+    A torn last line (a crash or a full disk mid-write, by us or anyone) is moved to `<file>.torn` first, so new
+    rows start on a fresh line and never merge into it. A file that can no longer take rows (it turned into a
+    folder, another tool rewrote it, its disk went read-only) does not cost the rows: they go to a rescue file
+    beside it, or in qwenbench's cache, and the notes say where. Raises only when nothing can be written at all."""
     path = Path(path)
+    if not records:
+        return AppendResult(path, 0)
+    rows = [record.to_row() for record in records]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise ResultsFileError(f"cannot write results to {path}: {exc.strerror or exc}",
-                               hint="choose another file with --out") from exc
+        return AppendResult(path, len(rows), _append(path, rows))
+    except (ResultsFileError, OSError) as exc:
+        reason = exc.message if isinstance(exc, ResultsFileError) else f"{exc.strerror or exc}"
+        return _rescue(path, rows, reason)
+
+
+def _append(path: Path, rows: list[list[str]]) -> tuple[str, ...]:
+    if path.is_dir():
+        raise ResultsFileError(f"{path} is a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    notes: tuple[str, ...] = ()
     try:
         with _locked(fd):
-            rows = [record.to_row() for record in records]
-            if os.fstat(fd).st_size == 0:
-                rows.insert(0, list(COLUMNS))
-            else:
-                _check_layout(path)
+            if os.fstat(fd).st_size:
+                if _first_line(path).endswith(b"\n"):
+                    _check_layout(path)  # before mending anything: another tool's file is not ours to touch
+                notes = _mend_torn_tail(path, fd)
+            if not os.fstat(fd).st_size:
+                rows = [list(COLUMNS), *rows]
             data = _encode(rows)
             while data:
                 written = os.write(fd, data)
@@ -214,14 +244,82 @@ def append_records(path: Path, records: list[Record]) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+    return notes
+
+
+def _mend_torn_tail(path: Path, fd: int) -> tuple[str, ...]:
+    """Move what follows the last newline (a row cut short) to `<file>.torn` and cut the file there."""
+    size = os.fstat(fd).st_size
+    with path.open("rb") as handle:
+        position, tail = size, b""
+        while position > 0 and b"\n" not in tail:
+            step = min(1 << 16, position)
+            position -= step
+            handle.seek(position)
+            tail = handle.read(step) + tail
+    cut = tail.rfind(b"\n")
+    torn = tail[cut + 1:] if cut >= 0 else tail
+    if not torn:
+        return ()
+    if cut < 0 and not _HEADER_LINE.startswith(torn):
+        raise ResultsFileError(f"{path} is not a qwenbench results file (no line ends in its {size} bytes)")
+    if cut >= 0 and _is_whole_row(torn):  # only its line break is missing
+        os.write(fd, b"\n")
+        return (f"{path} ended without a line break after its last row; added one",)
+    side = path.with_name(path.name + ".torn")
+    with side.open("ab") as keep:
+        keep.write(torn + b"\n")
+        keep.flush()
+        os.fsync(keep.fileno())
+    os.ftruncate(fd, size - len(torn))
+    return (f"{path} ended in a torn row ({len(torn)} bytes, kept in {side}); new rows start on a fresh line",)
+
+
+def _is_whole_row(line: bytes) -> bool:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return text.count('"') % 2 == 0 and len(next(csv.reader([text]), [])) == len(COLUMNS)
+
+
+def _rescue(path: Path, rows: list[list[str]], reason: str) -> AppendResult:
+    from .paths import cache_dir
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    name = f"{path.stem}.rescued-{stamp}-{os.getpid()}.csv"
+    for folder in (path.parent, cache_dir() / "rescued"):
+        target = folder / name
+        try:
+            _append(target, rows)
+        except (ResultsFileError, OSError):
+            continue
+        return AppendResult(target, len(rows), (f"{path} could not take the rows ({reason}); they are in {target}",))
+    raise ResultsFileError(f"the rows could not be written to {path} ({reason}), nor beside it, nor in the cache",
+                           hint="free some disk space or choose another file with --out")
+
+
+def _first_line(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return handle.readline(_MAX_HEADER_BYTES)
 
 
 def _check_layout(path: Path) -> None:
-    header = _existing_header(path)
-    if tuple(header) != COLUMNS:
-        raise ResultsFileError(f"{path} has another column layout (schema {_schema_of(header, path)}, this is "
-                               f"{SCHEMA_VERSION}); not appending to it",
-                               hint="write to a new file with --out, or move the old one aside")
+    """Refuse a file whose header is not this schema's (another tool's CSV, another schema, not text)."""
+    line = _first_line(path)
+    if line == _HEADER_LINE:
+        return
+    try:
+        header = next(csv.reader([line.decode("utf-8")]), [])
+    except UnicodeDecodeError:
+        raise ResultsFileError(f"{path} is not a results CSV (not UTF-8 text); not appending to it",
+                               hint="choose another file with --out") from None
+    if "schema_version" not in header:
+        raise ResultsFileError(f"{path} is another tool's file (no schema_version column); not appending to it",
+                               hint="choose another file with --out")
+    raise ResultsFileError(f"{path} has another column layout (schema {_schema_of(header, path)}, this is "
+                           f"{SCHEMA_VERSION}); not appending to it",
+                           hint="write to a new file with --out, or move the old one aside")
 
 
 def set_aside_older(path: Path) -> Path | None:
@@ -229,14 +327,17 @@ def set_aside_older(path: Path) -> Path | None:
     rows start a new file; returns where it went, or None when the file is absent or current. For the default
     file only: a file the user named is refused instead (check_appendable)."""
     path = Path(path)
-    if not path.exists() or not path.stat().st_size:
+    if not path.is_file() or not path.stat().st_size:
         return None
-    header = _existing_header(path)
+    try:
+        header = next(csv.reader([_first_line(path).decode("utf-8")]), [])
+    except UnicodeDecodeError:
+        return None  # not ours to move: check_appendable refuses it with the reason
     if tuple(header) == COLUMNS:
         return None
     version = _schema_of(header, path)
     if not version.isdigit() or int(version) >= SCHEMA_VERSION:
-        return None  # not ours to move: check_appendable refuses it with the reason
+        return None
     target = path.with_name(f"{path.stem}.schema{version}{path.suffix}")
     counter = 1
     while target.exists():
@@ -247,19 +348,45 @@ def set_aside_older(path: Path) -> Path | None:
 
 
 def check_appendable(path: Path) -> None:
-    """Refuse a results file that rows could not be appended to before hours of work, not after."""
+    """Refuse, before hours of work rather than after, a results file rows could not be appended to: a folder,
+    a device, another tool's or another schema's file, something not writable. Leaves nothing behind; a torn
+    last line is no reason (append mends it)."""
     path = Path(path)
-    if path.exists() and path.stat().st_size:
-        _check_layout(path)
+    hint = "choose another file with --out"
+    if path.is_dir():
+        raise ResultsFileError(f"{path} is a folder, not a results file", hint=hint)
+    if path.exists():
+        if not path.is_file():
+            raise ResultsFileError(f"{path} is not a regular file", hint=hint)
+        try:
+            if path.stat().st_size and not _HEADER_LINE.startswith(_first_line(path)):
+                _check_layout(path)
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        except OSError as exc:
+            raise ResultsFileError(f"cannot write results to {path}: {exc.strerror or exc}", hint=hint) from None
+        return
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is not a folder")
+        # really create a file: permission bits say nothing to root on a read-only mount
+        fd, probe = tempfile.mkstemp(prefix=".qwenbench-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ResultsFileError(f"cannot write results to {path}: {exc.strerror or exc} ({folder})",
+                               hint=hint) from None
 
 
 def _schema_of(header: list[str], path: Path) -> str:
     if "schema_version" not in header:
         return "unknown"
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
         reader = csv.DictReader(handle)
         first = next(reader, None)
-    return first.get("schema_version", "unknown") if first else "unknown"
+    return (first.get("schema_version") or "unknown") if first else "unknown"
 
 
 _INT = {f.name for f in fields(Record) if f.type in ("int", "int | None")}
@@ -288,21 +415,100 @@ def parse_row(row: dict[str, str]) -> dict[str, Any]:
     return parsed
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """All rows of a results CSV, typed; refuses files of a newer schema than this qwenbench knows."""
+@dataclass(frozen=True)
+class ResultsTable:
+    """A results file as read: its header, its whole rows (raw text), and a note for each line skipped."""
+
+    path: Path
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    notes: tuple[str, ...]
+
+    def dicts(self) -> list[dict[str, str]]:
+        return [dict(zip(self.header, row, strict=True)) for row in self.rows]
+
+
+_MAX_JOINED_LINES = 64  # an older file's quoted field spanning lines; a torn quote must not swallow the rest
+
+
+def read_table(path: Path) -> ResultsTable:
+    """Read a results CSV once, as a stream (so a pipe such as `<(cat f.csv)` works), and keep every whole row.
+
+    A torn or malformed line is skipped with a note rather than costing the file: each physical line is parsed
+    on its own, so a quote left open by a cut row cannot swallow the rows after it. Refuses what is not a results
+    file (a folder, a device, another tool's CSV, a newer schema) with one line."""
     path = Path(path)
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except FileNotFoundError as exc:
-        raise ResultsFileError(f"{path}: no such results file") from exc
-    parsed = []
-    for line, row in enumerate(rows, start=2):
-        version = row.get("schema_version") or ""
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ResultsFileError(f"{path}: no such results file") from None
+    except OSError as exc:
+        raise ResultsFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise ResultsFileError(f"{path} is a folder", hint="give the CSV files, e.g. results/*.csv")
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        raise ResultsFileError(f"{path} is not a file or a pipe (a device?)", hint="give the CSV files")
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline(_MAX_HEADER_BYTES)
+            if first and not first.endswith(b"\n") and len(first) >= _MAX_HEADER_BYTES:
+                raise ResultsFileError(f"{path}: not a results CSV (no line break in its first MiB)")
+            data = first + handle.read()
+    except OSError as exc:
+        raise ResultsFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ResultsFileError(f"{path}: not a results CSV (not UTF-8 text at byte {exc.start})") from None
+    lines = text.split("\n")
+    header = tuple(next(csv.reader([lines[0].rstrip("\r")]), []))
+    if "schema_version" not in header:
+        raise ResultsFileError(f"{path}: not a qwenbench results file (no schema_version column)",
+                               hint="give the CSVs `qwenbench run` or `qwenbench bench` wrote")
+    rows, notes = _whole_rows(lines, len(header), path)
+    version_at = header.index("schema_version")
+    kept = []
+    for number, row in rows:
+        version = row[version_at]
         if not version.isdigit():
-            raise ResultsFileError(f"{path}:{line}: not a qwenbench results row (schema_version {version!r})")
-        if int(version) > SCHEMA_VERSION:
-            raise ResultsFileError(f"{path}: written by a newer qwenbench (schema {version})",
-                                   hint="upgrade qwenbench to read it")
-        parsed.append(parse_row(row))
-    return parsed
+            notes.append(f"{path}:{number}: not a qwenbench results row (schema_version {version!r}), skipped")
+        elif int(version) > SCHEMA_VERSION:
+            raise ResultsFileError(f"{path}: written by a newer qwenbench (schema {version}, this reads up to "
+                                   f"{SCHEMA_VERSION})", hint="upgrade qwenbench to read it")
+        else:
+            kept.append(row)
+    return ResultsTable(path, header, tuple(kept), tuple(notes))
+
+
+def _whole_rows(lines: list[str], width: int, path: Path) -> tuple[list[tuple[int, tuple[str, ...]]], list[str]]:
+    """(line number, fields) of every row with `width` fields; notes for the lines that are not one."""
+    rows: list[tuple[int, tuple[str, ...]]] = []
+    notes: list[str] = []
+    index = 1
+    while index < len(lines):
+        line = lines[index].rstrip("\r")
+        if not line:
+            index += 1
+            continue
+        fields = next(csv.reader([line]))
+        used = 1
+        if len(fields) != width and line.count('"') % 2:  # an open quote: a field may go on in the next lines
+            joined = line
+            for extra in range(1, min(_MAX_JOINED_LINES, len(lines) - index)):
+                joined += "\n" + lines[index + extra].rstrip("\r")
+                if joined.count('"') % 2 == 0:
+                    fields = next(csv.reader(io.StringIO(joined)))
+                    used = extra + 1
+                    break
+        if len(fields) == width:
+            rows.append((index + 1, tuple(fields)))
+            index += used
+        else:
+            notes.append(f"{path}:{index + 1}: torn or malformed row skipped ({len(fields)} fields, expected {width})")
+            index += 1
+    return rows, notes
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """All whole rows of a results CSV, typed (torn lines skipped); refuses files of a newer schema."""
+    return [parse_row(row) for row in read_table(path).dicts()]

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .lifetime import die_with_parent
+from .memtrack import peak_rss_of
 from .runspec import CACHE_TYPES, FLASH_ATTN, LOAD_MODES, RunSettings, TestResult, TestSpec
 from .vocab import TTFT_PROMPT
 
@@ -356,10 +358,14 @@ def run(settings: RunSettings, emit: Emit) -> None:
                 emit({"event": "test_done", "result": result.to_json()})
     finally:
         bench.close()
-        emit({"event": "timing", "llama_ns": bench.llama_ns})
+        # our own high-water mark, after exec: the parent's sampling can miss the last moments
+        emit({"event": "timing", "llama_ns": bench.llama_ns, "peak_rss_bytes": peak_rss_of("self")})
 
 
 def main() -> int:
+    parent = os.environ.get("QWENBENCH_PARENT_PID", "")
+    if parent.isdigit():
+        die_with_parent(int(parent))  # never run on, gigabytes resident and every core busy, as an orphan
     # keep the protocol channel private: anything C code prints to stdout lands in the log instead
     protocol = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)

@@ -13,6 +13,7 @@ from .errors import UsageError
 
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 LOAD_MODES = {"auto": -1, "none": 0, "mmap": 1, "mlock": 2, "mmap+mlock": 3, "dio": 4}
+MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS: more aborts llama.cpp
 # KV cache types llama.cpp accepts, with their ggml type ids
 CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "iq4_nl": 20,
                "bf16": 30}
@@ -58,7 +59,7 @@ class RunSettings:
             (all(n >= 0 for n in self.n_gen), "-n/--n-gen must be >= 0"),
             (all(d >= 0 for d in self.n_depth), "-d/--n-depth must be >= 0"),
             (self.repetitions >= 1, "-r/--repetitions must be >= 1"),
-            (self.n_threads >= 1, "-t/--threads must be >= 1"),
+            (1 <= self.n_threads <= MAX_THREADS, f"-t/--threads must be from 1 to {MAX_THREADS}"),
             (self.n_gpu_layers >= -1, "-ngl/--n-gpu-layers must be >= -1 (-1: all layers)"),
             (self.n_cpu_moe >= 0, "--n-cpu-moe must be >= 0"),
             (self.n_batch >= 1, "-b/--batch-size must be >= 1"),

@@ -9,6 +9,7 @@ wants that is made again without it, and the caller is told.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import shutil
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from .errors import QwenbenchError, UsageError
+from .lifetime import guarded_argv
 from .runspec import CACHE_TYPES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -82,13 +84,20 @@ def check_port(host: str, port: int) -> None:
     """Refuse a port something already listens on, before loading gigabytes of model."""
     if not 1 <= port <= 65535:
         raise UsageError(f"--port {port} is not a TCP port", hint="use 1024-65535, e.g. --port 8080")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError):
+        raise UsageError(f"--host {host!r} is not an address or a name this machine knows",
+                         hint="e.g. --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every interface)") from None
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except PermissionError:
             raise UsageError(f"no permission to listen on port {port}", hint="use a port above 1023") from None
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(f"--host {host} is not an address of this machine",
+                                 hint="listen on one of its own addresses, or 0.0.0.0 for all") from None
             raise UsageError(f"port {port} on {host} is already in use ({exc.strerror})",
                              hint="choose another with --port, or stop what is using it") from None
 
@@ -110,7 +119,8 @@ def start_server(plan: ServerPlan, backend: str, log: IO[bytes], config_dir: Pat
         config = config_dir / f"qwenbench-server-{plan.port}.json"
         config.write_text(json.dumps(plan.llama_cpp_python_config(), indent=2))
         argv = [sys.executable, "-m", "llama_cpp.server", "--config_file", str(config)]
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    # guarded: a server must not outlive qwenbench, even a qwenbench killed without a chance to stop it
+    return subprocess.Popen(guarded_argv(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float, log_path: Path) -> str:

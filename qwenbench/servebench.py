@@ -134,6 +134,19 @@ def _connect(url: str, timeout_s: float) -> tuple[http.client.HTTPConnection, st
     return connection_type(parsed.hostname or "127.0.0.1", parsed.port, timeout=timeout_s), parsed.path.rstrip("/")
 
 
+def _delta(payload: str) -> dict:
+    """The first choice's delta of one streamed chunk; ValueError for anything that is not a chat chunk."""
+    chunk = json.loads(payload)
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if choices is None or not isinstance(choices, list):
+        raise ValueError(f"not a chat completion chunk: {payload[:80]!r}")
+    first = choices[0] if choices else {}
+    delta = first.get("delta") if isinstance(first, dict) else None
+    if delta is not None and not isinstance(delta, dict):
+        raise ValueError(f"not a chat completion chunk: {payload[:80]!r}")
+    return delta or {}
+
+
 def chat_request(url: str, model: str, prompt: str, max_tokens: int, timeout_s: float, seed: int) -> RequestResult:
     """One streamed chat completion, timed from before the request is sent."""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
@@ -158,8 +171,7 @@ def chat_request(url: str, model: str, prompt: str, max_tokens: int, timeout_s: 
             payload = line[5:].strip()
             if payload == "[DONE]":
                 break
-            choices = json.loads(payload).get("choices") or [{}]
-            any_token, visible = stream.visible(choices[0].get("delta") or {})
+            any_token, visible = stream.visible(_delta(payload))
             now = time.perf_counter() - start
             if any_token:
                 stamps.append(now)
@@ -229,8 +241,9 @@ def server_identity(url: str, timeout_s: float = 10) -> tuple[str, str]:
     except (OSError, ValueError, http.client.HTTPException) as exc:
         raise UsageError(f"no OpenAI-compatible server answers at {url} ({type(exc).__name__}: {exc})",
                          hint="check --url (e.g. http://127.0.0.1:8080), or start one with qwenbench serve") from None
-    models = data.get("data") or [{}]
-    return str(models[0].get("id", "")), server
+    models = data.get("data") if isinstance(data, dict) else None
+    first = models[0] if isinstance(models, list) and models and isinstance(models[0], dict) else {}
+    return str(first.get("id", "")), server
 
 
 def level_record(level: LevelResult, *, url: str, model_id: str, server: str, max_tokens: int, seed: int,

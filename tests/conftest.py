@@ -62,7 +62,14 @@ def tiny_moe(model_dir: Path) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """The installed console script, as a user runs it."""
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    return subprocess.run([QWENBENCH, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None,
+            input: str | bytes | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed console script, as a user runs it (`env` adds to or replaces variables)."""
+    environment = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
+    if isinstance(input, bytes):  # bytes a terminal could send that are not UTF-8
+        raw = subprocess.run([QWENBENCH, *args], capture_output=True, cwd=cwd, timeout=timeout, env=environment,
+                             input=input)
+        return subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(errors="replace"),
+                                           raw.stderr.decode(errors="replace"))
+    return subprocess.run([QWENBENCH, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env=environment, input=input)

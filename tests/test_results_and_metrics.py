@@ -12,7 +12,7 @@ import pytest
 
 from qwenbench.errors import ResultsFileError
 from qwenbench.metrics import summarize
-from qwenbench.results import COLUMNS, SCHEMA_VERSION, Record, append_records, read_records
+from qwenbench.results import COLUMNS, SCHEMA_VERSION, Record, append_records, check_appendable, read_records
 
 REQUIRED = ("schema_version run_id test_time status error test n_prompt n_gen n_depth n_batch n_ubatch n_threads "
             "n_gpu_layers n_cpu_moe flash_attn type_k type_v avg_ts stddev_ts median_ts samples_ts ttft_ms load_ms "
@@ -85,8 +85,12 @@ def test_other_layout_is_not_appended_to(tmp_path: Path) -> None:
     path = tmp_path / "old.csv"
     path.write_text("schema_version,run_id,test\n0,old,pp512\n")
     with pytest.raises(ResultsFileError, match="another column layout"):
-        append_records(path, [make_record()])
+        check_appendable(path)
+    appended = append_records(path, [make_record()])  # it changed after the check: the rows are rescued beside it
     assert path.read_text() == "schema_version,run_id,test\n0,old,pp512\n"
+    assert appended.path.parent == tmp_path and appended.path.name.startswith("old.rescued-")
+    assert "another column layout" in appended.notes[0] and str(appended.path) in appended.notes[0]
+    assert [r["run_id"] for r in read_records(appended.path)] == [make_record().run_id]
 
 
 def test_newer_schema_is_refused_and_older_is_read(tmp_path: Path) -> None:

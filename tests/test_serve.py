@@ -25,9 +25,10 @@ from .conftest import QWENBENCH, run_cli
 def server(tiny_dense: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("serve")
+    cache = tmp_path_factory.mktemp("serve-cache")
     process = subprocess.Popen([QWENBENCH, "serve", "--gguf", str(tiny_dense), "--port", str(port), "--ctx", "1024"],
                                cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "COLUMNS": "300", "NO_COLOR": "1"})
+                               env={**os.environ, "COLUMNS": "300", "NO_COLOR": "1", "QWENBENCH_CACHE_DIR": str(cache)})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -39,8 +40,12 @@ def server(tiny_dense: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     assert process.poll() is None, process.communicate()[1]
     yield url
     process.send_signal(signal.SIGINT)
-    stdout, _ = process.communicate(timeout=30)
+    stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 0 and f"{url}/v1" in stdout and "equivalent: llama-server" in stdout
+    # its log and config go to qwenbench's cache, and it says where; nothing lands in the current folder
+    log = cache / "logs" / f"server-{port}.log"
+    assert f"server log: {log}" in stderr and log.exists()
+    assert (log.parent / f"qwenbench-server-{port}.json").exists() and not list(workdir.iterdir())
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(port) in " ".join(p.info["cmdline"] or [])
                 and "llama_cpp.server" in " ".join(p.info["cmdline"] or [])]  # the server went with it
 
