@@ -16,9 +16,10 @@ import pytest
 from qwenbench.config import load_config
 from qwenbench.errors import ConfigError
 from qwenbench.harness import _log_excerpt
-from qwenbench.results import read_records
+from qwenbench.results import append_records, read_records
 
 from .conftest import run_cli
+from .test_results_and_metrics import make_record
 
 
 def assert_refused(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -61,6 +62,9 @@ def test_files_and_folders_in_the_wrong_place(tmp_path: Path) -> None:
     existing.write_text("x")
     assert_refused(run_cli("synth", "--model", "qwen3-0.6b", "--out", str(tmp_path)), "'--out'", "is a directory")
     assert_refused(run_cli("report", str(existing), "--out", str(existing)), "'--out'", "is a file")
+    results = tmp_path / "results.csv"
+    append_records(results, [make_record()])
+    assert_refused(run_cli("report", str(results), "--out", str(existing / "sub")), "cannot make the report folder")
     as_cache = run_cli("synth", "--model", "qwen3-0.6b", "--layers", "1", env={"QWENBENCH_CACHE_DIR": str(existing)})
     assert_refused(as_cache, f"the cache folder {existing} is a file", "QWENBENCH_CACHE_DIR")
     noise = tmp_path / "noise.toml"
