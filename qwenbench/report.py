@@ -41,6 +41,8 @@ def _read_all(paths: list[Path]) -> pd.DataFrame:
     for path in paths:
         table = read_table(Path(path))
         notes += table.notes
+        if not table.rows:  # empty, or only a torn header: nothing for pandas to parse
+            continue
         rows, sources = by_header.setdefault(table.header, ([], []))
         rows += table.rows
         sources += [Path(path).name] * len(table.rows)

@@ -70,7 +70,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import ResultsFileError
+from .errors import QwenbenchError, ResultsFileError
 
 try:
     import fcntl
@@ -225,8 +225,14 @@ def append_records(path: Path, records: list[Record]) -> AppendResult:
 
 
 def _append(path: Path, rows: list[list[str]]) -> tuple[str, ...]:
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG
+    if stat.S_ISDIR(mode):
         raise ResultsFileError(f"{path} is a folder")
+    if not stat.S_ISREG(mode):  # before opening: opening a FIFO for writing waits for a reader for ever
+        raise ResultsFileError(f"{path} is not a regular file")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     notes: tuple[str, ...] = ()
@@ -264,7 +270,7 @@ def _mend_torn_tail(path: Path, fd: int) -> tuple[str, ...]:
         return ()
     if cut < 0 and not _HEADER_LINE.startswith(torn):
         raise ResultsFileError(f"{path} is not a qwenbench results file (no line ends in its {size} bytes)")
-    if cut >= 0 and _is_whole_row(torn):  # only its line break is missing
+    if cut >= 0 and _is_whole_row(torn, len(COLUMNS)):  # only its line break is missing
         os.write(fd, b"\n")
         return (f"{path} ended without a line break after its last row; added one",)
     side = path.with_name(path.name + ".torn")
@@ -276,12 +282,14 @@ def _mend_torn_tail(path: Path, fd: int) -> tuple[str, ...]:
     return (f"{path} ended in a torn row ({len(torn)} bytes, kept in {side}); new rows start on a fresh line",)
 
 
-def _is_whole_row(line: bytes) -> bool:
+def _is_whole_row(line: bytes, width: int) -> bool:
+    """Whether a last line without its line break is a whole row (its quotes closed, all its fields there) or
+    one cut short; the appender and the readers decide alike."""
     try:
         text = line.decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeDecodeError:  # cut inside a character
         return False
-    return text.count('"') % 2 == 0 and len(next(csv.reader([text]), [])) == len(COLUMNS)
+    return text.count('"') % 2 == 0 and len(next(csv.reader([text]), [])) == width
 
 
 def _rescue(path: Path, rows: list[list[str]], reason: str) -> AppendResult:
@@ -289,11 +297,11 @@ def _rescue(path: Path, rows: list[list[str]], reason: str) -> AppendResult:
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     name = f"{path.stem}.rescued-{stamp}-{os.getpid()}.csv"
-    for folder in (path.parent, cache_dir() / "rescued"):
-        target = folder / name
+    for folder in (lambda: path.parent, lambda: cache_dir() / "rescued"):
         try:
+            target = folder() / name
             _append(target, rows)
-        except (ResultsFileError, OSError):
+        except (QwenbenchError, OSError):
             continue
         return AppendResult(target, len(rows), (f"{path} could not take the rows ({reason}); they are in {target}",))
     raise ResultsFileError(f"the rows could not be written to {path} ({reason}), nor beside it, nor in the cache",
@@ -315,6 +323,8 @@ def _check_layout(path: Path) -> None:
     except UnicodeDecodeError:
         raise ResultsFileError(f"{path} is not a results CSV (not UTF-8 text); not appending to it",
                                hint="choose another file with --out") from None
+    if tuple(header) == COLUMNS:  # its line ends are CRLF (saved by a spreadsheet): new rows read alike
+        return
     if "schema_version" not in header:
         raise ResultsFileError(f"{path} is another tool's file (no schema_version column); not appending to it",
                                hint="choose another file with --out")
@@ -458,8 +468,11 @@ def read_table(path: Path) -> ResultsTable:
             data = first + handle.read()
     except OSError as exc:
         raise ResultsFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not first.endswith(b"\n") and _HEADER_LINE.startswith(first.rstrip(b"\r")):
+        return ResultsTable(path, (), (), (f"{path}: only a torn header, no rows" if first else f"{path}: empty",))
+    cut = data.rfind(b"\n") + 1 or len(data)  # no line break at all: the header of a file without rows
     try:
-        text = data.decode("utf-8")
+        text = data[:cut].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ResultsFileError(f"{path}: not a results CSV (not UTF-8 text at byte {exc.start})") from None
     lines = text.split("\n")
@@ -467,8 +480,14 @@ def read_table(path: Path) -> ResultsTable:
     if "schema_version" not in header:
         raise ResultsFileError(f"{path}: not a qwenbench results file (no schema_version column)",
                                hint="give the CSVs `qwenbench run` or `qwenbench bench` wrote")
+    torn: list[str] = []
+    if cut < len(data):  # a last line without its line break: whole but for it, or cut short (then skipped)
+        if _is_whole_row(data[cut:], len(header)):
+            lines[-1] = data[cut:].decode("utf-8")
+        else:
+            torn.append(f"{path}:{len(lines)}: torn or malformed row skipped (the last line, cut short)")
     rows, notes = _whole_rows(lines, header.index("schema_version"), len(header), path)
-    return ResultsTable(path, header, tuple(rows), tuple(notes))
+    return ResultsTable(path, header, tuple(rows), (*notes, *torn))
 
 
 def _whole_rows(lines: list[str], version_at: int, width: int, path: Path) -> tuple[list[str], list[str]]:
@@ -505,6 +524,19 @@ def _whole_rows(lines: list[str], version_at: int, width: int, path: Path) -> tu
     return rows, notes
 
 
+def read_records_with_notes(path: Path) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """All whole rows of a results CSV, typed, and a note for each line skipped: torn, malformed, or with a value
+    that is no number where one belongs. Refuses files of a newer schema."""
+    table = read_table(path)
+    records, notes = [], list(table.notes)
+    for row in table.dicts():
+        try:
+            records.append(parse_row(row))
+        except ValueError as exc:
+            notes.append(f"{path}: row {row.get('run_id', '')!r} {row.get('test', '')!r} skipped ({exc})")
+    return records, tuple(notes)
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     """All whole rows of a results CSV, typed (torn lines skipped); refuses files of a newer schema."""
-    return [parse_row(row) for row in read_table(path).dicts()]
+    return read_records_with_notes(path)[0]

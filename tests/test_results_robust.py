@@ -149,3 +149,90 @@ def test_many_small_files_read_as_one(tmp_path: Path) -> None:
     many, one = load_results(parts), load_results([single])
     columns = [c for c in one.columns if c != "source"]
     assert many[columns].equals(one[columns]) and len(one) == 150
+
+
+def test_a_last_row_cut_inside_a_character_costs_only_that_row(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    append_records(path, [replace(make_record(), run_id=f"run{i}", cpu_model="Intel® Core™ i7") for i in range(3)])
+    data = path.read_bytes()
+    path.write_bytes(data[:data.rindex("™".encode()) + 1])  # the first byte of three
+    table = read_table(path)
+    assert [row["run_id"] for row in table.dicts()] == ["run0", "run1"]
+    assert table.notes == (f"{path}:4: torn or malformed row skipped (the last line, cut short)",)
+    appended = append_records(path, [replace(make_record(), run_id="new")])
+    assert "ended in a torn row" in appended.notes[0]
+    assert [r["run_id"] for r in read_records(path)] == ["run0", "run1", "new"]
+    assert (tmp_path / "r.csv.torn").read_bytes().endswith("Intel® Core".encode() + b"\xe2\n")
+
+
+def test_a_last_row_cut_inside_its_quoted_json_is_not_read_as_whole(tmp_path: Path) -> None:
+    path = tmp_path / "serve.csv"
+    metrics = '{"requests": 10, "failed": 0, "ttft_p50_ms": 41.5}'
+    append_records(path, [replace(make_record(), run_id=f"run{i}", server="http://box:8080", serve_metrics=metrics)
+                          for i in range(3)])
+    path.write_bytes(path.read_bytes()[:-8])  # every field still there, the last one's closing quote gone
+    records = read_records(path)
+    assert [r["run_id"] for r in records] == ["run0", "run1"] and records[-1]["serve_metrics"] == metrics
+    appended = append_records(path, [replace(make_record(), run_id="new")])  # the appender judges alike
+    assert "ended in a torn row" in appended.notes[0] and (tmp_path / "serve.csv.torn").exists()
+
+
+def test_a_word_where_a_number_belongs_costs_its_row_not_the_read(tmp_path: Path) -> None:
+    from qwenbench.results import read_records_with_notes
+
+    path = tmp_path / "r.csv"
+    _base(path, 3)
+    path.write_text(path.read_text().replace(",2048,512,", ",lots,512,", 1))
+    records, notes = read_records_with_notes(path)
+    assert [r["run_id"] for r in records] == ["run1", "run2"]
+    assert len(notes) == 1 and "'run0'" in notes[0] and "lots" in notes[0]
+    assert [r["run_id"] for r in read_records(path)] == ["run1", "run2"]
+
+
+def test_rows_are_rescued_beside_the_file_when_the_cache_setting_is_broken(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv("QWENBENCH_CACHE_DIR", str(not_a_folder))  # only consulted when beside fails
+    target = tmp_path / "results.csv"
+    target.mkdir()
+    appended = append_records(target, [make_record()])
+    assert appended.path.parent == tmp_path and len(read_records(appended.path)) == 1
+
+
+def test_a_destination_that_became_a_pipe_is_not_waited_on(tmp_path: Path) -> None:
+    target = tmp_path / "results.csv"
+    check_appendable(target)
+    os.mkfifo(target)
+    outcome: list = []
+    writer = threading.Thread(target=lambda: outcome.append(append_records(target, [make_record()])), daemon=True)
+    writer.start()
+    writer.join(timeout=10)
+    if writer.is_alive():  # release the open that waits for a reader, then fail
+        os.close(os.open(target, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(timeout=10)
+        pytest.fail("append_records waited for a reader on a FIFO")
+    (appended,) = outcome
+    assert appended.path.name.startswith("results.rescued-") and "not a regular file" in appended.notes[0]
+
+
+def test_a_file_saved_with_crlf_line_ends_is_still_appended_to(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    ids = _base(path, 2)
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))  # saved again by a spreadsheet
+    check_appendable(path)
+    appended = append_records(path, [replace(make_record(), run_id="new")])
+    assert appended.path == path and appended.notes == ()
+    assert [r["run_id"] for r in read_records(path)] == [*ids, "new"]
+
+
+def test_an_empty_file_or_a_torn_header_is_no_rows_not_a_refusal(tmp_path: Path) -> None:
+    empty, header_only = tmp_path / "empty.csv", tmp_path / "torn-header.csv"
+    empty.write_text("")
+    header_only.write_text("schema_version,run_id,su")
+    rows = tmp_path / "rows.csv"
+    ids = _base(rows, 2)
+    frame = load_results([empty, header_only, rows])
+    assert list(frame["run_id"]) == ids
+    assert frame.attrs["notes"] == [f"{empty}: empty", f"{header_only}: only a torn header, no rows"]
+    assert read_records(header_only) == []
