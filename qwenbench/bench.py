@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .calibrate import calibration_key, load_speed_calibration
 from .calibration import load_calibration
 from .catalog import get_model
 from .config import BenchConfig, ModelEntry
@@ -169,6 +170,8 @@ class _Runner:
         self.offline = offline
         self.models_dirs = models_dirs
         self.calibration = load_calibration(machine.machine_id)
+        threads = config.threads or machine.n_cpu_physical
+        self.speed = load_speed_calibration(calibration_key(machine, threads))[0]  # rows carry its figures if any
         self.notes: list[str] = []
 
     def _say(self, message: str) -> None:
@@ -246,13 +249,13 @@ class _Runner:
         if job.mode == "gpu-experts-cpu":
             settings = replace(settings, n_cpu_moe=header.shape().n_layer)
         prepared = prepare_run(replace(settings, model_path=str(model_file.path)), header.quant, header.table,
-                               header.shape(), hardware, self.calibration, pinned)
+                               header.shape(), hardware, self.calibration, pinned, speed=self.speed)
         identity = model_file.identity
         if prepared.problems:
             return unrun("skipped", "does not fit: " + "; ".join(prepared.problems))
         labels = replace(labels, host_bytes_per_token=prepared.host_bytes_per_token,
                          gpu_bytes_per_token=prepared.gpu_bytes_per_token, ram_bandwidth_gbps=prepared.ram_gbps,
-                         gpu_bandwidth_gbps=prepared.gpu_gbps)
+                         gpu_bandwidth_gbps=prepared.gpu_gbps, predicted_speed=prepared.predicted_speed)
         report = run_benchmark(prepared.settings, model_file, self.machine, log_dir=self.log_dir,
                                timeout_s=self.config.timeout_s, predicted=prepared.estimate, labels=labels,
                                on_event=lambda event: self.on_event("run_event", {"event": event}))

@@ -202,6 +202,64 @@ def probe_command(
         out.print(f"[dim]note:[/dim] {escape(note)}")
 
 
+# -------------------------------------------------------------------------------------- calibrate
+
+
+def _speed_calibration(machine: MachineInfo, threads: int, *, refresh: bool = False,
+                       allowed: bool = True) -> Any:
+    """This machine's speed calibration for `threads`: the cached one, else measured now (with a one-line
+    notice and progress), or None when measuring is not allowed."""
+    from .calibrate import calibrate, calibration_key, load_speed_calibration
+
+    cached, note = (None, None) if refresh else load_speed_calibration(calibration_key(machine, threads))
+    if note:
+        err.print(f"note: {note}", markup=False)
+    if cached is not None or not allowed:
+        return cached
+    err.print(f"calibrating speed on this machine with {threads} threads (once; `qwenbench calibrate --refresh` "
+              "measures again)", markup=False)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True, refresh_per_second=2) as progress:
+        task = progress.add_task("calibrating", total=None)
+        return calibrate(machine, threads, on_progress=lambda what, done, total: progress.update(
+            task, description=what, completed=done, total=total))
+
+
+@app.command("calibrate")
+def calibrate_command(
+    threads: int | None = typer.Option(None, "-t", "--threads", min=1, max=512, help="CPU threads [physical cores]."),
+    refresh: bool = typer.Option(False, "--refresh", help="Measure again, replacing the cached calibration."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Measure what the speed model needs on this machine, with real llama.cpp runs of small probe models: the
+    decode and prefill rate of each weight type (Q2_K ... Q8_0, IQ4_XS, IQ4_NL, MXFP4, F16, BF16, F32), the fixed
+    cost of a token and of a layer, and the extra cost of an MoE layer. Cached per machine, llama.cpp build,
+    backend and thread count; plan measures it by itself the first time it needs it."""
+    from rich.table import Table
+
+    from .machine import describe_machine
+    from .speed import bits_per_weight
+
+    machine = describe_machine()
+    n_threads = threads or machine.n_cpu_physical
+    calibration = _speed_calibration(machine, n_threads, refresh=refresh)
+    if as_json:
+        out.print_json(json.dumps(calibration.to_json()))
+        return
+    table = Table(title=f"speed calibration, {n_threads} threads ({calibration.measured_at}, "
+                        f"{calibration.wall_s:.0f} s, rounds disagree by {calibration.spread:.0%})")
+    for column in ("type", "bits/weight", "decode GB/s", "prefill GB·tok/s"):
+        table.add_column(column, justify="left" if column == "type" else "right")
+    for name, rate in calibration.rates.items():
+        table.add_row(name, f"{bits_per_weight(name):.2f}", f"{rate.tg_bytes_per_s / 1e9:.2f}",
+                      f"{rate.pp_bytes_per_s / 1e9:.1f}")
+    out.print(table)
+    out.print(f"fixed: {calibration.token_s * 1e3:.2f} ms a token + {calibration.layer_s * 1e3:.3f} ms a layer "
+              f"(+{calibration.moe_layer_s * 1e3:.3f} ms an MoE layer)", markup=False)
+
+
 # ------------------------------------------------------------------------------------------- plan
 
 
@@ -217,6 +275,8 @@ def plan_command(
     repo: str | None = typer.Option(None, "--repo", help="Read the headers from this repo, not the catalog's list."),
     revision: str | None = typer.Option(None, "--revision", help="A branch, tag or commit to pin."),
     offline: bool = typer.Option(False, "--offline", help="Plan from the catalog's recipe, without the Hub."),
+    auto_calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
+                                        help="Measure this machine's speed first if it never was (about 2 min)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Choose the quant and GPU offload (layers, MoE experts in RAM, KV type) that fit this machine and
@@ -243,6 +303,7 @@ def plan_command(
         raise UsageError("--quant, --repo and --revision go with --model; a --gguf file is planned as it is")
     machine = describe_machine(bandwidth=True)
     calibration = load_calibration(machine.machine_id)
+    speed = _speed_calibration(machine, machine.n_cpu_physical, allowed=auto_calibrate)
     wanted = quant.upper() if quant else None
     source: dict[str, Any] = {"source": "file"}
     if gguf is not None:
@@ -261,7 +322,7 @@ def plan_command(
                                 "paths": [f.path for f in h.resolved.files], "size": h.resolved.size,
                                 "header_bytes_fetched": h.fetched_bytes} for q, h in found.remote.items()}}
     plan = plan_quants(name, tables, shape, machine.hardware, ctx, calibration, min_tg,
-                       wanted if gguf is None else None)
+                       wanted if gguf is None else None, speed=speed)
     if as_json:
         out.print_json(json.dumps({**plan.to_json(), **source}))
         return
@@ -274,6 +335,13 @@ def plan_command(
         out.print(f"[bold]{escape(name)}: {escape(choice.quant)}[/bold], {where}, KV {choice.type_k}, context {ctx}: "
                   f"host {_bytes(choice.predicted_host_required_bytes)}, VRAM {_bytes(choice.predicted_vram_bytes)}, "
                   f"about {choice.predicted_tg_ts:.1f} t/s generation")
+        if choice.predicted_pp_ts is not None:
+            out.print(f"  predicted: tg {choice.predicted_tg_ts:.1f} t/s, pp512 {choice.predicted_pp_ts:.0f} t/s, "
+                      f"chat TTFT {choice.predicted_ttft_ms:.0f} ms (± {choice.speed_uncertainty:.0%}; "
+                      f"{choice.speed_source})", markup=False)
+        else:
+            out.print("  predicted from the copy bandwidth and a default efficiency (± 50%): "
+                      "`qwenbench calibrate` measures this machine", markup=False)
     for reason in plan.reasons:
         out.print(f"  - {reason}", markup=False)
     if source["source"] == "hub":
@@ -284,7 +352,7 @@ def plan_command(
     for note in source.get("notes", ()):
         out.print(f"[dim]note:[/dim] {escape(note)}")
     table = Table(title=f"every quant's best placement on this machine ({calibration.source} calibration)")
-    for column in ("quant", "fits", "placement", "KV", "host need", "peak RSS", "VRAM", "tg t/s (predicted)"):
+    for column in ("quant", "fits", "placement", "KV", "host need", "peak RSS", "VRAM", "tg t/s", "pp512 t/s"):
         table.add_column(column)
     for p in plan.evaluated:
         mark = " ←" if p == choice else ""
@@ -292,7 +360,8 @@ def plan_command(
             f", cpu-moe {p.n_cpu_moe}" if p.n_cpu_moe else "")
         table.add_row(escape(p.quant) + mark, "yes" if p.fits else "[red]no[/red]", placement, p.type_k,
                       _bytes(p.predicted_host_required_bytes), _bytes(p.predicted_host_bytes),
-                      _bytes(p.predicted_vram_bytes), f"{p.predicted_tg_ts:.1f}")
+                      _bytes(p.predicted_vram_bytes), f"{p.predicted_tg_ts:.1f}",
+                      "-" if p.predicted_pp_ts is None else f"{p.predicted_pp_ts:.0f}")
     out.print(table)
 
 
@@ -665,9 +734,13 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
     csv_path = _results_destination(out_csv, machine)  # before any download, hash or hour of measuring
     model_file = _resolve_model_file(gguf, model, quant, synthetic, **(source or {}))
     calibration = load_calibration(machine.machine_id)
+    # the speed model's figures go into the rows where this machine is calibrated; `plan` calibrates, a run does
+    # not spend minutes on it unasked
+    speed = _speed_calibration(machine, settings.n_threads, allowed=False)
     header = model_file.header
     prepared = prepare_run(replace(settings, model_path=str(model_file.path)), header.quant, header.table,
-                           header.shape(), machine.hardware, calibration, pinned if pinned is not None else set())
+                           header.shape(), machine.hardware, calibration, pinned if pinned is not None else set(),
+                           speed=speed)
     for note in prepared.notes:
         err.print(f"[yellow]warning:[/yellow] {escape(note)}")
     settings = prepared.settings
@@ -680,7 +753,7 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
         err.print(f"[yellow]warning:[/yellow] {escape(problem)} (running anyway: --force)")
     labels = RunLabels(host_bytes_per_token=prepared.host_bytes_per_token,
                        gpu_bytes_per_token=prepared.gpu_bytes_per_token, ram_bandwidth_gbps=prepared.ram_gbps,
-                       gpu_bandwidth_gbps=prepared.gpu_gbps)
+                       gpu_bandwidth_gbps=prepared.gpu_gbps, predicted_speed=prepared.predicted_speed)
     report = _run_with_progress(settings, model_file, machine, timeout, csv_path.parent / "logs", prepared.estimate,
                                 labels)
     csv_path = _append(csv_path, list(report.records))
@@ -907,6 +980,8 @@ def compare_command(
     """Machines side by side: one row per model, device mode and test; one column per machine (t/s, or ms for
     ttft; the median of runs) and each machine's ratio to the baseline (>1: faster). Cells a machine did
     not measure are shown as missing."""
+    from rich.table import Table
+
     from .report import compare, load_results, markdown_table
 
     if sum((as_csv, as_json, as_markdown)) > 1:
@@ -923,6 +998,16 @@ def compare_command(
         sys.stdout.write(markdown_table(table) + "\n")
     else:
         _print_compare(table)
+        from .report import prediction_errors
+
+        errors = prediction_errors(frame)
+        if not errors.empty:
+            view = Table(title="how far to trust a plan: predicted / measured - 1 (positive: predicted too fast)")
+            for column in errors.columns:
+                view.add_column(str(column), justify="left" if column in ("machine", "kind") else "right")
+            for row in errors.itertuples(index=False):
+                view.add_row(escape(str(row[0])), str(row[1]), str(row[2]), *(f"{v:+.1%}" for v in row[3:]))
+            out.print(view)
 
 
 def _print_compare(table: Any) -> None:

@@ -14,7 +14,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ class RunLabels:
     gpu_bytes_per_token: int | None = None
     ram_bandwidth_gbps: float | None = None
     gpu_bandwidth_gbps: float | None = None
+    predicted_speed: dict[str, float] = field(default_factory=dict)  # test name -> the speed model's t/s (ttft: ms)
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,9 @@ def _record(settings: RunSettings, model: ModelIdentity, machine: MachineInfo, l
         llama_cpp_commit=loaded.get("llama_cpp_commit", ""),
         llama_cpp_python_version=loaded.get("llama_cpp_python_version", ""),
         qwenbench_version=__version__,
+        predicted_pp_ts=labels.predicted_speed.get(test.name) if test.kind == "pp" else None,
+        predicted_tg_ts=labels.predicted_speed.get(test.name) if test.kind == "tg" else None,
+        predicted_ttft_ms=labels.predicted_speed.get(test.name) if is_ttft else None,
     )
 
 

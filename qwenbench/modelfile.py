@@ -152,8 +152,13 @@ def ensure_synthetic(spec: ModelSpec, quant: str, path: Path | None = None, *, s
 
     Returns (path, written): written is False when an intact file with the same tensor table was reused.
     """
-    table = tensor_table(spec, quant)
     target = Path(path) if path else synthetic_model_path(spec.key, quant)
+    return ensure_synthetic_table(spec, quant, tensor_table(spec, quant), target, seed=seed, on_progress=on_progress)
+
+
+def ensure_synthetic_table(spec: ModelSpec, quant: str, table: TensorTable, target: Path, *, seed: int = 0,
+                           on_progress: Callable[[int, int], None] | None = None) -> tuple[Path, bool]:
+    """ensure_synthetic with a tensor table of the caller's (calibration probes: one weight type throughout)."""
     if _reusable(target, table):
         return target, False
     _check_space(target, table.n_bytes, f"a synthetic {spec.name} {quant.upper()}")

@@ -6,7 +6,7 @@ Glue between the probe (Hardware), the GGUF header or catalog recipe, and the pu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .fit import (
@@ -20,6 +20,7 @@ from .fit import (
 )
 from .probe import GpuInfo, Hardware
 from .runspec import RunSettings
+from .speed import SpeedCalibration, predict_speed
 from .tensors import TensorTable
 
 GPU_BACKENDS = {"nvidia": ("CUDA", "Vulkan"), "amd": ("HIP", "Vulkan"), "intel": ("Vulkan", "SYCL"),
@@ -134,6 +135,10 @@ class Placement:
     predicted_tg_ts: float
     problems: tuple[str, ...] = ()
     predicted_host_required_bytes: int = 0  # what must fit: the peak less reclaimable file cache
+    predicted_pp_ts: float | None = None  # from the speed model, where this machine is calibrated
+    predicted_ttft_ms: float | None = None
+    speed_source: str = "copy bandwidth x default efficiency"
+    speed_uncertainty: float = 0.5  # relative, one standard deviation
 
     def to_json(self) -> dict[str, Any]:
         return {"quant": self.quant, "n_gpu_layers": self.n_gpu_layers, "n_cpu_moe": self.n_cpu_moe,
@@ -141,6 +146,9 @@ class Placement:
                 "fits": self.fits, "predicted_host_bytes": self.predicted_host_bytes,
                 "predicted_host_required_bytes": self.predicted_host_required_bytes,
                 "predicted_vram_bytes": self.predicted_vram_bytes, "predicted_tg_ts": round(self.predicted_tg_ts, 2),
+                "predicted_pp_ts": None if self.predicted_pp_ts is None else round(self.predicted_pp_ts, 1),
+                "predicted_ttft_ms": None if self.predicted_ttft_ms is None else round(self.predicted_ttft_ms),
+                "speed_source": self.speed_source, "speed_uncertainty": round(self.speed_uncertainty, 3),
                 "problems": list(self.problems)}
 
 
@@ -172,7 +180,7 @@ def _placements(shape: ModelShape, gpu: GpuInfo | None, expert_offload: bool) ->
 
 def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: Hardware, n_ctx: int,
                    calibration: Calibration | None = None, kv_types: tuple[str, ...] = ("f16", "q8_0"),
-                   expert_offload: bool = True) -> Placement:
+                   expert_offload: bool = True, speed: SpeedCalibration | None = None) -> Placement:
     """The fastest placement of one quant that fits, or the least-bad one with its problems.
 
     expert_offload=False leaves out the MoE placements with experts in RAM (to compare against them)."""
@@ -188,11 +196,18 @@ def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: 
                                flash_attn=True, gpu=gpu is not None and layers > 0)
             estimate = estimate_memory(table, shape, config, hardware.cpu.features, calibration)
             problems = fit_problems(estimate, hardware, gpu if config.gpu else None)
-            host_read, gpu_read = bytes_read_per_token(table, shape, config)
-            speed = predicted_tg_ts(host_read, gpu_read, ram_gbps or 20.0, gpu_gbps, efficiency)
+            if speed is not None:
+                predicted = predict_speed(table, shape, config, speed, gpu_gbps=gpu_gbps)
+                figures: dict[str, Any] = {"predicted_tg_ts": predicted.tg_ts, "predicted_pp_ts": predicted.pp_ts,
+                                           "predicted_ttft_ms": predicted.ttft_ms, "speed_source": predicted.source,
+                                           "speed_uncertainty": predicted.uncertainty}
+            else:
+                host_read, gpu_read = bytes_read_per_token(table, shape, config)
+                figures = {"predicted_tg_ts": predicted_tg_ts(host_read, gpu_read, ram_gbps or 20.0, gpu_gbps,
+                                                              efficiency)}
             candidate = Placement(quant, layers if config.gpu else 0, cpu_moe, kv, kv, True, n_ctx, not problems,
-                                  estimate.host_bytes, estimate.vram_bytes, speed, tuple(problems),
-                                  estimate.host_required_bytes)
+                                  estimate.host_bytes, estimate.vram_bytes, problems=tuple(problems),
+                                  predicted_host_required_bytes=estimate.host_required_bytes, **figures)
             if best is None or _better(candidate, best):
                 best = candidate
         if best is not None and best.fits:
@@ -267,16 +282,30 @@ class PreparedRun:
     gpu_bytes_per_token: int  # and from VRAM
     ram_gbps: float | None
     gpu_gbps: float | None
+    predicted_speed: dict[str, float] = field(default_factory=dict)  # test name -> t/s (ttft: ms), when calibrated
+
+
+def predicted_by_test(settings: RunSettings, table: TensorTable, shape: ModelShape, config: RunConfig,
+                      speed: SpeedCalibration, gpu_gbps: float | None) -> dict[str, float]:
+    """The speed model's figure for every test of a run: pp and tg t/s at the test's depth, TTFT in ms."""
+    figures: dict[str, float] = {}
+    for test in settings.tests():
+        predicted = predict_speed(table, shape, config, speed, depth=test.n_depth, n_prompt=test.n_prompt or 512,
+                                  gpu_gbps=gpu_gbps)
+        figures[test.name] = {"pp": predicted.pp_ts, "tg": predicted.tg_ts}.get(test.kind, predicted.ttft_ms)
+    return figures
 
 
 def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: ModelShape, hardware: Hardware,
-                calibration: Calibration, pinned: set[str], expert_offload: bool = True) -> PreparedRun:
+                calibration: Calibration, pinned: set[str], expert_offload: bool = True,
+                speed: SpeedCalibration | None = None) -> PreparedRun:
     """Fill the placement settings the user did not pin from the plan for this model (a file's header or the
     catalog's recipe), say where pins differ, and predict the run's memory. expert_offload=False plans for a
     runtime that cannot keep MoE experts in RAM."""
     config = run_config(settings, shape, hardware)
     kv_types = (settings.type_k,) if {"type_k", "type_v"} & pinned else ("f16", "q8_0")
-    placement = best_placement(quant, table, shape, hardware, config.n_ctx, calibration, kv_types, expert_offload)
+    placement = best_placement(quant, table, shape, hardware, config.n_ctx, calibration, kv_types, expert_offload,
+                               speed)
     gpu = usable_gpu(hardware)
     planned = {"n_gpu_layers": placement.n_gpu_layers if gpu is not None else -1,
                "n_cpu_moe": placement.n_cpu_moe, "type_k": placement.type_k, "type_v": placement.type_v}
@@ -295,8 +324,9 @@ def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: Mo
     host_read, gpu_read = bytes_read_per_token(table, shape, config)
     ram_gbps = hardware.bandwidth_gbps.get("ram")
     gpu_gbps = gpu_bandwidth_gbps(gpu, ram_gbps)[0] if gpu is not None and config.gpu else None
+    figures = predicted_by_test(settings, table, shape, config, speed, gpu_gbps) if speed is not None else {}
     return PreparedRun(settings, tuple(notes), config, estimate, tuple(problems), host_read, gpu_read, ram_gbps,
-                       gpu_gbps)
+                       gpu_gbps, figures)
 
 
 def what_would_fit(quant: str, table: TensorTable, shape: ModelShape, hardware: Hardware, n_ctx: int,
@@ -322,9 +352,11 @@ def what_would_fit(quant: str, table: TensorTable, shape: ModelShape, hardware: 
 
 
 def plan_quants(name: str, tables: dict[str, TensorTable], shape: ModelShape, hardware: Hardware, n_ctx: int,
-                calibration: Calibration, min_tg: float, pinned_quant: str | None = None) -> Plan:
+                calibration: Calibration, min_tg: float, pinned_quant: str | None = None,
+                speed: SpeedCalibration | None = None) -> Plan:
     """The plan across the given quants' tensor tables; a pinned quant is kept, with what the planner would pick."""
-    placements = [best_placement(q, table, shape, hardware, n_ctx, calibration) for q, table in tables.items()]
+    placements = [best_placement(q, table, shape, hardware, n_ctx, calibration, speed=speed)
+                  for q, table in tables.items()]
     plan = choose(name, placements, min_tg)
     if plan.choice is None:
         smallest = min(tables, key=lambda q: tables[q].n_bytes)

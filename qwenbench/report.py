@@ -327,6 +327,38 @@ def _failures_section(frame: pd.DataFrame) -> _Section | None:
     return section
 
 
+def prediction_errors(frame: pd.DataFrame) -> pd.DataFrame:
+    """How far the speed model was off on each machine, per test kind: predicted / measured - 1 (t/s for pp and
+    tg, ms for TTFT), over the rows that carry a prediction (schema 6+, machines that were calibrated)."""
+    ok = _ok(frame)
+    kinds = ok["test"].str.extract(r"^(pp|tg|ttft)", expand=False)
+    predicted = ok["predicted_pp_ts"].where(kinds == "pp", ok["predicted_tg_ts"].where(kinds == "tg",
+                                                                                         ok["predicted_ttft_ms"]))
+    rows = ok.assign(kind=kinds.where(~ok["test"].str.contains(" @ d"), kinds + " at depth"),
+                     error=predicted / ok["value"] - 1).dropna(subset=["error"])
+    if rows.empty:
+        return pd.DataFrame(columns=["machine", "kind", "rows", "median error", "median |error|", "worst"])
+    rows = rows.assign(abs_error=rows["error"].abs())
+    table = rows.groupby(["machine", "kind"], sort=False).agg(
+        rows=("error", "count"), median_error=("error", "median"), median_abs=("abs_error", "median"),
+        worst=("error", lambda e: e.loc[e.abs().idxmax()])).reset_index()
+    return table.rename(columns={"median_error": "median error", "median_abs": "median |error|"})
+
+
+def _prediction_section(frame: pd.DataFrame) -> _Section | None:
+    table = prediction_errors(frame)
+    if table.empty:
+        return None
+    section = _Section("How far to trust a plan", [
+        "The speed model's prediction against the measurement, per machine: predicted / measured - 1 (positive: "
+        "predicted too fast). Rows carry a prediction where the machine was calibrated (`qwenbench calibrate`)."])
+    shown = table.copy()
+    for column in ("median error", "median |error|", "worst"):
+        shown[column] = shown[column].map(lambda e: f"{e:+.1%}")
+    section.tables.append(("prediction error by machine and test", shown))
+    return section
+
+
 def _number(value: float) -> str:
     if abs(value) >= 100:
         return f"{value:,.0f}"
@@ -388,7 +420,7 @@ def write_report(paths: list[Path], out_dir: Path) -> ReportFiles:
     machines = _machines(frame)
     sections = [_speed_section(ok, machine, out_dir) for machine in _machines(ok)]
     sections += [s for s in (_dense_moe_section(ok, out_dir), _memory_section(frame, out_dir),
-                             _failures_section(frame)) if s is not None]
+                             _prediction_section(frame), _failures_section(frame)) if s is not None]
     title = f"qwenbench report: {len(machines)} machine{'s' * (len(machines) != 1)}, {len(frame)} rows"
     sources = ", ".join(dict.fromkeys(frame["source"]))
     notice = ("Rows marked (synthetic) measured synthetic weights: the real file's tensors and types with random "

@@ -52,6 +52,10 @@ Schema (one row per test; llama-bench's column names where they overlap):
                        out included), throughputs and p50/p90/p99 of TTFT, first visible token, inter-token
                        latency, time per output token and end-to-end latency; avg_ts is the level's output
                        tokens/s, median_ts one request's decode rate (1 / median TPOT), ttft_ms the median TTFT
+  predicted_pp_ts, predicted_tg_ts, predicted_ttft_ms (schema 6+) the speed model's figure for this row's test
+                       (pp rows: prompt t/s; tg rows: generation t/s at the row's depth; ttft rows: ms) from this
+                       machine's `qwenbench calibrate`, empty where it was not calibrated; prediction error reads
+                       off any CSV as avg_ts / predicted - 1
 """
 
 from __future__ import annotations
@@ -78,8 +82,9 @@ except ImportError:  # pragma: no cover - Windows: appends stay atomic, header c
     fcntl = None  # type: ignore[assignment]
 
 # 2: predicted_host_bytes, predicted_vram_bytes; 3: model_repo, model_revision; 4: suite, mode, job_key,
-# host_bytes_per_token, gpu_bytes_per_token, ram_bandwidth_gbps, gpu_bandwidth_gbps; 5: server, serve_metrics
-SCHEMA_VERSION = 5
+# host_bytes_per_token, gpu_bytes_per_token, ram_bandwidth_gbps, gpu_bandwidth_gbps; 5: server, serve_metrics;
+# 6: predicted_pp_ts, predicted_tg_ts, predicted_ttft_ms
+SCHEMA_VERSION = 6
 STATUSES = ("ok", "failed", "crashed", "oom", "timeout", "interrupted", "skipped")
 
 
@@ -151,6 +156,9 @@ class Record:
     qwenbench_version: str
     server: str = ""
     serve_metrics: str = ""
+    predicted_pp_ts: float | None = None
+    predicted_tg_ts: float | None = None
+    predicted_ttft_ms: float | None = None
 
     def to_row(self) -> list[str]:
         return [_format(value) for value in astuple(self)]

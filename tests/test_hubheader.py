@@ -110,7 +110,7 @@ def test_plan_tables_from_the_hub_and_fallbacks(hub: FakeHub, published: dict[st
 
 
 def test_plan_command_plans_from_remote_headers(hub: FakeHub, published: dict[str, Path]) -> None:
-    result = run_cli("plan", "--model", "qwen3-0.6b", "--ctx", "512", "--json")
+    result = run_cli("plan", "--no-calibrate", "--model", "qwen3-0.6b", "--ctx", "512", "--json")
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["source"] == "hub"
@@ -120,16 +120,17 @@ def test_plan_command_plans_from_remote_headers(hub: FakeHub, published: dict[st
     # the tiny model's tables, not the real 0.6B's: a few MB of weights, not hundreds
     assert all(p["predicted_host_bytes"] < 200 << 20 for p in plan["evaluated"])
 
-    again = run_cli("plan", "--model", "qwen3-0.6b", "--ctx", "512", "--json")
+    again = run_cli("plan", "--no-calibrate", "--model", "qwen3-0.6b", "--ctx", "512", "--json")
     assert json.loads(again.stdout)["header_bytes_fetched"] == 0
 
 
 def test_plan_pinned_dynamic_quant_and_missing_quant(hub: FakeHub) -> None:
-    result = run_cli("plan", "--model", "qwen3-0.6b", "--quant", "UD-Q4_K_XL", "--ctx", "512", "--json")
+    result = run_cli("plan", "--no-calibrate", "--model", "qwen3-0.6b", "--quant", "UD-Q4_K_XL", "--ctx", "512",
+                     "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["quant"] == "UD-Q4_K_XL"
 
-    missing = run_cli("plan", "--model", "qwen3-0.6b", "--quant", "Q2_K")
+    missing = run_cli("plan", "--no-calibrate", "--model", "qwen3-0.6b", "--quant", "Q2_K")
     assert missing.returncode != 0
     assert "no Q2_K GGUF of Qwen3-0.6B found" in missing.stderr and "UD-Q4_K_XL" in missing.stderr
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from qwenbench import report
 from qwenbench.errors import ResultsFileError
 from qwenbench.report import compare, load_results
 from qwenbench.results import SCHEMA_VERSION, append_records
@@ -65,7 +66,7 @@ def csvs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # schema 3 (before suite, mode, job_key and the bandwidth columns): written as that qwenbench wrote it
     current = laptop.read_text().splitlines()[0].split(",")
     gone = {"suite", "mode", "job_key", "host_bytes_per_token", "gpu_bytes_per_token", "ram_bandwidth_gbps",
-            "gpu_bandwidth_gbps", "server", "serve_metrics"}
+            "gpu_bandwidth_gbps", "server", "serve_metrics", "predicted_pp_ts", "predicted_tg_ts", "predicted_ttft_ms"}
     header = [c for c in current if c not in gone]
     with old.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, header)
@@ -159,3 +160,25 @@ def test_report_tables_charts_and_html(csvs: dict[str, Path], tmp_path: Path) ->
     assert "15.20" in laptop and "-1.29" in laptop  # predicted 15 GiB, measured 15.2 GiB: 1.3% under
     vram = next(r for r in memory if r.startswith("| workstation") and "qwen3-4b" in r)
     assert "3.10" in vram  # predicted 3 GiB of VRAM, NVML saw 3.1 GiB
+
+
+def test_the_prediction_error_per_machine(tmp_path: Path) -> None:
+    path = tmp_path / "predicted.csv"
+    common = {**LAPTOP, **QWEN3_4B, "mode": "cpu"}
+    append_records(path, [
+        make_record(**common, run_id="a", test="tg128", avg_ts=10.0, predicted_tg_ts=11.0),
+        make_record(**common, run_id="b", test="tg128", avg_ts=10.0, predicted_tg_ts=9.5),
+        make_record(**common, run_id="a", test="pp512", avg_ts=100.0, n_prompt=512, predicted_pp_ts=80.0),
+        make_record(**common, run_id="a", test="tg128 @ d4096", avg_ts=8.0, n_depth=4096, predicted_tg_ts=10.0),
+        make_record(**common, run_id="a", test="ttft", avg_ts=None, ttft_ms=500.0, predicted_ttft_ms=400.0),
+        make_record(**common, run_id="c", test="tg128", avg_ts=10.0),  # no calibration: no prediction, left out
+    ])
+    errors = report.prediction_errors(report.load_results([path])).set_index("kind")
+    assert errors.loc["tg", "rows"] == 2 and errors.loc["tg", "median error"] == pytest.approx(0.025)
+    assert errors.loc["tg", "median |error|"] == pytest.approx(0.075)
+    assert errors.loc["tg", "worst"] == pytest.approx(0.1)
+    assert errors.loc["pp", "median error"] == pytest.approx(-0.2)
+    assert errors.loc["tg at depth", "median error"] == pytest.approx(0.25)
+    assert errors.loc["ttft", "median error"] == pytest.approx(-0.2)
+    written = report.write_report([path], tmp_path / "out")
+    assert "How far to trust a plan" in written.markdown.read_text()

@@ -1,0 +1,173 @@
+"""The speed model: predicted prompt (pp) and generation (tg) tokens/s and the chat prompt's TTFT for any model,
+quant and placement, from its tensor table and what `qwenbench calibrate` measured on this machine. Pure: no I/O.
+
+Decode reads every weight a token uses once, so a token costs, on the host, the sum over its tensors of
+bytes / (the rate this machine's llama.cpp decodes that weight type at), plus a fixed cost per token and per
+layer (graph, thread wake-ups, synchronisation), plus reading the KV cache filled so far. Prefill is compute:
+each prompt token costs the weight bytes it multiplies through / (the rate that weight type is processed at
+in a batch). Both rates are measured per weight type with real llama.cpp runs of small probe models, so
+a model that never ran here is predicted from the types it is made of. A type the calibration lacks takes
+the rate of the measured type closest in bits per weight; a GPU's share uses its spec-sheet bandwidth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from .fit import KV_CELL_PAD, ModelShape, RunConfig, first_gpu_layer, kv_bytes_per_layer, on_gpu
+from .tensors import TensorInfo, TensorTable
+
+# the weight types llama-quantize's presets write, which calibration measures
+CALIBRATED_TYPES = ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4_XS", "IQ4_NL", "MXFP4", "F16",
+                    "BF16", "F32")
+# qwenbench run's TTFT prompt in Qwen3's chat template, as the synthetic tokenizer splits it (136 tokens; a real
+# Qwen3 tokenizer needs fewer, so real files come out a little faster)
+TTFT_PROMPT_TOKENS = 136
+PROBE_PROMPT_CELLS = 64  # the cells a calibration probe's pp128 tokens attend over, on average
+# share of the spec bandwidth a GPU's decode reaches (llama.cpp on current NVIDIA cards); a spec-table figure
+GPU_DECODE_EFFICIENCY = 0.7
+
+
+def bits_per_weight(type_name: str) -> float:
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
+    return 8 * size / block
+
+
+@dataclass(frozen=True)
+class TypeRate:
+    """One weight type on this machine: decode reads its bytes at tg_bytes_per_s; a prefill batch multiplies
+    through them at pp_bytes_per_s (weight bytes x prompt tokens per second)."""
+
+    tg_bytes_per_s: float
+    pp_bytes_per_s: float
+
+
+@dataclass(frozen=True)
+class SpeedCalibration:
+    """What calibrate measured, for one machine, llama.cpp build, backend and thread count (the key)."""
+
+    key: str
+    rates: dict[str, TypeRate]
+    token_s: float  # fixed cost of one decoded token
+    layer_s: float  # and of each layer in it
+    moe_layer_s: float = 0.0  # extra per MoE layer: routing, expert gathers
+    # attention over the cache: seconds per (cached cell x layer x query head x head dim), decoding and prefilling
+    attention_tg_s: float = 0.0
+    attention_pp_s: float = 0.0
+    spread: float = 0.0  # the calibration's own run-to-run spread (coefficient of variation), for uncertainty
+    measured_at: str = ""
+    wall_s: float = 0.0
+    notes: tuple[str, ...] = ()
+
+    def rate(self, type_name: str) -> tuple[TypeRate, bool]:
+        """(rate, measured here) for a weight type; unmeasured ones borrow the closest measured one in bits."""
+        if type_name in self.rates:
+            return self.rates[type_name], True
+        bits = bits_per_weight(type_name)
+        nearest = min(self.rates, key=lambda name: abs(bits_per_weight(name) - bits))
+        return self.rates[nearest], False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "token_s": self.token_s, "layer_s": self.layer_s, "moe_layer_s": self.moe_layer_s,
+                "attention_tg_s": self.attention_tg_s, "attention_pp_s": self.attention_pp_s,
+                "spread": self.spread, "measured_at": self.measured_at, "wall_s": self.wall_s,
+                "notes": list(self.notes),
+                "rates": {name: {"tg_bytes_per_s": r.tg_bytes_per_s, "pp_bytes_per_s": r.pp_bytes_per_s}
+                          for name, r in self.rates.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SpeedCalibration:
+        rates = {name: TypeRate(float(r["tg_bytes_per_s"]), float(r["pp_bytes_per_s"]))
+                 for name, r in data["rates"].items()}
+        if not rates or any(r.tg_bytes_per_s <= 0 or r.pp_bytes_per_s <= 0 for r in rates.values()):
+            raise ValueError("a calibration without positive rates")
+        return cls(str(data["key"]), rates, float(data["token_s"]), float(data["layer_s"]),
+                   float(data.get("moe_layer_s", 0.0)), float(data.get("attention_tg_s", 0.0)),
+                   float(data.get("attention_pp_s", 0.0)), float(data.get("spread", 0.0)),
+                   str(data.get("measured_at", "")), float(data.get("wall_s", 0.0)), tuple(data.get("notes", ())))
+
+
+@dataclass(frozen=True)
+class SpeedPrediction:
+    tg_ts: float
+    pp_ts: float
+    ttft_ms: float
+    source: str  # calibrated here | calibrated here, GPU from the spec table | ...
+    uncertainty: float  # relative, one standard deviation
+    parts: dict[str, float] = field(default_factory=dict)  # seconds per token by cause, to explain a figure
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tg_ts": round(self.tg_ts, 2), "pp_ts": round(self.pp_ts, 1), "ttft_ms": round(self.ttft_ms),
+                "source": self.source, "uncertainty": round(self.uncertainty, 3),
+                "parts_ms": {k: round(v * 1e3, 3) for k, v in self.parts.items()}}
+
+
+def _token_share(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -> float:
+    """The share of a tensor one token reads: one row of the embeddings (all of them when they double as the
+    output), the used experts' share of an MoE layer, else all of it."""
+    if tensor.name == "token_embd.weight" and not tied_output:
+        return 1.0 / max(1, shape.n_vocab)
+    if tensor.is_expert and shape.n_expert:
+        return shape.n_expert_used / shape.n_expert
+    return 1.0
+
+
+def _prefill_share(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -> float:
+    """The share of a tensor each prompt token multiplies through: the layers'. The embeddings are a lookup, and
+    the output layer works for the batch's last token only (negligible at pp512)."""
+    if tensor.layer is None:
+        return 0.0
+    return _token_share(tensor, shape, tied_output)
+
+
+def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, calibration: SpeedCalibration, *,
+                  depth: int = 0, n_prompt: int = 512, ttft_prompt_tokens: int = TTFT_PROMPT_TOKENS,
+                  gpu_gbps: float | None = None) -> SpeedPrediction:
+    """Predicted tg and pp tokens/s at `depth` tokens of context, and the chat prompt's TTFT."""
+    tied_output = not any(t.name == "output.weight" for t in table.tensors)
+    tg_host = tg_gpu = pp_host = pp_gpu = 0.0
+    borrowed: set[str] = set()
+    for tensor in table.tensors:
+        rate, measured = calibration.rate(tensor.type_name)
+        if not measured:
+            borrowed.add(tensor.type_name)
+        tg_bytes = tensor.n_bytes * _token_share(tensor, shape, tied_output)
+        pp_bytes = tensor.n_bytes * _prefill_share(tensor, shape, tied_output)
+        if on_gpu(tensor, shape, config):
+            tg_gpu += tg_bytes
+            pp_gpu += pp_bytes
+        else:
+            tg_host += tg_bytes / rate.tg_bytes_per_s
+            pp_host += pp_bytes / rate.pp_bytes_per_s
+    parts = {"weights": tg_host, "fixed": calibration.token_s + calibration.layer_s * shape.n_layer
+             + (calibration.moe_layer_s * shape.n_layer if shape.is_moe else 0.0)}
+    first = first_gpu_layer(shape.n_layer, config.n_gpu_layers) if config.gpu else shape.n_layer + 1
+    gpu_layers = max(0, shape.n_layer - first)
+    head_work = (shape.n_layer - gpu_layers) * shape.n_head * shape.head_dim_k  # per cached cell
+    if depth:
+        # each token attends over the cache so far: measured per cell, layer, head and head dimension
+        parts["attention"] = depth * head_work * calibration.attention_tg_s
+        per_cell = kv_bytes_per_layer(shape, KV_CELL_PAD, config.type_k, config.type_v) / KV_CELL_PAD
+        tg_gpu += per_cell * depth * gpu_layers
+    # prompt tokens attend over the depth and, on average, half the prompt; the probes' rates already hold half
+    # of theirs (PROBE_PROMPT_CELLS)
+    pp_host += max(0.0, depth + n_prompt / 2 - PROBE_PROMPT_CELLS) * head_work * calibration.attention_pp_s
+    source = "calibrated here"
+    if tg_gpu:
+        if not gpu_gbps:
+            return SpeedPrediction(0.0, 0.0, 0.0, "no GPU bandwidth known", 1.0, parts)
+        parts["gpu"] = tg_gpu / (gpu_gbps * 1e9 * GPU_DECODE_EFFICIENCY)
+        source += ", GPU from the spec table"
+    tg_seconds = sum(parts.values())
+    # a prompt token costs its weights' batch work; a GPU's share of prefill is taken as free beside the host's
+    pp_seconds = pp_host + (pp_gpu / (gpu_gbps * 1e9 * 50) if pp_gpu and gpu_gbps else 0.0)
+    pp_ts = 1.0 / pp_seconds if pp_seconds > 0 else 0.0
+    tg_ts = 1.0 / tg_seconds if tg_seconds > 0 else 0.0
+    ttft_s = (ttft_prompt_tokens / pp_ts if pp_ts else 0.0) + (1.0 / tg_ts if tg_ts else 0.0)
+    if borrowed:
+        source += f" ({', '.join(sorted(borrowed))} from the nearest measured type)"
+    uncertainty = max(0.05, calibration.spread) + (0.1 if borrowed else 0.0) + (0.15 if tg_gpu else 0.0)
+    return SpeedPrediction(tg_ts, pp_ts, ttft_s * 1e3, source, uncertainty, parts)

@@ -1,0 +1,111 @@
+"""The speed model's arithmetic (pure), and calibration through real llama.cpp on tiny probe models: cached per
+machine, build, backend and thread count; a damaged cache is a note and a fresh calibration, never a crash."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from qwenbench.calibrate import calibrate, calibration_key, load_speed_calibration
+from qwenbench.catalog import get_model
+from qwenbench.fit import RunConfig
+from qwenbench.machine import describe_machine
+from qwenbench.recipe import tensor_table
+from qwenbench.results import read_records
+from qwenbench.speed import SpeedCalibration, TypeRate, predict_speed
+
+from .conftest import run_cli
+
+GB = 1e9
+
+
+def _calibration(**rates: tuple[float, float]) -> SpeedCalibration:
+    return SpeedCalibration("k", {name: TypeRate(tg * GB, pp * GB) for name, (tg, pp) in rates.items()},
+                            token_s=0.001, layer_s=0.0001)
+
+
+def test_decode_is_each_tensors_bytes_over_its_types_rate_plus_fixed_costs() -> None:
+    spec = get_model("qwen3-8b")
+    table = tensor_table(spec, "Q4_K_M")
+    calibration = _calibration(Q4_K=(10, 100), Q6_K=(12, 150), F32=(20, 400))
+    predicted = predict_speed(table, spec.shape(), RunConfig(n_ctx=4096), calibration)
+    by_type: dict[str, float] = {}
+    for tensor in table.tensors:
+        share = 1 / spec.n_vocab if tensor.name == "token_embd.weight" else 1.0  # 8B has its own output layer
+        by_type[tensor.type_name] = by_type.get(tensor.type_name, 0) + tensor.n_bytes * share
+    weights = by_type["Q4_K"] / 10e9 + by_type["Q6_K"] / 12e9 + by_type["F32"] / 20e9
+    assert predicted.parts["weights"] == pytest.approx(weights)
+    assert predicted.parts["fixed"] == pytest.approx(0.001 + 0.0001 * spec.n_layer)
+    assert predicted.tg_ts == pytest.approx(1 / (weights + 0.001 + 0.0001 * spec.n_layer))
+    assert predicted.source == "calibrated here" and predicted.uncertainty == pytest.approx(0.05)
+    # prefill: the layers' weights per prompt token at the batch rates; embeddings and output left out
+    layers = [t for t in table.tensors if t.layer is not None]
+    rates = {"Q4_K": 100e9, "Q6_K": 150e9, "F32": 400e9}
+    assert predicted.pp_ts == pytest.approx(1 / sum(t.n_bytes / rates[t.type_name] for t in layers))
+    assert predicted.ttft_ms == pytest.approx((136 / predicted.pp_ts + 1 / predicted.tg_ts) * 1e3)
+
+
+def test_moe_reads_only_the_used_experts_and_depth_reads_the_cache() -> None:
+    spec = get_model("qwen3-30b-a3b")
+    table = tensor_table(spec, "Q4_K_M")
+    calibration = _calibration(Q4_K=(10, 100), Q6_K=(10, 100), Q8_0=(10, 100), F32=(10, 100), F16=(10, 100))
+    config = RunConfig(n_ctx=8192)
+    shallow = predict_speed(table, spec.shape(), config, calibration)
+    expert_bytes = sum(t.n_bytes for t in table.tensors if t.is_expert)
+    other = sum(t.n_bytes for t in table.tensors if not t.is_expert and t.name != "token_embd.weight")
+    embd = next(t for t in table.tensors if t.name == "token_embd.weight").n_bytes / spec.n_vocab
+    assert shallow.parts["weights"] == pytest.approx((expert_bytes * 8 / 128 + other + embd) / 10e9)
+    calibration = replace(calibration, attention_tg_s=1e-12, attention_pp_s=1e-13)
+    deep = predict_speed(table, spec.shape(), config, calibration, depth=4096)
+    head_work = spec.n_layer * spec.n_head * spec.head_dim
+    assert deep.parts["attention"] == pytest.approx(4096 * head_work * 1e-12)
+    assert deep.tg_ts < shallow.tg_ts
+    # prompt tokens attend over the depth and half the prompt, less the half-prompt the probes already held
+    prefill = predict_speed(table, spec.shape(), config, replace(calibration, attention_tg_s=0.0), depth=4096)
+    extra = 1 / prefill.pp_ts - 1 / predict_speed(table, spec.shape(), config, _calibration(
+        Q4_K=(10, 100), Q6_K=(10, 100), Q8_0=(10, 100), F32=(10, 100), F16=(10, 100))).pp_ts
+    assert extra == pytest.approx((4096 + 256 - 64) * head_work * 1e-13)
+
+
+def test_an_unmeasured_type_borrows_the_nearest_in_bits() -> None:
+    calibration = _calibration(Q4_K=(10, 100), Q8_0=(5, 50))
+    rate, measured = calibration.rate("Q5_K")  # 5.5 bits: nearer 4.5 than 8.5
+    assert not measured and rate == calibration.rates["Q4_K"]
+    spec = get_model("qwen3-0.6b")
+    predicted = predict_speed(tensor_table(spec, "Q4_K_M"), spec.shape(), RunConfig(n_ctx=512), calibration)
+    assert "from the nearest measured type" in predicted.source and predicted.uncertainty > 0.1
+
+
+def test_calibration_through_llama_cpp_is_cached_per_key(tmp_path: Path, tiny_dense: Path) -> None:
+    machine = describe_machine()
+    small = {"n_embd": 256, "n_ff": 512, "n_head": 2, "n_head_kv": 1, "head_dim": 128}
+    seen: list[str] = []
+    calibration = calibrate(machine, 1, types=("Q8_0", "F16"), rounds=1, probe_shape=small, probe_bytes=1 << 20,
+                            on_progress=lambda what, done, total: seen.append(what))
+    assert set(calibration.rates) == {"Q8_0", "F16"}
+    assert all(r.tg_bytes_per_s > 1e8 and r.pp_bytes_per_s > r.tg_bytes_per_s for r in calibration.rates.values())
+    assert calibration.token_s >= 0 and calibration.layer_s >= 0 and seen[-1] == "done"
+    cached, note = load_speed_calibration(calibration_key(machine, 1))
+    assert cached == calibration and note is None
+    assert load_speed_calibration(calibration_key(machine, 2)) == (None, None)  # another thread count: not this one
+    assert calibration_key(machine, 1) != calibration_key(machine, 2)
+    # a run with that thread count records the speed model's figures beside what it measured (schema 6)
+    out = tmp_path / "r.csv"
+    result = run_cli("run", "--gguf", str(tiny_dense), "-t", "1", "-p", "8", "-n", "4", "-r", "1", "--no-ttft",
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = {r["test"]: r for r in read_records(out)}
+    assert rows["pp8"]["predicted_pp_ts"] > 0 and rows["pp8"]["predicted_tg_ts"] is None
+    assert rows["tg4"]["predicted_tg_ts"] > 0 and rows["tg4"]["predicted_pp_ts"] is None
+
+
+@pytest.mark.parametrize("content", [b"\x00not json", b'["a list"]', json.dumps({"K": {"rates": {}}}).encode()])
+def test_a_damaged_cache_is_a_note_never_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 content: bytes) -> None:
+    monkeypatch.setenv("QWENBENCH_CACHE_DIR", str(tmp_path))
+    (tmp_path / "speed.json").write_bytes(content)
+    cached, note = load_speed_calibration("K")
+    assert cached is None and note is not None and "calibrating afresh" in note
