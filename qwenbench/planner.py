@@ -249,9 +249,12 @@ def choose(model: str, placements: list[Placement], min_tg: float) -> Plan:
             reasons.append(f"kept at {choice.quant}: below Q4-class quality suffers more than speed gains "
                            f"(predicted {choice.predicted_tg_ts:.1f} t/s, under the floor)")
     elif fitting:
-        choice = fitting[0]
-        reasons.append(f"nothing reaches {min_tg:g} t/s; {choice.quant} is the best quant that fits "
-                       f"(predicted {choice.predicted_tg_ts:.1f} t/s)")
+        # speed is what binds: the fastest that fits, but not below Q4-class while one of those fits
+        q4_fitting = [p for p in fitting if quality_rank(p.quant) <= Q4_CLASS_FLOOR]
+        choice = max(q4_fitting or fitting, key=lambda p: p.predicted_tg_ts)
+        reasons.append(f"nothing reaches {min_tg:g} t/s; {choice.quant} is the fastest quant that fits"
+                       + (" at Q4-class quality or better" if q4_fitting else "")
+                       + f" (predicted {choice.predicted_tg_ts:.1f} t/s)")
     else:
         smallest = ranked[-1] if ranked else None
         if smallest is not None:

@@ -206,6 +206,15 @@ def test_a_higher_speed_floor_trades_quality_for_speed() -> None:
     assert fast.choice.n_gpu_layers == spec.n_layer + 1
 
 
+def test_when_nothing_reaches_the_floor_the_fastest_q4_class_quant_is_chosen() -> None:
+    spec = get_model("qwen3-8b")
+    placements = [best_placement(q, tensor_table(spec, q), shape_of("qwen3-8b"), LAPTOP_16G_CPU, 4096)
+                  for q in ("Q8_0", "Q6_K", "Q4_K_M", "Q3_K_L")]
+    slow = choose("qwen3-8b", placements, 1000.0)
+    assert slow.choice is not None and slow.choice.quant == "Q4_K_M"  # not Q8_0, and not below Q4-class
+    assert "fastest quant that fits at Q4-class quality or better" in slow.reasons[0]
+
+
 def test_moe_keeps_experts_in_ram_rather_than_offloading_fewer_layers() -> None:
     """Qwen3-30B-A3B on an 8 GB card: all layers on the GPU with experts in RAM beats partial offload."""
     spec = get_model("qwen3-30b-a3b")
