@@ -22,10 +22,10 @@ from .errors import QwenbenchError
 from .harness import run_benchmark
 from .machine import MachineInfo
 from .modelfile import ensure_synthetic_table, open_model_file
-from .paths import cache_dir, read_json, write_json
+from .paths import cache_dir, logs_dir, read_json, write_json
 from .recipe import tensor_layout
 from .runspec import RunSettings
-from .speed import CALIBRATED_TYPES, PROBE_PROMPT_CELLS, SpeedCalibration, TypeRate
+from .speed import CALIBRATED_TYPES, PROBE_PROMPT_CELLS, SpeedCalibration, TypeRate, prefill_bytes_per_token
 from .tensors import TensorInfo, TensorTable
 
 PROBE_SHAPE = {"n_embd": 1024, "n_ff": 3072, "n_head": 8, "n_head_kv": 4, "head_dim": 128}
@@ -132,10 +132,6 @@ def _measure(probe: _Probe, machine: MachineInfo, n_threads: int, log_dir: Path,
     return _fastest_s(by_kind["tg"].samples_ns, PROBE_GEN), _fastest_s(by_kind["pp"].samples_ns, PROBE_PROMPT)
 
 
-def _prefill_bytes(table: TensorTable) -> int:
-    return sum(t.n_bytes for t in table.tensors if t.layer is not None)
-
-
 def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = CALIBRATED_TYPES,
               rounds: int = ROUNDS, probe_shape: dict[str, int] | None = None, probe_bytes: int = PROBE_BYTES,
               on_progress: OnProgress | None = None) -> SpeedCalibration:
@@ -146,7 +142,7 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     calibration's spread."""
     started = time.monotonic()
     progress = on_progress or (lambda what, done, total: None)
-    log_dir = cache_dir() / "logs"
+    log_dir = logs_dir()
     probes = [_type_probe(t, probe_shape or PROBE_SHAPE, probe_bytes) for t in types]
     probes += [_tiny_probe(2, False), _tiny_probe(8, False), _tiny_probe(8, True)]
     # the Q8_0 probe again (or the first), with a filled cache: its slowdown is attention's cost
@@ -166,7 +162,8 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     best = {name: (min(t for t, _ in runs), min(p for _, p in runs)) for name, runs in seen.items()}
     spreads = [(max(t for t, _ in runs) - min(t for t, _ in runs)) / max(t for t, _ in runs)
                for runs in seen.values() if len(runs) > 1]
-    rates = {t: TypeRate(p.table.n_bytes / best[p.name][0], _prefill_bytes(p.table) / best[p.name][1])
+    rates = {t: TypeRate(p.table.n_bytes / best[p.name][0],
+                         prefill_bytes_per_token(p.table, p.spec.shape()) / best[p.name][1])
              for t, p in zip(types, probes, strict=False)}
     reference = rates.get("Q8_0", next(iter(rates.values())))
     # the tiny probes' own weights, read at the Q8_0 rate, leave their fixed costs

@@ -22,7 +22,7 @@ from rich.markup import escape
 
 from . import __version__, lifetime
 from .errors import Interrupted, QwenbenchError, UsageError
-from .runspec import CACHE_TYPES
+from .runspec import CACHE_TYPES, MAX_THREADS
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -229,7 +229,8 @@ def _speed_calibration(machine: MachineInfo, threads: int, *, refresh: bool = Fa
 
 @app.command("calibrate")
 def calibrate_command(
-    threads: int | None = typer.Option(None, "-t", "--threads", min=1, max=512, help="CPU threads [physical cores]."),
+    threads: int | None = typer.Option(None, "-t", "--threads", min=1, max=MAX_THREADS,
+                                       help="CPU threads [physical cores]."),
     refresh: bool = typer.Option(False, "--refresh", help="Measure again, replacing the cached calibration."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
@@ -276,7 +277,7 @@ def plan_command(
     revision: str | None = typer.Option(None, "--revision", help="A branch, tag or commit to pin."),
     offline: bool = typer.Option(False, "--offline", help="Plan from the catalog's recipe, without the Hub."),
     auto_calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
-                                        help="Measure this machine's speed first if it never was (about 2 min)."),
+                                        help="Measure this machine's speed first if it never was (a few minutes)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Choose the quant and GPU offload (layers, MoE experts in RAM, KV type) that fit this machine and
@@ -390,9 +391,8 @@ def _progress_bytes() -> Progress:
         TransferSpeedColumn,
     )
 
-    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
-                        TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
-    return progress
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
 
 
 @app.command("synth")

@@ -138,7 +138,7 @@ def _delta(payload: str) -> dict:
     """The first choice's delta of one streamed chunk; ValueError for anything that is not a chat chunk."""
     chunk = json.loads(payload)
     choices = chunk.get("choices") if isinstance(chunk, dict) else None
-    if choices is None or not isinstance(choices, list):
+    if not isinstance(choices, list):
         raise ValueError(f"not a chat completion chunk: {payload[:80]!r}")
     first = choices[0] if choices else {}
     delta = first.get("delta") if isinstance(first, dict) else None

@@ -123,6 +123,12 @@ def _prefill_share(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -> 
     return _token_share(tensor, shape, tied_output)
 
 
+def prefill_bytes_per_token(table: TensorTable, shape: ModelShape) -> float:
+    """The weight bytes one prompt token multiplies through: what a prefill rate is measured and predicted in."""
+    tied_output = not any(t.name == "output.weight" for t in table.tensors)
+    return sum(t.n_bytes * _prefill_share(t, shape, tied_output) for t in table.tensors)
+
+
 def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, calibration: SpeedCalibration, *,
                   depth: int = 0, n_prompt: int = 512, ttft_prompt_tokens: int = TTFT_PROMPT_TOKENS,
                   gpu_gbps: float | None = None) -> SpeedPrediction:
