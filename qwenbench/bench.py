@@ -255,7 +255,9 @@ class _Runner:
             return unrun("skipped", "does not fit: " + "; ".join(prepared.problems))
         labels = replace(labels, host_bytes_per_token=prepared.host_bytes_per_token,
                          gpu_bytes_per_token=prepared.gpu_bytes_per_token, ram_bandwidth_gbps=prepared.ram_gbps,
-                         gpu_bandwidth_gbps=prepared.gpu_gbps, predicted_speed=prepared.predicted_speed)
+                         gpu_bandwidth_gbps=prepared.gpu_gbps, predicted_speed=prepared.predicted_speed,
+                         unrefined_speed=prepared.unrefined_speed,
+                         speed_key=self.speed.key if self.speed is not None else "")
         report = run_benchmark(prepared.settings, model_file, self.machine, log_dir=self.log_dir,
                                timeout_s=self.config.timeout_s, predicted=prepared.estimate, labels=labels,
                                on_event=lambda event: self.on_event("run_event", {"event": event}))

@@ -1,11 +1,16 @@
 """`qwenbench calibrate`: measure, with real llama.cpp runs of small probe models, what the speed model needs on
 this machine: the decode and prefill rate of each weight type, the fixed cost of a token and of a layer, the
-extra cost of an MoE layer. Cached per machine, llama.cpp build, backend and thread count.
+extra cost of an MoE layer, and attention's cost over a filled cache. Cached per machine, llama.cpp build,
+backend and thread count.
 
 A type's probe is a Qwen3-shaped model (n_embd 1024, n_ff 3072: real row lengths, so llama.cpp runs the kernels
-it runs for real models) whose every matrix is of that type, with layers enough for about 256 MB, beyond the
-last-level cache, so decode reads it from RAM as it does a real model. Overheads come from tiny models (n_embd
-64) of 2 and 8 layers, dense and MoE, whose weights are small enough that the fixed costs dominate.
+it runs for real models) whose every matrix is of that type, with layers enough for four times the last-level
+cache (128-256 MB; at most 10 layers, about 90 MB for Q2_K), so decode reads it from RAM as it does a real
+model. Overheads come from tiny models (n_embd 64) of 2 and 32 layers, dense and MoE, whose weights are small
+enough that the fixed costs dominate; attention from a tiny-weight model with real attention heads, decoded and
+prefilled at depth and without. Probe weights are zeros in sparse files (nothing to write; the kernels' speed
+does not depend on the values). All probes run one after another in one child process, in two rounds (the
+second backwards), each keeping its fastest.
 """
 
 from __future__ import annotations
@@ -13,28 +18,50 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .calibration import forget_speed_observations, speed_observations
 from .catalog import ModelSpec, get_model
-from .errors import QwenbenchError
-from .harness import run_benchmark
+from .harness import run_batch
 from .machine import MachineInfo
-from .modelfile import ensure_synthetic_table, open_model_file
+from .modelfile import ensure_synthetic_table
 from .paths import cache_dir, logs_dir, read_json, write_json
+from .probe.bandwidth import ram_bandwidth_trials
 from .recipe import tensor_layout
 from .runspec import RunSettings
-from .speed import CALIBRATED_TYPES, PROBE_PROMPT_CELLS, SpeedCalibration, TypeRate, prefill_bytes_per_token
+from .speed import (
+    CALIBRATED_TYPES,
+    PROBE_PROMPT_CELLS,
+    SpeedCalibration,
+    TypeRate,
+    decode_bytes_per_token,
+    prefill_bytes_per_token,
+    refine_from,
+)
 from .tensors import TensorInfo, TensorTable
 
 PROBE_SHAPE = {"n_embd": 1024, "n_ff": 3072, "n_head": 8, "n_head_kv": 4, "head_dim": 128}
 TINY_SHAPE = {"n_embd": 64, "n_ff": 128, "n_head": 2, "n_head_kv": 1, "head_dim": 32}
 TINY_MOE = {"n_expert": 8, "n_expert_used": 2, "n_ff_exp": 64}
-PROBE_BYTES = 256 << 20
+TINY_LAYERS = 32  # against 2: the difference, 30 layers' fixed cost, stands well above the noise
+# a probe's weights: four times the last-level cache, so decode streams them from RAM as it does a real model's
+# (a stream through an LRU cache larger than it hits nearly never), within these bounds; the upper one when the
+# cache size is unknown
+PROBE_BYTES = (128 << 20, 256 << 20)
 PROBE_GEN, PROBE_PROMPT, PROBE_REPS = 16, 2 * PROBE_PROMPT_CELLS, 2
-ATTENTION_DEPTH = 1024  # cells of cache for the attention probe
+# attention's probe: little weight and real heads (16 query, 4 KV, 128 dimensions: GQA 4, as most Qwen3 models), so
+# that its slowdown at depth is attention's; 4 layers, so that filling its cache (quadratic work) stays about a
+# second. Decode at depth runs longer and more
+# often than a type probe's (PRECISE_GEN, PRECISE_REPS): attention's share is the difference of two noisy timings.
+ATTENTION_SHAPE = {"n_layer": 4, "n_embd": 64, "n_ff": 64, "n_head": 16, "n_head_kv": 4, "head_dim": 128}
+ATTENTION_DEPTHS = (2048,)
+PRECISE_GEN, PRECISE_REPS = 32, 3
 ROUNDS = 2
+BANDWIDTH_BYTES, BANDWIDTH_TRIALS = 512 << 20, 7
+SOLVE_ITERATIONS = 4
+CALIBRATION_FORMAT = "f2"  # what the probes measure and how: a calibration of another format is not this one
 OnProgress = Callable[[str, int, int], None]  # (what, done, total)
 
 
@@ -43,6 +70,8 @@ class _Probe:
     name: str
     spec: ModelSpec
     table: TensorTable
+    # what it measures is a small difference between probes (fixed costs, attention): decode it longer, more often
+    precise: bool = False
 
     @property
     def path(self) -> Path:
@@ -64,7 +93,8 @@ def _type_probe(type_name: str, shape: dict[str, int], target_bytes: int) -> _Pr
     one_layer = _uniform_table(base.with_overrides(n_layer=1, **shape), type_name)
     vocab = sum(t.n_bytes for t in one_layer.tensors if t.layer is None)
     layer = one_layer.n_bytes - vocab
-    n_layer = max(2, min(32, round((target_bytes - vocab) / layer)))
+    # at most 10 layers: a low-bit type's prefill over more costs seconds and teaches nothing more
+    n_layer = max(2, min(10, round((target_bytes - vocab) / layer)))
     spec = base.with_overrides(n_layer=n_layer, **shape)
     return _Probe(f"type-{type_name.lower()}-e{shape['n_embd']}-l{n_layer}", spec, _uniform_table(spec, type_name))
 
@@ -72,12 +102,22 @@ def _type_probe(type_name: str, shape: dict[str, int], target_bytes: int) -> _Pr
 def _tiny_probe(n_layer: int, moe: bool) -> _Probe:
     key, extra = ("qwen3-30b-a3b", TINY_MOE) if moe else ("qwen3-0.6b", {})
     spec = get_model(key).with_overrides(n_layer=n_layer, **TINY_SHAPE, **extra)
-    return _Probe(f"tiny-{'moe' if moe else 'dense'}-l{n_layer}", spec, _uniform_table(spec, "Q8_0"))
+    return _Probe(f"tiny-{'moe' if moe else 'dense'}-l{n_layer}", spec, _uniform_table(spec, "Q8_0"), precise=True)
+
+
+def _attention_probe() -> _Probe:
+    spec = get_model("qwen3-0.6b").with_overrides(**ATTENTION_SHAPE)
+    return _Probe("attention-l4-h16-kv4", spec, _uniform_table(spec, "Q8_0"), precise=True)
+
+
+def probe_bytes_for(last_level_cache_bytes: int) -> int:
+    low, high = PROBE_BYTES
+    return min(high, max(low, 4 * last_level_cache_bytes)) if last_level_cache_bytes else high
 
 
 def calibration_key(machine: MachineInfo, n_threads: int) -> str:
     backends = ",".join(machine.hardware.backends) or "none"
-    return f"{machine.machine_id}|llama-cpp-python {_llama_version()}|{backends}|t{n_threads}"
+    return f"{machine.machine_id}|llama-cpp-python {_llama_version()}|{backends}|t{n_threads}|{CALIBRATION_FORMAT}"
 
 
 def _llama_version() -> str:
@@ -94,7 +134,8 @@ def _path() -> Path:
 
 
 def load_speed_calibration(key: str) -> tuple[SpeedCalibration | None, str | None]:
-    """(the cached calibration for `key`, or None; a note when the cache was unreadable or foreign)."""
+    """(the cached calibration for `key`, refined by what measured runs here taught it, or None; a note when the
+    cache was unreadable or foreign)."""
     raw = _path()
     data = read_json(raw)
     if raw.exists() and not data:
@@ -103,9 +144,10 @@ def load_speed_calibration(key: str) -> tuple[SpeedCalibration | None, str | Non
     if entry is None:
         return None, None
     try:
-        return SpeedCalibration.from_json(entry), None
+        calibration = SpeedCalibration.from_json(entry)
     except (KeyError, TypeError, ValueError) as exc:
         return None, f"the calibration cached for this machine is damaged ({type(exc).__name__}): calibrating afresh"
+    return replace(calibration, refinement=refine_from(speed_observations(key))), None
 
 
 def _fastest_s(samples_ns: tuple[int, ...], n_tokens: int) -> float:
@@ -113,27 +155,41 @@ def _fastest_s(samples_ns: tuple[int, ...], n_tokens: int) -> float:
     return min(samples_ns) / 1e9 / n_tokens
 
 
-def _measure(probe: _Probe, machine: MachineInfo, n_threads: int, log_dir: Path,
-             depth: int = 0) -> tuple[float, float]:
-    """(tg seconds per token, pp seconds per token) of one probe, at `depth` cells of cache."""
-    path, _ = ensure_synthetic_table(probe.spec, "Q8_0", probe.table, probe.path)
-    model = open_model_file(path)
-    settings = RunSettings(model_path=str(path), n_prompt=(PROBE_PROMPT,), n_gen=(PROBE_GEN,), n_depth=(depth,),
-                           repetitions=PROBE_REPS, n_threads=n_threads, n_gpu_layers=0, ttft=False)
-    report = run_benchmark(settings, model, machine, log_dir=log_dir, timeout_s=300)
-    if report.interrupted:
-        raise KeyboardInterrupt
-    by_kind = {}
-    for record in report.records:
-        if record.status != "ok":
-            raise QwenbenchError(f"calibration probe {probe.name} failed: {record.status}: {record.error}",
-                                 hint=f"llama.cpp's log: {report.log_path}")
-        by_kind[record.test[:2]] = record
-    return _fastest_s(by_kind["tg"].samples_ns, PROBE_GEN), _fastest_s(by_kind["pp"].samples_ns, PROBE_PROMPT)
+def _probe_settings(probe: _Probe, n_threads: int, depth: int = 0) -> RunSettings:
+    n_gen, repetitions = (PRECISE_GEN, PRECISE_REPS) if probe.precise else (PROBE_GEN, PROBE_REPS)
+    return RunSettings(model_path=str(probe.path), n_prompt=(PROBE_PROMPT,), n_gen=(n_gen,), n_depth=(depth,),
+                       repetitions=repetitions, n_threads=n_threads, n_gpu_layers=0, ttft=False)
+
+
+def _measure(runs: list[tuple[_Probe, int]], n_threads: int, log_dir: Path,
+             on_probe: Callable[[int], None]) -> list[tuple[float, float]]:
+    """(tg seconds per token, pp seconds per token) of each (probe, depth), all in one child process."""
+    batch = [_probe_settings(probe, n_threads, depth) for probe, depth in runs]
+
+    def follow(event: dict) -> None:
+        if event.get("event") == "model":
+            on_probe(int(event["index"]))
+
+    measured = []
+    for results in run_batch(batch, log_dir=log_dir, timeout_s=60 + 30 * len(batch), on_event=follow):
+        by_kind = {test.kind: result for test, result in results.items()}
+        measured.append((_fastest_s(by_kind["tg"].samples_ns, by_kind["tg"].test.n_gen),
+                         _fastest_s(by_kind["pp"].samples_ns, PROBE_PROMPT)))
+    return measured
+
+
+def _announce(order: list[tuple[_Probe, int]], label: str, done: int, total: int,
+              progress: OnProgress) -> Callable[[int], None]:
+    def on_probe(index: int) -> None:
+        probe, depth = order[index]
+        progress(f"{label}: {probe.name}" + (f" at depth {depth}" if depth else ""), done + index, total)
+
+    return on_probe
 
 
 def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = CALIBRATED_TYPES,
-              rounds: int = ROUNDS, probe_shape: dict[str, int] | None = None, probe_bytes: int = PROBE_BYTES,
+              rounds: int = ROUNDS, probe_shape: dict[str, int] | None = None, probe_bytes: int | None = None,
+              attention_depths: tuple[int, ...] = ATTENTION_DEPTHS,
               on_progress: OnProgress | None = None) -> SpeedCalibration:
     """Measure every weight type and the fixed costs, store the result under this machine's key, return it.
 
@@ -143,45 +199,63 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     started = time.monotonic()
     progress = on_progress or (lambda what, done, total: None)
     log_dir = logs_dir()
+    probe_bytes = probe_bytes or probe_bytes_for(machine.hardware.cpu.last_level_cache_bytes)
     probes = [_type_probe(t, probe_shape or PROBE_SHAPE, probe_bytes) for t in types]
-    probes += [_tiny_probe(2, False), _tiny_probe(8, False), _tiny_probe(8, True)]
-    # the Q8_0 probe again (or the first), with a filled cache: its slowdown is attention's cost
-    attention = next((p for p, t in zip(probes, types, strict=False) if t == "Q8_0"), probes[0])
-    total = (len(probes) + 1) * rounds
-    seen: dict[str, list[tuple[float, float]]] = {p.name: [] for p in probes}
-    deep: list[tuple[float, float]] = []
+    probes += [_tiny_probe(2, False), _tiny_probe(TINY_LAYERS, False), _tiny_probe(TINY_LAYERS, True),
+               _attention_probe()]
+    attention = probes[-1]
+    runs = [(probe, 0) for probe in probes] + [(attention, depth) for depth in attention_depths]
+    total = len(runs) * rounds
+    for probe in probes:  # sparse files of zero weights (the kernels' speed does not depend on the values), kept
+        progress(f"writing probe {probe.name}", 0, total)
+        ensure_synthetic_table(probe.spec, "Q8_0", probe.table, probe.path, zero_weights=True)
+    seen: dict[tuple[str, int], list[tuple[float, float]]] = {(p.name, d): [] for p, d in runs}
     for round_number in range(rounds):
-        for index, probe in enumerate(probes):
-            progress(f"round {round_number + 1}/{rounds}: {probe.name}", round_number * (len(probes) + 1) + index,
-                     total)
-            seen[probe.name].append(_measure(probe, machine, n_threads, log_dir))
-        progress(f"round {round_number + 1}/{rounds}: attention at depth {ATTENTION_DEPTH}",
-                 round_number * (len(probes) + 1) + len(probes), total)
-        deep.append(_measure(attention, machine, n_threads, log_dir, ATTENTION_DEPTH))
-    progress("done", total, total)
-    best = {name: (min(t for t, _ in runs), min(p for _, p in runs)) for name, runs in seen.items()}
+        # every other round runs backwards: a slow stretch of the machine then falls on other probes
+        order = runs if round_number % 2 == 0 else runs[::-1]
+        label = f"round {round_number + 1}/{rounds}"
+        for (probe, depth), figures in zip(order, _measure(order, n_threads, log_dir, _announce(
+                order, label, round_number * len(runs), total, progress)), strict=True):
+            seen[probe.name, depth].append(figures)
+    progress("done", len(runs) * rounds, len(runs) * rounds)
+    best = {name: (min(t for t, _ in figures), min(p for _, p in figures)) for (name, depth), figures in seen.items()
+            if not depth}
     spreads = [(max(t for t, _ in runs) - min(t for t, _ in runs)) / max(t for t, _ in runs)
                for runs in seen.values() if len(runs) > 1]
-    rates = {t: TypeRate(p.table.n_bytes / best[p.name][0],
-                         prefill_bytes_per_token(p.table, p.spec.shape()) / best[p.name][1])
-             for t, p in zip(types, probes, strict=False)}
-    reference = rates.get("Q8_0", next(iter(rates.values())))
-    # the tiny probes' own weights, read at the Q8_0 rate, leave their fixed costs
-    two, eight, moe_eight = (best[p.name][0] - p.table.n_bytes / reference.tg_bytes_per_s
-                             for p in probes[len(types):])
-    layer_s = max(0.0, (eight - two) / 6)
-    token_s = max(0.0, two - 2 * layer_s)
-    moe_layer_s = max(0.0, (moe_eight - eight) / 8)
+    tiny = probes[len(types):-1]
+    token_s = layer_s = moe_layer_s = 0.0
+    for _ in range(SOLVE_ITERATIONS):
+        # a probe's decode time is its weights at its type's rate plus the fixed costs of its token and layers;
+        # the tiny probes are nearly all fixed cost. Each estimate sharpens the other: a few passes settle both.
+        rates = {t: TypeRate(decode_bytes_per_token(p.table, p.spec.shape())
+                             / max(best[p.name][0] - token_s - layer_s * p.spec.n_layer, 0.5 * best[p.name][0]),
+                             prefill_bytes_per_token(p.table, p.spec.shape()) / best[p.name][1])
+                 for t, p in zip(types, probes, strict=False)}
+        reference = rates.get("Q8_0", next(iter(rates.values())))
+        two, many, moe_many = (best[p.name][0] - decode_bytes_per_token(p.table, p.spec.shape())
+                               / reference.tg_bytes_per_s for p in tiny)
+        layer_s = max(0.0, (many - two) / (TINY_LAYERS - 2))
+        token_s = max(0.0, two - 2 * layer_s)
+        moe_layer_s = max(0.0, (moe_many - many) / TINY_LAYERS)
     spec = attention.spec
-    head_work = ATTENTION_DEPTH * spec.n_layer * spec.n_head * spec.head_dim
+    head_work = spec.n_layer * spec.n_head * spec.head_dim
     shallow = best[attention.name]
-    attention_tg_s = max(0.0, (min(t for t, _ in deep) - shallow[0]) / head_work)
-    attention_pp_s = max(0.0, (min(p for _, p in deep) - shallow[1]) / head_work)
+    points = []
+    for depth in attention_depths:
+        deep = seen[attention.name, depth]
+        # its slowdown at depth, per cell and unit of head work, decoding and prefilling
+        points.append((depth, max(0.0, (min(t for t, _ in deep) - shallow[0]) / (depth * head_work)),
+                       max(0.0, (min(p for _, p in deep) - shallow[1]) / (depth * head_work))))
+    bandwidth = ram_bandwidth_trials(n_threads, max(BANDWIDTH_BYTES, 8 * machine.hardware.cpu.last_level_cache_bytes),
+                                     BANDWIDTH_TRIALS)
+    ram_gbps = statistics.median(bandwidth)
     calibration = SpeedCalibration(calibration_key(machine, n_threads), rates, token_s, layer_s, moe_layer_s,
-                                   attention_tg_s, attention_pp_s, statistics.median(spreads) if spreads else 0.0,
+                                   tuple(points), statistics.median(spreads) if spreads else 0.0,
+                                   ram_gbps, (max(bandwidth) - min(bandwidth)) / ram_gbps,
                                    datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                    round(time.monotonic() - started, 1))
     data = read_json(_path())
     data[calibration.key] = calibration.to_json()
     write_json(_path(), data)
+    forget_speed_observations(calibration.key)
     return calibration

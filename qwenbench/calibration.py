@@ -1,8 +1,10 @@
-"""What this machine taught the memory model: measured overhead beyond the exactly-known buffers.
+"""What this machine taught the memory and speed models: measured overhead beyond the exactly-known buffers, and
+how measured speeds compare with what the speed calibration alone predicted.
 
 After each CPU run the harness stores (activation units, measured peak RSS minus weights, repacked copies,
 KV cache and output buffer); predictions then use a least-squares fit of those residuals for this
-machine, or the defaults until there are two different shapes to fit.
+machine, or the defaults until there are two different shapes to fit. It also stores, per speed calibration,
+each test's measured / predicted speed (speed-runs.json), which refines later predictions (speed.refine_from).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from .fit import MIB, Calibration
 from .paths import cache_dir, read_json, write_json
+from .speed import SpeedObservation
 
 MAX_OBSERVATIONS = 64
 
@@ -99,3 +102,36 @@ def _append(machine_id: str, observation: dict) -> None:
     entry = data.setdefault(machine_id, {"observations": []})
     entry["observations"] = [*entry["observations"], observation][-MAX_OBSERVATIONS:]
     write_json(_path(), data)  # a calibration that cannot be kept only means defaults next time
+
+
+def _speed_runs_path() -> Path:
+    return cache_dir() / "speed-runs.json"
+
+
+def record_speed_observations(key: str, observations: list[SpeedObservation]) -> None:
+    """Keep what a run measured against its unrefined predictions, under the speed calibration's key (bounded)."""
+    if not observations:
+        return
+    data = read_json(_speed_runs_path())
+    kept = data.get(key) if isinstance(data.get(key), list) else []
+    data[key] = [*kept, *(o.to_json() for o in observations)][-MAX_OBSERVATIONS:]
+    write_json(_speed_runs_path(), data)  # a lesson that cannot be kept only means an unrefined prediction
+
+
+def speed_observations(key: str) -> list[SpeedObservation]:
+    """What measured runs taught the speed calibration `key`; entries that do not read are left out."""
+    entries = read_json(_speed_runs_path()).get(key)
+    observations = []
+    for entry in entries if isinstance(entries, list) else []:
+        try:
+            observations.append(SpeedObservation.from_json(entry))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return observations
+
+
+def forget_speed_observations(key: str) -> None:
+    """A calibration measured afresh: ratios to the old one's predictions teach it nothing."""
+    data = read_json(_speed_runs_path())
+    if data.pop(key, None) is not None:
+        write_json(_speed_runs_path(), data)

@@ -205,16 +205,23 @@ def probe_command(
 # -------------------------------------------------------------------------------------- calibrate
 
 
-def _speed_calibration(machine: MachineInfo, threads: int, *, refresh: bool = False,
-                       allowed: bool = True) -> Any:
+CALIBRATE_OPTION = typer.Option(
+    True, "--calibrate/--no-calibrate",
+    help="Measure this machine's speed first if it never was (about a minute, once; QWENBENCH_CALIBRATE=0 "
+         "turns it off for scripts and CI).")
+
+
+def _speed_calibration(machine: MachineInfo, threads: int, *, refresh: bool = False, allowed: bool = True,
+                       asked: bool = False) -> Any:
     """This machine's speed calibration for `threads`: the cached one, else measured now (with a one-line
-    notice and progress), or None when measuring is not allowed."""
+    notice and progress), or None when measuring is not allowed (--no-calibrate, or QWENBENCH_CALIBRATE=0 for
+    the commands that calibrate unasked)."""
     from .calibrate import calibrate, calibration_key, load_speed_calibration
 
     cached, note = (None, None) if refresh else load_speed_calibration(calibration_key(machine, threads))
     if note:
         err.print(f"note: {note}", markup=False)
-    if cached is not None or not allowed:
+    if cached is not None or not allowed or (not asked and os.environ.get("QWENBENCH_CALIBRATE") == "0"):
         return cached
     err.print(f"calibrating speed on this machine with {threads} threads (once; `qwenbench calibrate --refresh` "
               "measures again)", markup=False)
@@ -240,12 +247,13 @@ def calibrate_command(
     backend and thread count; plan measures it by itself the first time it needs it."""
     from rich.table import Table
 
+    from .calibrate import BANDWIDTH_TRIALS
     from .machine import describe_machine
     from .speed import bits_per_weight
 
     machine = describe_machine()
     n_threads = threads or machine.n_cpu_physical
-    calibration = _speed_calibration(machine, n_threads, refresh=refresh)
+    calibration = _speed_calibration(machine, n_threads, refresh=refresh, asked=True)
     if as_json:
         out.print_json(json.dumps(calibration.to_json()))
         return
@@ -257,8 +265,15 @@ def calibrate_command(
         table.add_row(name, f"{bits_per_weight(name):.2f}", f"{rate.tg_bytes_per_s / 1e9:.2f}",
                       f"{rate.pp_bytes_per_s / 1e9:.1f}")
     out.print(table)
+    if calibration.ram_gbps:
+        out.print(f"RAM copy bandwidth: {calibration.ram_gbps:.1f} GB/s (median of {BANDWIDTH_TRIALS} trials, spread "
+                  f"{calibration.ram_spread:.0%})", markup=False)
     out.print(f"fixed: {calibration.token_s * 1e3:.2f} ms a token + {calibration.layer_s * 1e3:.3f} ms a layer "
               f"(+{calibration.moe_layer_s * 1e3:.3f} ms an MoE layer)", markup=False)
+    for depth, decode_s, prefill_s in calibration.attention:
+        # per cell, layer and query head of 128 dimensions: the unit a reader can multiply out for a model
+        out.print(f"attention at {depth} cells: {decode_s * 128 * 1e9:.2f} ns decoding, {prefill_s * 128 * 1e9:.2f} ns "
+                  "prefilling, a cell x layer x query head", markup=False)
 
 
 # ------------------------------------------------------------------------------------------- plan
@@ -276,8 +291,7 @@ def plan_command(
     repo: str | None = typer.Option(None, "--repo", help="Read the headers from this repo, not the catalog's list."),
     revision: str | None = typer.Option(None, "--revision", help="A branch, tag or commit to pin."),
     offline: bool = typer.Option(False, "--offline", help="Plan from the catalog's recipe, without the Hub."),
-    auto_calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
-                                        help="Measure this machine's speed first if it never was (a few minutes)."),
+    auto_calibrate: bool = CALIBRATE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Choose the quant and GPU offload (layers, MoE experts in RAM, KV type) that fit this machine and
@@ -675,10 +689,14 @@ def run_command(
                                                                        "mlock, mmap+mlock, dio)."),
     ttft: bool = typer.Option(True, "--ttft/--no-ttft", help="Also time a chat prompt's first token."),
     think: bool = typer.Option(False, "--think/--no-think", help="Chat template with Qwen3 thinking on."),
+    refill_depth: bool = typer.Option(False, "--refill-depth",
+                                      help="Decode a -d fill anew every repetition instead of restoring the first "
+                                           "one's saved state: much slower; peak memory without the saved copy."),
     timeout: float = typer.Option(3600, "--timeout", callback=_finite(0, strict=True),
                                   help="Seconds before the run is stopped."),
     force: bool = typer.Option(False, "--force", help="Run even when the memory model says it will not fit."),
     out_csv: Path | None = typer.Option(None, "--out", "-o", dir_okay=False, help="Results CSV [results/<host>.csv]."),
+    auto_calibrate: bool = CALIBRATE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON for scripts."),
 ) -> None:
     """Measure a model like llama-bench: prompt (pp) and generation (tg) tokens/s, TTFT, peak memory.
@@ -713,15 +731,17 @@ def run_command(
         load_mode="none" if no_mmap else (load_mode or "auto"),
         ttft=ttft,
         think=think,
+        refill_depth=refill_depth,
     )
     _execute_run(settings, machine, gguf=gguf, model=model, quant=quant, synthetic=synthetic, timeout=timeout,
-                 out_csv=out_csv, as_json=as_json, force=force, pinned=pinned,
+                 out_csv=out_csv, as_json=as_json, force=force, pinned=pinned, calibrate=auto_calibrate,
                  source={"repo": repo, "revision": revision, "offline": offline, "models_dir": models_dir})
 
 
 def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | None, model: str | None,
                  quant: str | None, synthetic: bool, timeout: float, out_csv: Path | None, as_json: bool,
-                 force: bool = False, pinned: set[str] | None = None, source: dict[str, Any] | None = None) -> None:
+                 force: bool = False, pinned: set[str] | None = None, source: dict[str, Any] | None = None,
+                 calibrate: bool = False) -> None:
     from dataclasses import replace
 
     settings.validate()  # before any file is written or hashed
@@ -734,9 +754,8 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
     csv_path = _results_destination(out_csv, machine)  # before any download, hash or hour of measuring
     model_file = _resolve_model_file(gguf, model, quant, synthetic, **(source or {}))
     calibration = load_calibration(machine.machine_id)
-    # the speed model's figures go into the rows where this machine is calibrated; `plan` calibrates, a run does
-    # not spend minutes on it unasked
-    speed = _speed_calibration(machine, settings.n_threads, allowed=False)
+    # the rows carry the speed model's figures beside the measured ones, from this machine's calibration
+    speed = _speed_calibration(machine, settings.n_threads, allowed=calibrate)
     header = model_file.header
     prepared = prepare_run(replace(settings, model_path=str(model_file.path)), header.quant, header.table,
                            header.shape(), machine.hardware, calibration, pinned if pinned is not None else set(),
@@ -753,7 +772,8 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
         err.print(f"[yellow]warning:[/yellow] {escape(problem)} (running anyway: --force)")
     labels = RunLabels(host_bytes_per_token=prepared.host_bytes_per_token,
                        gpu_bytes_per_token=prepared.gpu_bytes_per_token, ram_bandwidth_gbps=prepared.ram_gbps,
-                       gpu_bandwidth_gbps=prepared.gpu_gbps, predicted_speed=prepared.predicted_speed)
+                       gpu_bandwidth_gbps=prepared.gpu_gbps, predicted_speed=prepared.predicted_speed,
+                       unrefined_speed=prepared.unrefined_speed, speed_key=speed.key if speed is not None else "")
     report = _run_with_progress(settings, model_file, machine, timeout, csv_path.parent / "logs", prepared.estimate,
                                 labels)
     csv_path = _append(csv_path, list(report.records))
@@ -791,6 +811,7 @@ def bench_command(
     models_dir: list[Path] = typer.Option([], "--models-dir", **EXISTING_FOLDER,
                                           help="Also look for GGUFs in this folder."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and exit."),
+    auto_calibrate: bool = CALIBRATE_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; the summary only."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON for scripts."),
 ) -> None:
@@ -818,6 +839,8 @@ def bench_command(
         return
     machine = describe_machine(bandwidth=True)
     csv_path = out_csv or _default_results(machine)
+    # once, before the first job, so that every row carries the speed model's prediction beside its measurement
+    _speed_calibration(machine, config.threads or machine.n_cpu_physical, allowed=auto_calibrate)
     if quiet or as_json:
         result = run_suite(config, jobs, machine, out_csv=csv_path, resume=resume, offline=offline,
                            models_dirs=models_dir)

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .calibration import record_efficiency, record_memory
+from .calibration import record_efficiency, record_memory, record_speed_observations
+from .errors import QwenbenchError
 from .fit import MIB, MemoryEstimate, RunConfig, bytes_read_per_token
 from .lifetime import stop_reason
 from .llamalog import LlamaBuffers, parse_buffers
@@ -31,6 +32,7 @@ from .modelfile import ModelFile, ModelIdentity
 from .probe.bandwidth import cached_bandwidth
 from .results import SCHEMA_VERSION, Record
 from .runspec import RunSettings, TestResult, TestSpec
+from .speed import SpeedObservation
 
 EventHandler = Callable[[dict[str, Any]], None]
 _LOG_TAIL_LINES = 12
@@ -49,6 +51,9 @@ class RunLabels:
     ram_bandwidth_gbps: float | None = None
     gpu_bandwidth_gbps: float | None = None
     predicted_speed: dict[str, float] = field(default_factory=dict)  # test name -> the speed model's t/s (ttft: ms)
+    # the same from the speed calibration alone, and its key: what the run's measurements refine
+    unrefined_speed: dict[str, float] = field(default_factory=dict)
+    speed_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,7 @@ class _EventCollector:
         self.notes: list[str] = []
         self.llama_ns = 0
         self.peak_rss_bytes = 0  # the child's own high-water mark, as it reported it on its way out
+        self.by_model: list[dict[TestSpec, TestResult]] = []  # a batch's results, model by model
 
     def __call__(self, line: str) -> None:
         try:
@@ -129,7 +135,10 @@ class _EventCollector:
         except ValueError:
             return  # not ours: the protocol channel carries JSON only
         kind = event.get("event")
-        if kind == "loaded":
+        if kind == "model":
+            self.results = {}
+            self.by_model.append(self.results)
+        elif kind == "loaded":
             self.loaded = event
         elif kind == "test_done":
             result = TestResult.from_json(event["result"])
@@ -257,6 +266,54 @@ def _learn(predicted: MemoryEstimate, peak_rss: int, model: ModelFile, machine: 
                               moe=shape.is_moe, model=label)
 
 
+def run_batch(batch: list[RunSettings], *, log_dir: Path, timeout_s: float | None = None,
+              on_event: EventHandler | None = None) -> list[dict[TestSpec, TestResult]]:
+    """Every test of several models in one child process, one model after another (calibration's probes: a
+    process start per probe would cost more than measuring it). All or nothing: a failure raises, with the log."""
+    for settings in batch:
+        settings.validate()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    collector = _EventCollector(on_event)
+    with tempfile.NamedTemporaryFile(prefix=f"{new_run_id()}-batch-", suffix=".log", dir=log_dir,
+                                     delete=False) as log:
+        log_path = Path(log.name)
+        outcome = run_child([sys.executable, "-m", "qwenbench.runner"],
+                            json.dumps([settings.to_json() for settings in batch]), log, collector,
+                            timeout_s=timeout_s)
+    if outcome.interrupted:
+        log_path.unlink(missing_ok=True)
+        raise KeyboardInterrupt
+    complete = (len(collector.by_model) == len(batch)
+                and all(len(results) == len(settings.tests()) for results, settings in
+                        zip(collector.by_model, batch, strict=True)))
+    if not complete or outcome.returncode != 0:
+        status, error = _failure(outcome, collector.error, log_path)
+        raise QwenbenchError(f"a calibration probe {status}: {error}", hint=f"llama.cpp's log: {log_path}")
+    log_path.unlink(missing_ok=True)
+    return collector.by_model
+
+
+def _learn_speed(labels: RunLabels, model: ModelFile, records: list[Record]) -> None:
+    """Keep how a CPU run's measured speeds compare with the calibration's own predictions, to refine later ones
+    (speed.refine_from); runs that cannot be trusted teach nothing."""
+    if not labels.speed_key or labels.gpu_bytes_per_token or not _trustworthy(model, records):
+        return
+    observations = []
+    for record in records:
+        predicted = labels.unrefined_speed.get(record.test)
+        if record.status != "ok" or not predicted:
+            continue
+        if record.test == "ttft":
+            kind, ratio = "ttft", predicted / record.ttft_ms if record.ttft_ms else 0.0
+        else:
+            kind = ("pp" if record.n_prompt and not record.n_gen else "tg") + ("-deep" if record.n_depth else "")
+            ratio = (record.avg_ts or 0.0) / predicted
+        if ratio > 0:
+            observations.append(SpeedObservation(kind, model.is_moe, f"{model.identity.model_key} {model.quant}",
+                                                 ratio))
+    record_speed_observations(labels.speed_key, observations)
+
+
 def unrun_records(settings: RunSettings, model: ModelIdentity, machine: MachineInfo, status: str, error: str, *,
                   labels: RunLabels | None = None, predicted: MemoryEstimate | None = None) -> list[Record]:
     """One row per test of a run that never started (skipped, or its model could not be had), with the reason."""
@@ -299,8 +356,13 @@ def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo,
         records.append(_record(settings, model.identity, machine, collector.loaded, outcome, run_id, test, result,
                                status, error, predicted, labels))
     buffers = parse_buffers(log_path.read_text(errors="replace"))
-    if predicted is not None and failure is None and not predicted.vram_bytes and outcome.peak_rss_bytes:
+    # a deep test's saved fill is memory beyond the model's: such a peak would teach the memory model too much
+    saved_fill = any(d > 0 for d in settings.n_depth) and not settings.refill_depth
+    if (predicted is not None and failure is None and not predicted.vram_bytes and outcome.peak_rss_bytes
+            and not saved_fill):
         _learn(predicted, outcome.peak_rss_bytes, model, machine, records)
+    if failure is None:
+        _learn_speed(labels, model, records)
     kept_log = log_path if failure else None
     if kept_log is None:
         log_path.unlink(missing_ok=True)

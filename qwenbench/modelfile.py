@@ -157,12 +157,13 @@ def ensure_synthetic(spec: ModelSpec, quant: str, path: Path | None = None, *, s
 
 
 def ensure_synthetic_table(spec: ModelSpec, quant: str, table: TensorTable, target: Path, *, seed: int = 0,
-                           on_progress: Callable[[int, int], None] | None = None) -> tuple[Path, bool]:
+                           on_progress: Callable[[int, int], None] | None = None,
+                           zero_weights: bool = False) -> tuple[Path, bool]:
     """ensure_synthetic with a tensor table of the caller's (calibration probes: one weight type throughout)."""
     if _reusable(target, table):
         return target, False
     _check_space(target, table.n_bytes, f"a synthetic {spec.name} {quant.upper()}")
-    write_synthetic_gguf(spec, quant, table, target, seed=seed, on_progress=on_progress)
+    write_synthetic_gguf(spec, quant, table, target, seed=seed, on_progress=on_progress, zero_weights=zero_weights)
     return target, True
 
 

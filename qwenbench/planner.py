@@ -286,6 +286,7 @@ class PreparedRun:
     ram_gbps: float | None
     gpu_gbps: float | None
     predicted_speed: dict[str, float] = field(default_factory=dict)  # test name -> t/s (ttft: ms), when calibrated
+    unrefined_speed: dict[str, float] = field(default_factory=dict)  # the same from the calibration alone
 
 
 def predicted_by_test(settings: RunSettings, table: TensorTable, shape: ModelShape, config: RunConfig,
@@ -328,8 +329,10 @@ def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: Mo
     ram_gbps = hardware.bandwidth_gbps.get("ram")
     gpu_gbps = gpu_bandwidth_gbps(gpu, ram_gbps)[0] if gpu is not None and config.gpu else None
     figures = predicted_by_test(settings, table, shape, config, speed, gpu_gbps) if speed is not None else {}
+    unrefined = (predicted_by_test(settings, table, shape, config, replace(speed, refinement=()), gpu_gbps)
+                 if speed is not None and speed.refinement else figures)
     return PreparedRun(settings, tuple(notes), config, estimate, tuple(problems), host_read, gpu_read, ram_gbps,
-                       gpu_gbps, figures)
+                       gpu_gbps, figures, unrefined)
 
 
 def what_would_fit(quant: str, table: TensorTable, shape: ModelShape, hardware: Hardware, n_ctx: int,

@@ -1,14 +1,15 @@
 """The child process that runs llama.cpp: load once, then time each test the way llama-bench does.
 
 The only module that imports llama_cpp. Started as `python -m qwenbench.runner`, it reads
-RunSettings as JSON on stdin and writes one JSON event per line on the protocol channel (the
+RunSettings as JSON on stdin (or a list of them, run one model after another: calibration's
+probes) and writes one JSON event per line on the protocol channel (the
 original stdout); everything llama.cpp prints goes to stderr, which the parent keeps as a log.
 
 Timing follows llama-bench (tools/llama-bench/llama-bench.cpp): a fresh context per test sized
 n_prompt + n_gen + n_depth, one warm-up, then per repetition a cleared KV cache, an untimed depth
-fill, and the timed decode of random token ids (no sampling, no logits read) ending in
-llama_synchronize. The low-level API is used because llama_cpp.Llama's generate/eval add a
-sampler, prefix caching and Python bookkeeping to what is timed.
+fill (decoded once, restored from its saved state after), and the timed decode of random token ids
+(no sampling, no logits read) ending in llama_synchronize. The low-level API is used because
+llama_cpp.Llama's generate/eval add a sampler, prefix caching and Python bookkeeping to what is timed.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class Bench:
         self.rng = random.Random(settings.seed)
         self.model = None
         self.llama_ns = 0  # time spent inside llama.cpp calls: the rest of a run is the harness's overhead
+        self._depth_states: dict[int, ctypes.Array] = {}  # a filled cache's state, by depth, for every test there
 
     def load(self) -> dict[str, Any]:
         C, s = self.C, self.settings
@@ -239,6 +241,30 @@ class Bench:
         self.llama_ns += elapsed
         return elapsed
 
+    def _fill_depth(self, ctx: Any, n_depth: int) -> None:
+        """Fill the cache with n_depth tokens, untimed: decoded the first time, then restored from the state saved
+        after it, for every repetition and every test at that depth, so deep tests cost one fill, not one per
+        repetition. The timed tokens see the same cache either way (random tokens). --refill-depth decodes it anew
+        each time: the saved copy is memory that a peak RSS would otherwise include."""
+        start = time.perf_counter_ns()
+        try:
+            saved = None if self.settings.refill_depth else self._depth_states.get(n_depth)
+            if saved is not None and self.C.llama_state_seq_set_data(ctx, saved, len(saved), 0) == len(saved):
+                self.emit({"event": "depth_filled", "n_depth": n_depth, "restored": True})
+                return
+            self.emit({"event": "depth_filled", "n_depth": n_depth, "restored": False})
+            for batch in self._prompt_batches(n_depth):
+                self._decode(ctx, batch)
+            self.C.llama_synchronize(ctx)
+            if self.settings.refill_depth:
+                return
+            size = self.C.llama_state_seq_get_size(ctx, 0)
+            state = (ctypes.c_uint8 * size)()
+            if size and self.C.llama_state_seq_get_data(ctx, state, size, 0) == size:
+                self._depth_states[n_depth] = state
+        finally:
+            self.llama_ns += time.perf_counter_ns() - start
+
     def _clear(self, ctx: Any) -> None:
         start = time.perf_counter_ns()
         self.C.llama_memory_clear(self.C.llama_get_memory(ctx), False)
@@ -258,7 +284,7 @@ class Bench:
             for rep in range(s.repetitions):
                 self._clear(ctx)
                 if test.n_depth:
-                    self.run_prompt(ctx, test.n_depth)
+                    self._fill_depth(ctx, test.n_depth)
                 elapsed = self.run_prompt(ctx, test.n_prompt) if test.n_prompt else 0
                 elapsed += self.run_gen(ctx, test.n_gen) if test.n_gen else 0
                 samples.append(elapsed)
@@ -362,6 +388,14 @@ def run(settings: RunSettings, emit: Emit) -> None:
         emit({"event": "timing", "llama_ns": bench.llama_ns, "peak_rss_bytes": peak_rss_of("self")})
 
 
+def run_batch(batch: list[RunSettings], emit: Emit) -> None:
+    """Several models one after another in this one process (calibration probes): a model's events follow its
+    `model` event, so the parent knows which results are whose, and no process start is paid per model."""
+    for index, settings in enumerate(batch):
+        emit({"event": "model", "index": index, "total": len(batch)})
+        run(settings, emit)
+
+
 def main() -> int:
     parent = os.environ.get("QWENBENCH_PARENT_PID", "")
     if parent.isdigit():
@@ -376,8 +410,11 @@ def main() -> int:
         protocol.flush()
 
     try:
-        settings = RunSettings.from_json(json.loads(sys.stdin.read()))
-        run(settings, emit)
+        payload = json.loads(sys.stdin.read())
+        if isinstance(payload, list):
+            run_batch([RunSettings.from_json(item) for item in payload], emit)
+        else:
+            run(RunSettings.from_json(payload), emit)
     except BenchmarkAbort as exc:
         emit({"event": "error", "message": str(exc)})
         return 3

@@ -41,6 +41,9 @@ class RunSettings:
     ttft: bool = True
     think: bool = False
     warmup: bool = True
+    # a deep test's fill decoded anew every repetition (older llama-bench), not restored from the state saved after
+    # the first: much slower, and peak memory without that saved copy of the filled cache
+    refill_depth: bool = False
     seed: int = 42
 
     def to_json(self) -> dict[str, Any]:

@@ -12,7 +12,9 @@ the rate of the measured type closest in bits per weight; a GPU's share uses its
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -54,13 +56,28 @@ class SpeedCalibration:
     token_s: float  # fixed cost of one decoded token
     layer_s: float  # and of each layer in it
     moe_layer_s: float = 0.0  # extra per MoE layer: routing, expert gathers
-    # attention over the cache: seconds per (cached cell x layer x query head x head dim), decoding and prefilling
-    attention_tg_s: float = 0.0
-    attention_pp_s: float = 0.0
+    # attention over the cache, measured at a few depths: (depth, decode s, prefill s), the seconds per
+    # (cached cell x layer x query head x head dim). Per cell it may change with depth, as the cache outgrows the
+    # CPU's caches: a depth between two measured ones takes the interpolation, one beyond them the nearest.
+    attention: tuple[tuple[int, float, float], ...] = ()
     spread: float = 0.0  # the calibration's own run-to-run spread (coefficient of variation), for uncertainty
+    # RAM copy bandwidth over a buffer far beyond the caches: the median of several trials and their spread
+    # ((max - min) / median), for a reader; the model itself uses each type's own decode rate
+    ram_gbps: float = 0.0
+    ram_spread: float = 0.0
     measured_at: str = ""
     wall_s: float = 0.0
     notes: tuple[str, ...] = ()
+    # what measured runs here taught: (kind, moe, factor, models), by which measured speeds beat the calibration's
+    # own predictions (refine_from); not stored with the calibration, attached from the runs when it is loaded
+    refinement: tuple[tuple[str, bool, float, int], ...] = ()
+
+    def refined(self, kind: str, moe: bool) -> tuple[float, int]:
+        """(factor, measured models) for predictions of this kind (tg, tg-deep, pp, pp-deep, ttft) and model kind."""
+        for k, m, factor, models in self.refinement:
+            if (k, m) == (kind, moe):
+                return factor, models
+        return 1.0, 0
 
     def rate(self, type_name: str) -> tuple[TypeRate, bool]:
         """(rate, measured here) for a weight type; unmeasured ones borrow the closest measured one in bits."""
@@ -70,10 +87,24 @@ class SpeedCalibration:
         nearest = min(self.rates, key=lambda name: abs(bits_per_weight(name) - bits))
         return self.rates[nearest], False
 
+    def attention_at(self, depth: float) -> tuple[float, float]:
+        """(decode, prefill) seconds per cell x layer x query head x head dim, at `depth` cells of cache."""
+        points = sorted(self.attention)
+        if not points:
+            return 0.0, 0.0
+        if depth <= points[0][0]:
+            return points[0][1], points[0][2]
+        for (low, tg_low, pp_low), (high, tg_high, pp_high) in pairwise(points):
+            if depth <= high:
+                share = (depth - low) / (high - low)
+                return tg_low + share * (tg_high - tg_low), pp_low + share * (pp_high - pp_low)
+        return points[-1][1], points[-1][2]
+
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "token_s": self.token_s, "layer_s": self.layer_s, "moe_layer_s": self.moe_layer_s,
-                "attention_tg_s": self.attention_tg_s, "attention_pp_s": self.attention_pp_s,
-                "spread": self.spread, "measured_at": self.measured_at, "wall_s": self.wall_s,
+                "attention": [list(point) for point in self.attention],
+                "spread": self.spread, "ram_gbps": self.ram_gbps, "ram_spread": self.ram_spread,
+                "measured_at": self.measured_at, "wall_s": self.wall_s,
                 "notes": list(self.notes),
                 "rates": {name: {"tg_bytes_per_s": r.tg_bytes_per_s, "pp_bytes_per_s": r.pp_bytes_per_s}
                           for name, r in self.rates.items()}}
@@ -84,10 +115,45 @@ class SpeedCalibration:
                  for name, r in data["rates"].items()}
         if not rates or any(r.tg_bytes_per_s <= 0 or r.pp_bytes_per_s <= 0 for r in rates.values()):
             raise ValueError("a calibration without positive rates")
+        attention = tuple((int(depth), float(tg), float(pp)) for depth, tg, pp in data.get("attention", ()))
         return cls(str(data["key"]), rates, float(data["token_s"]), float(data["layer_s"]),
-                   float(data.get("moe_layer_s", 0.0)), float(data.get("attention_tg_s", 0.0)),
-                   float(data.get("attention_pp_s", 0.0)), float(data.get("spread", 0.0)),
+                   float(data.get("moe_layer_s", 0.0)), attention, float(data.get("spread", 0.0)),
+                   float(data.get("ram_gbps", 0.0)), float(data.get("ram_spread", 0.0)),
                    str(data.get("measured_at", "")), float(data.get("wall_s", 0.0)), tuple(data.get("notes", ())))
+
+
+@dataclass(frozen=True)
+class SpeedObservation:
+    """One measured test beside what the calibration alone predicted for it."""
+
+    kind: str  # tg and pp without depth, tg-deep and pp-deep with, ttft
+    moe: bool
+    model: str
+    ratio: float  # measured / predicted speed (TTFT: predicted / measured ms): above 1, faster than predicted
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "moe": self.moe, "model": self.model, "ratio": round(self.ratio, 4)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SpeedObservation:
+        return cls(str(data["kind"]), bool(data["moe"]), str(data["model"]), float(data["ratio"]))
+
+
+# a ratio beyond these is a measurement gone wrong (swapping, a machine busy elsewhere), not a lesson
+PLAUSIBLE_RATIO = (0.25, 4.0)
+
+
+def refine_from(observations: list[SpeedObservation]) -> tuple[tuple[str, bool, float, int], ...]:
+    """Per kind of prediction and of model (dense, MoE): the median over measured models of each model's median
+    ratio. A model counts once however often it ran, so one model measured many times cannot outvote the rest;
+    each prediction then uses what other models, and its own if it ran, taught."""
+    grouped: dict[tuple[str, bool], dict[str, list[float]]] = {}
+    low, high = PLAUSIBLE_RATIO
+    for o in observations:
+        if low <= o.ratio <= high:
+            grouped.setdefault((o.kind, o.moe), {}).setdefault(o.model, []).append(o.ratio)
+    return tuple((kind, moe, statistics.median(statistics.median(r) for r in by_model.values()), len(by_model))
+                 for (kind, moe), by_model in sorted(grouped.items()))
 
 
 @dataclass(frozen=True)
@@ -123,6 +189,12 @@ def _prefill_share(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -> 
     return _token_share(tensor, shape, tied_output)
 
 
+def decode_bytes_per_token(table: TensorTable, shape: ModelShape) -> float:
+    """The weight bytes one decoded token reads (all on the host): what a decode rate is measured in."""
+    tied_output = not any(t.name == "output.weight" for t in table.tensors)
+    return sum(t.n_bytes * _token_share(t, shape, tied_output) for t in table.tensors)
+
+
 def prefill_bytes_per_token(table: TensorTable, shape: ModelShape) -> float:
     """The weight bytes one prompt token multiplies through: what a prefill rate is measured and predicted in."""
     tied_output = not any(t.name == "output.weight" for t in table.tensors)
@@ -155,12 +227,13 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
     head_work = (shape.n_layer - gpu_layers) * shape.n_head * shape.head_dim_k  # per cached cell
     if depth:
         # each token attends over the cache so far: measured per cell, layer, head and head dimension
-        parts["attention"] = depth * head_work * calibration.attention_tg_s
+        parts["attention"] = depth * head_work * calibration.attention_at(depth)[0]
         per_cell = kv_bytes_per_layer(shape, KV_CELL_PAD, config.type_k, config.type_v) / KV_CELL_PAD
         tg_gpu += per_cell * depth * gpu_layers
     # prompt tokens attend over the depth and, on average, half the prompt; the probes' rates already hold half
     # of theirs (PROBE_PROMPT_CELLS)
-    pp_host += max(0.0, depth + n_prompt / 2 - PROBE_PROMPT_CELLS) * head_work * calibration.attention_pp_s
+    attended = depth + n_prompt / 2
+    pp_host += max(0.0, attended - PROBE_PROMPT_CELLS) * head_work * calibration.attention_at(attended)[1]
     source = "calibrated here"
     if tg_gpu:
         if not gpu_gbps:
@@ -175,5 +248,14 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
     ttft_s = (ttft_prompt_tokens / pp_ts if pp_ts else 0.0) + (1.0 / tg_ts if tg_ts else 0.0)
     if borrowed:
         source += f" ({', '.join(sorted(borrowed))} from the nearest measured type)"
+    if not tg_gpu and calibration.refinement:  # what CPU runs taught applies to CPU placements
+        deep = "-deep" if depth else ""
+        factors = {kind: calibration.refined(kind, shape.is_moe) for kind in ("tg" + deep, "pp" + deep, "ttft")}
+        tg_ts *= factors["tg" + deep][0]
+        pp_ts *= factors["pp" + deep][0]
+        ttft_s /= factors["ttft"][0]
+        models = max(n for _, n in factors.values())
+        if models:
+            source += f", refined by {models} measured model{'s' if models > 1 else ''}"
     uncertainty = max(0.05, calibration.spread) + (0.1 if borrowed else 0.0) + (0.15 if tg_gpu else 0.0)
     return SpeedPrediction(tg_ts, pp_ts, ttft_s * 1e3, source, uncertainty, parts)

@@ -103,12 +103,16 @@ class _BlockPools:
 
 
 def _write_tensor(out, tensor: TensorInfo, pools: _BlockPools, rng: np.random.Generator,
-                  progress: Callable[[int], None]) -> None:
+                  progress: Callable[[int], None], zero: bool = False) -> None:
     ggml_type = GGMLQuantizationType(tensor.ggml_type)
     if ggml_type == T.F32 and tensor.name.endswith("norm.weight"):
         data = _norm_weights(tensor.n_elements, rng)
         out.write(data.tobytes())
         progress(data.nbytes)
+        return
+    if zero:  # a hole in a sparse file: nothing written, zeros read
+        out.seek(tensor.n_bytes, os.SEEK_CUR)
+        progress(tensor.n_bytes)
         return
     pool = memoryview(pools.get(ggml_type))
     block_bytes = GGML_QUANT_SIZES[ggml_type][1]
@@ -183,8 +187,9 @@ def copy_metadata(writer: GGUFWriter, metadata: dict[str, Any], value_types: Val
 
 
 def _write_gguf(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None], table: TensorTable, seed: int,
-                on_progress: Callable[[int, int], None] | None) -> SynthResult:
-    """Write `table` with random weights at `path`, atomically: a .part file renamed at the end."""
+                on_progress: Callable[[int, int], None] | None, zero_weights: bool = False) -> SynthResult:
+    """Write `table` with random weights (or zeros: the norms stay random) at `path`, atomically: a .part file
+    renamed at the end."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
@@ -213,8 +218,9 @@ def _write_gguf(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None
         writer.write_padding(out, out.tell())
         pools = _BlockPools(rng)
         for tensor in table.tensors:
-            _write_tensor(out, tensor, pools, rng, progress)
+            _write_tensor(out, tensor, pools, rng, progress, zero_weights)
             writer.write_padding(out, tensor.n_bytes)
+        out.truncate(out.tell())  # a file ending in a hole is as long as its tensors
         writer.close()
         os.replace(partial, path)
     except BaseException:
@@ -225,10 +231,13 @@ def _write_gguf(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None
 
 
 def write_synthetic_gguf(spec: ModelSpec, quant: str, table: TensorTable, path: Path, *, seed: int = 0,
-                         on_progress: Callable[[int, int], None] | None = None) -> SynthResult:
-    """A catalog model's GGUF with `table`'s tensors, our metadata and tokenizer, random weights."""
+                         on_progress: Callable[[int, int], None] | None = None,
+                         zero_weights: bool = False) -> SynthResult:
+    """A catalog model's GGUF with `table`'s tensors, our metadata and tokenizer, random weights; zero_weights
+    leaves the matrices as holes of a sparse file (calibration's probes: the kernels' speed does not depend on
+    the values, and nothing is written to disk)."""
     return _write_gguf(path, spec.arch, lambda writer: _add_metadata(writer, spec, quant, seed), table, seed,
-                       on_progress)
+                       on_progress, zero_weights)
 
 
 def write_twin_gguf(metadata: dict[str, Any], value_types: ValueTypes, table: TensorTable,

@@ -28,9 +28,11 @@ def tiny_spec(key: str, shape: dict[str, int]) -> ModelSpec:
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never touch the user's cache (synthetic models, hashes), and never the real Hub: tests that talk to a
-    Hub start the fake one and lift offline mode."""
+    Hub start the fake one and lift offline mode. No command calibrates unasked (a minute and a gigabyte of
+    probes per session): the tests of calibration ask for theirs."""
     monkeypatch.setenv("QWENBENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("QWENBENCH_CALIBRATE", "0")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from qwenbench.probe import probe_hardware
 from qwenbench.probe.apple import metal_budget, parse_apple
 from qwenbench.probe.backends import backends_from_filenames, missing_backend_hint
 from qwenbench.probe.bandwidth import measure_ram_bandwidth_gbps, store_bandwidth
-from qwenbench.probe.cpu import cpu_model_from_cpuinfo, features_from_cpuinfo
+from qwenbench.probe.cpu import cpu_model_from_cpuinfo, features_from_cpuinfo, last_level_cache_bytes, read_cpu
 from qwenbench.probe.nvidia import parse_nvidia_smi, read_nvidia, read_nvml
 from qwenbench.probe.sysfs_drm import read_drm_gpus
 
@@ -257,3 +257,16 @@ def test_windows_igpus_from_the_registry() -> None:
     radeon = gpus[0]
     assert radeon.shared_memory_bytes == 16 * GIB and radeon.budget_bytes == 512 * MIB + 16 * GIB
     assert radeon.source == "registry"
+
+
+def test_last_level_cache_from_a_sysfs_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu0 = tmp_path / "devices/system/cpu/cpu0"
+    for index, size in enumerate(("48K", "32K", "1024K", "32768K")):
+        (cpu0 / f"cache/index{index}").mkdir(parents=True)
+        (cpu0 / f"cache/index{index}/size").write_text(size + "\n")
+    assert last_level_cache_bytes(cpu0) == 32 << 20
+    monkeypatch.setenv("QWENBENCH_SYSFS_ROOT", str(tmp_path))
+    assert read_cpu().last_level_cache_bytes == 32 << 20
+    (cpu0 / "cache/index3/size").write_text("garbage")
+    assert last_level_cache_bytes(cpu0) == 1 << 20
+    assert last_level_cache_bytes(tmp_path / "nowhere") == 0  # a VM without cache entries: unknown

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from gguf import GGUFWriter
 
-from qwenbench.harness import _failure
+from qwenbench.harness import _failure, run_benchmark
+from qwenbench.machine import describe_machine
 from qwenbench.memtrack import ChildOutcome
+from qwenbench.modelfile import open_model_file
 from qwenbench.results import read_records
+from qwenbench.runspec import RunSettings
 
 from .conftest import run_cli
 
@@ -112,3 +116,19 @@ def test_exit_signals_map_to_statuses(tmp_path: Path) -> None:
     assert _failure(outcome(-9, interrupted=True), None, log)[0] == "interrupted"
     assert _failure(outcome(3), "llama_decode failed with code 1", log) == (
         "failed", "llama_decode failed with code 1 [llama.cpp: GGML_ASSERT(ne % 32 == 0) failed]")
+
+
+def test_a_depth_fill_is_decoded_once_then_restored(tiny_dense: Path, tmp_path: Path) -> None:
+    model = open_model_file(tiny_dense)
+    machine = describe_machine()
+    base = RunSettings(model_path=str(tiny_dense), n_prompt=(8,), n_gen=(4,), n_depth=(64,), repetitions=3,
+                       n_threads=1, ttft=False)
+    for refill, decoded in ((False, 1), (True, 6)):
+        fills: list[bool] = []
+        report = run_benchmark(replace(base, refill_depth=refill), model, machine, log_dir=tmp_path,
+                               on_event=lambda e, seen=fills: seen.append(e["restored"])
+                               if e["event"] == "depth_filled" else None)
+        assert [r.status for r in report.records] == ["ok", "ok"]
+        assert all(len(r.samples_ns) == 3 for r in report.records)
+        # two tests x three repetitions: one decoded fill and five restored, or six decoded with --refill-depth
+        assert len(fills) == 6 and fills.count(False) == decoded

@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from qwenbench.calibrate import calibrate, calibration_key, load_speed_calibration
+from qwenbench.calibrate import calibrate, calibration_key, load_speed_calibration, probe_bytes_for
+from qwenbench.calibration import forget_speed_observations, record_speed_observations
 from qwenbench.catalog import get_model
+from qwenbench.errors import QwenbenchError
 from qwenbench.fit import RunConfig
+from qwenbench.harness import run_batch
 from qwenbench.machine import describe_machine
 from qwenbench.recipe import tensor_table
 from qwenbench.results import read_records
-from qwenbench.speed import SpeedCalibration, TypeRate, predict_speed
+from qwenbench.runspec import RunSettings
+from qwenbench.speed import SpeedCalibration, SpeedObservation, TypeRate, predict_speed, refine_from
 
 from .conftest import run_cli
 
@@ -58,16 +62,21 @@ def test_moe_reads_only_the_used_experts_and_depth_reads_the_cache() -> None:
     other = sum(t.n_bytes for t in table.tensors if not t.is_expert and t.name != "token_embd.weight")
     embd = next(t for t in table.tensors if t.name == "token_embd.weight").n_bytes / spec.n_vocab
     assert shallow.parts["weights"] == pytest.approx((expert_bytes * 8 / 128 + other + embd) / 10e9)
-    calibration = replace(calibration, attention_tg_s=1e-12, attention_pp_s=1e-13)
+    # attention measured at two depths, dearer per cell at the deeper one (the cache outgrew the CPU's caches)
+    calibration = replace(calibration, attention=((1024, 1e-12, 1e-13), (4096, 3e-12, 2e-13)))
     deep = predict_speed(table, spec.shape(), config, calibration, depth=4096)
     head_work = spec.n_layer * spec.n_head * spec.head_dim
-    assert deep.parts["attention"] == pytest.approx(4096 * head_work * 1e-12)
+    assert deep.parts["attention"] == pytest.approx(4096 * head_work * 3e-12)
     assert deep.tg_ts < shallow.tg_ts
+    between = predict_speed(table, spec.shape(), config, calibration, depth=2560)
+    assert between.parts["attention"] == pytest.approx(2560 * head_work * 2e-12)  # interpolated
+    assert calibration.attention_at(100) == (1e-12, 1e-13) and calibration.attention_at(8192) == (3e-12, 2e-13)
     # prompt tokens attend over the depth and half the prompt, less the half-prompt the probes already held
-    prefill = predict_speed(table, spec.shape(), config, replace(calibration, attention_tg_s=0.0), depth=4096)
+    prefill = predict_speed(table, spec.shape(), config, calibration, depth=4096)
     extra = 1 / prefill.pp_ts - 1 / predict_speed(table, spec.shape(), config, _calibration(
         Q4_K=(10, 100), Q6_K=(10, 100), Q8_0=(10, 100), F32=(10, 100), F16=(10, 100))).pp_ts
-    assert extra == pytest.approx((4096 + 256 - 64) * head_work * 1e-13)
+    assert extra == pytest.approx((4096 + 256 - 64) * head_work * 2e-13)
+    assert SpeedCalibration.from_json(calibration.to_json()) == calibration
 
 
 def test_an_unmeasured_type_borrows_the_nearest_in_bits() -> None:
@@ -84,10 +93,11 @@ def test_calibration_through_llama_cpp_is_cached_per_key(tmp_path: Path, tiny_de
     small = {"n_embd": 256, "n_ff": 512, "n_head": 2, "n_head_kv": 1, "head_dim": 128}
     seen: list[str] = []
     calibration = calibrate(machine, 1, types=("Q8_0", "F16"), rounds=1, probe_shape=small, probe_bytes=1 << 20,
-                            on_progress=lambda what, done, total: seen.append(what))
+                            attention_depths=(32, 64), on_progress=lambda what, done, total: seen.append(what))
     assert set(calibration.rates) == {"Q8_0", "F16"}
-    assert all(r.tg_bytes_per_s > 1e8 and r.pp_bytes_per_s > r.tg_bytes_per_s for r in calibration.rates.values())
+    assert all(r.tg_bytes_per_s > 1e8 and r.pp_bytes_per_s > 1e8 for r in calibration.rates.values())
     assert calibration.token_s >= 0 and calibration.layer_s >= 0 and seen[-1] == "done"
+    assert [depth for depth, _, _ in calibration.attention] == [32, 64]
     cached, note = load_speed_calibration(calibration_key(machine, 1))
     assert cached == calibration and note is None
     assert load_speed_calibration(calibration_key(machine, 2)) == (None, None)  # another thread count: not this one
@@ -109,3 +119,82 @@ def test_a_damaged_cache_is_a_note_never_a_crash(tmp_path: Path, monkeypatch: py
     (tmp_path / "speed.json").write_bytes(content)
     cached, note = load_speed_calibration("K")
     assert cached is None and note is not None and "calibrating afresh" in note
+
+
+def test_probes_outgrow_the_last_level_cache_within_bounds() -> None:
+    assert probe_bytes_for(32 << 20) == 128 << 20  # four times the cache, never below 128 MB
+    assert probe_bytes_for(48 << 20) == 192 << 20
+    assert probe_bytes_for(105 << 20) == 256 << 20  # a server's shared L3: capped
+    assert probe_bytes_for(0) == 256 << 20  # unknown: the cap
+
+
+def test_one_child_runs_a_batch_of_models_and_fails_whole(tmp_path: Path, tiny_dense: Path, tiny_moe: Path) -> None:
+    base = RunSettings(model_path="", n_prompt=(8,), n_gen=(4,), repetitions=2, n_threads=1, ttft=False)
+    batch = [replace(base, model_path=str(tiny_dense)), replace(base, model_path=str(tiny_moe), n_depth=(16,))]
+    seen: list[int] = []
+    results = run_batch(batch, log_dir=tmp_path, on_event=lambda e: seen.append(e["index"])
+                        if e.get("event") == "model" else None)
+    assert seen == [0, 1] and len(results) == 2
+    for settings, by_test in zip(batch, results, strict=True):
+        assert {t.name for t in by_test} == {t.name for t in settings.tests()}
+        assert all(len(r.samples_ns) == 2 and min(r.samples_ns) > 0 for r in by_test.values())
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(64))
+    with pytest.raises(QwenbenchError) as failed:
+        run_batch([batch[0], replace(base, model_path=str(broken))], log_dir=tmp_path)
+    assert "calibration probe failed" in failed.value.message and "log" in (failed.value.hint or "")
+
+
+def test_run_without_calibration_neither_measures_nor_predicts(tmp_path: Path, tiny_dense: Path) -> None:
+    out = tmp_path / "r.csv"
+    environment = {"QWENBENCH_CACHE_DIR": str(tmp_path / "cache"), "QWENBENCH_CALIBRATE": "1"}
+    result = run_cli("run", "--gguf", str(tiny_dense), "-t", "1", "-p", "8", "-n", "4", "-r", "1", "--no-ttft",
+                     "--no-calibrate", "--out", str(out), env=environment)
+    assert result.returncode == 0, result.stderr
+    assert "calibrating" not in result.stderr and not (tmp_path / "cache" / "speed.json").exists()
+    assert all(r["predicted_tg_ts"] is None and r["predicted_pp_ts"] is None for r in read_records(out))
+
+
+def test_measured_runs_refine_predictions_per_kind_of_model() -> None:
+    observations = [SpeedObservation("tg", False, "qwen3-4b Q4_K_M", r) for r in (1.10, 1.12, 1.50)]  # one model
+    observations += [SpeedObservation("tg", False, "qwen3-8b Q4_K_M", 1.06),
+                     SpeedObservation("tg", False, "broken Q4_K_M", 9.0),  # implausible: ignored
+                     SpeedObservation("pp", False, "qwen3-8b Q4_K_M", 0.9),
+                     SpeedObservation("tg", True, "qwen3-30b-a3b Q3_K_L", 1.2)]
+    refinement = refine_from(observations)
+    # per model its median (1.12 for the 4B, however often it ran), then the median across models
+    assert refinement == (("pp", False, pytest.approx(0.9), 1), ("tg", False, pytest.approx(1.09), 2),
+                          ("tg", True, pytest.approx(1.2), 1))
+    spec = get_model("qwen3-8b")
+    table = tensor_table(spec, "Q4_K_M")
+    base = _calibration(Q4_K=(10, 100), Q6_K=(12, 150), F32=(20, 400))
+    refined = replace(base, refinement=refinement)
+    plain = predict_speed(table, spec.shape(), RunConfig(n_ctx=4096), base)
+    better = predict_speed(table, spec.shape(), RunConfig(n_ctx=4096), refined)
+    assert better.tg_ts == pytest.approx(plain.tg_ts * 1.09) and better.pp_ts == pytest.approx(plain.pp_ts * 0.9)
+    assert better.source == "calibrated here, refined by 2 measured models"
+    # at depth, nothing measured yet: the calibration's own figure
+    deep = predict_speed(table, spec.shape(), RunConfig(n_ctx=8192), refined, depth=4096)
+    assert deep.tg_ts == pytest.approx(predict_speed(table, spec.shape(), RunConfig(n_ctx=8192), base,
+                                                     depth=4096).tg_ts)
+    moe = get_model("qwen3-30b-a3b")
+    moe_table = tensor_table(moe, "Q4_K_M")
+    assert predict_speed(moe_table, moe.shape(), RunConfig(n_ctx=4096), refined).tg_ts == pytest.approx(
+        1.2 * predict_speed(moe_table, moe.shape(), RunConfig(n_ctx=4096), base).tg_ts)  # MoE from MoE only
+
+
+def test_refinement_is_kept_per_calibration_and_forgotten_by_a_fresh_one(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWENBENCH_CACHE_DIR", str(tmp_path))
+    calibration = _calibration(Q8_0=(10, 100))
+    (tmp_path / "speed.json").write_text(json.dumps({"K": calibration.to_json(), "L": calibration.to_json()}))
+    record_speed_observations("K", [SpeedObservation("tg", False, "qwen3-4b Q4_K_M", 1.2)])
+    (tmp_path / "speed-runs.json").write_text(json.dumps({
+        **json.loads((tmp_path / "speed-runs.json").read_text()), "L": [{"kind": "tg"}, "junk"]}))
+    loaded, note = load_speed_calibration("K")
+    assert note is None and loaded is not None and loaded.refined("tg", False) == (pytest.approx(1.2), 1)
+    other, _ = load_speed_calibration("L")  # unreadable lessons are left out, the calibration stands
+    assert other is not None and other.refinement == ()
+    forget_speed_observations("K")
+    again, _ = load_speed_calibration("K")
+    assert again is not None and again.refinement == ()

@@ -139,3 +139,17 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         read_header(tmp_path / "absent.gguf")
     with pytest.raises(InvalidModelFileError, match="is a directory"):
         read_header(tmp_path)
+
+
+def test_zero_weights_are_holes_of_a_sparse_file_with_the_same_table(tmp_path: Path) -> None:
+    spec = tiny_spec("qwen3-0.6b", {"n_layer": 4, "n_embd": 256, "n_ff": 768, "n_head": 2, "n_head_kv": 1,
+                                    "head_dim": 128})
+    table = tensor_table(spec, "Q8_0")
+    dense = write_synthetic_gguf(spec, "Q8_0", table, tmp_path / "random.gguf")
+    sparse = write_synthetic_gguf(spec, "Q8_0", table, tmp_path / "zero.gguf", zero_weights=True)
+    assert sparse.file_bytes == dense.file_bytes and read_header(sparse.path).table == table
+    # what the disk holds: the header and the norms, not the matrices' tens of MB
+    assert sparse.path.stat().st_blocks * 512 < dense.path.stat().st_blocks * 512 / 4
+    reader = GGUFReader(sparse.path)
+    weights = {t.name: t for t in reader.tensors}
+    assert not np.any(weights["blk.0.ffn_down.weight"].data) and np.all(weights["blk.0.attn_norm.weight"].data > 0)

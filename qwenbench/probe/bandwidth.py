@@ -18,6 +18,11 @@ ROUNDS = 4
 
 
 def measure_ram_bandwidth_gbps(threads: int, buffer_bytes: int = BUFFER_BYTES, rounds: int = ROUNDS) -> float:
+    return max(ram_bandwidth_trials(threads, buffer_bytes, rounds))
+
+
+def ram_bandwidth_trials(threads: int, buffer_bytes: int = BUFFER_BYTES, rounds: int = ROUNDS) -> list[float]:
+    """GB/s of each of `rounds` timed copies (after one untimed first touch)."""
     import numpy as np
 
     source = np.ones(buffer_bytes // 8, dtype=np.float64)
@@ -28,14 +33,14 @@ def measure_ram_bandwidth_gbps(threads: int, buffer_bytes: int = BUFFER_BYTES, r
     def copy(bound: tuple[int, int]) -> None:
         np.copyto(target[bound[0]:bound[1]], source[bound[0]:bound[1]])
 
-    best = float("inf")
+    trials = []
     with ThreadPoolExecutor(max_workers=len(bounds)) as pool:
         list(pool.map(copy, bounds))  # first touch: page faults are not bandwidth
         for _ in range(rounds):
             start = time.perf_counter()
             list(pool.map(copy, bounds))
-            best = min(best, time.perf_counter() - start)
-    return 2 * source.nbytes / best / 1e9
+            trials.append(2 * source.nbytes / (time.perf_counter() - start) / 1e9)
+    return trials
 
 
 def _cache_file() -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 
 from .model import CpuInfo
+from .sysfs_drm import sysfs_root
 
 # /proc/cpuinfo flag -> the name llama.cpp prints in its system info
 _X86_FEATURES = {
@@ -49,6 +50,16 @@ def features_from_cpuinfo(text: str) -> tuple[str, ...]:
     return tuple(name for name in order if name in found)
 
 
+def last_level_cache_bytes(cpu_dir: Path) -> int:
+    """The largest cache sysfs lists for cpu0 (`cache/index*/size`, e.g. `32768K`); 0 when it lists none."""
+    sizes = []
+    for entry in cpu_dir.glob("cache/index*/size"):
+        match = re.fullmatch(r"(\d+)([KMG]?)", entry.read_text(errors="replace").strip())
+        if match:
+            sizes.append(int(match.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[match.group(2)])
+    return max(sizes, default=0)
+
+
 def _sysctl(name: str) -> str:
     try:
         return subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=2).stdout.strip()
@@ -63,8 +74,13 @@ def read_cpu() -> CpuInfo:
         text = ""
     model = cpu_model_from_cpuinfo(text)
     features = features_from_cpuinfo(text)
+    try:
+        cache = last_level_cache_bytes(sysfs_root() / "devices/system/cpu/cpu0")
+    except OSError:
+        cache = 0
     if platform.system() == "Darwin":
         model = model or _sysctl("machdep.cpu.brand_string")
+        cache = cache or int(_sysctl("hw.l2cachesize") or 0)
         if platform.machine() == "arm64":
             features = features or ("NEON", "DOTPROD", "FP16_VA")
     return CpuInfo(
@@ -72,4 +88,5 @@ def read_cpu() -> CpuInfo:
         physical_cores=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
         logical_cores=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
         features=features,
+        last_level_cache_bytes=cache,
     )

@@ -12,6 +12,7 @@ class CpuInfo:
     physical_cores: int
     logical_cores: int
     features: tuple[str, ...]  # ISA extensions llama.cpp's CPU backend uses (AVX2, AVX512, AMX, NEON, ...)
+    last_level_cache_bytes: int = 0  # 0: unknown
 
 
 @dataclass(frozen=True)
