@@ -201,6 +201,13 @@ def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: 
                 figures: dict[str, Any] = {"predicted_tg_ts": predicted.tg_ts, "predicted_pp_ts": predicted.pp_ts,
                                            "predicted_ttft_ms": predicted.ttft_ms, "speed_source": predicted.source,
                                            "speed_uncertainty": predicted.uncertainty}
+                if estimate.host_bytes > hardware.ram.total_bytes:
+                    # it fits only because the kernel may drop the repacked weights' file pages: under that
+                    # pressure it also drops pages still in use and reads them again (measured: Qwen3-30B-A3B
+                    # Q4_K_M on 24 GiB prefilled at half its Q3_K_L's speed)
+                    figures["speed_source"] += ("; the mapped file and its repacked copies exceed RAM: slower while "
+                                                "the kernel re-reads dropped pages")
+                    figures["speed_uncertainty"] += 0.3
             else:
                 host_read, gpu_read = bytes_read_per_token(table, shape, config)
                 figures = {"predicted_tg_ts": predicted_tg_ts(host_read, gpu_read, ram_gbps or 20.0, gpu_gbps,

@@ -24,7 +24,8 @@ Schema (one row per test; llama-bench's column names where they overlap):
   samples_ns, samples_ts        every repetition, as JSON lists
   ttft_ms              ttft rows: mean time from chat prompt to first token (tokenize + prefill + pick)
   load_ms              model load time of the run
-  peak_rss_bytes       peak resident memory of the benchmark process (kernel high-water mark)
+  peak_rss_bytes       peak resident memory of the benchmark process (kernel high-water mark); with -d, it
+                       includes the saved copy of the filled cache (run --refill-depth for a peak without)
   peak_vram_bytes      peak GPU memory of the process where NVML reports it, else empty
   predicted_host_bytes, predicted_vram_bytes  the memory model's prediction for this run (schema 2+), so
                        prediction error reads off any CSV as predicted / peak

@@ -27,6 +27,7 @@ from qwenbench.planner import best_placement, choose
 from qwenbench.probe import CpuInfo, GpuInfo, Hardware, RamInfo
 from qwenbench.probe.cpu import read_cpu
 from qwenbench.recipe import tensor_table
+from qwenbench.speed import SpeedCalibration, TypeRate
 from qwenbench.tensors import TensorInfo
 
 from .conftest import TINY_DENSE, run_cli, tiny_spec
@@ -258,3 +259,16 @@ def test_what_would_fit() -> None:
     hopeless = what_would_fit("Q2_K", tensor_table(get_model("qwen3-32b"), "Q2_K"), shape_of("qwen3-32b"),
                               machine(2), 4096)
     assert len(hopeless) == 1 and "more free RAM" in hopeless[0]
+
+
+def test_a_plan_that_fits_only_by_dropping_file_pages_says_it_will_be_slower() -> None:
+    spec = get_model("qwen3-30b-a3b")
+    table = tensor_table(spec, "Q4_K_M")
+    speed = SpeedCalibration("k", {name: TypeRate(20e9, 60e9) for name in ("Q4_K", "Q6_K", "Q8_0", "F32")},
+                             token_s=0.001, layer_s=0.0001)
+    # AVX-512 repacks Q4_K: the copies (14 GB) and the mapped file together outgrow 24 GiB, the copies alone fit
+    tight = best_placement("Q4_K_M", table, spec.shape(), machine(24), 4096, speed=speed)
+    roomy = best_placement("Q4_K_M", table, spec.shape(), machine(64), 4096, speed=speed)
+    assert tight.fits and tight.predicted_host_bytes > 24 * GIB
+    assert "exceed RAM" in tight.speed_source and "exceed RAM" not in roomy.speed_source
+    assert tight.speed_uncertainty == pytest.approx(roomy.speed_uncertainty + 0.3)

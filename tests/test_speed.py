@@ -198,3 +198,15 @@ def test_refinement_is_kept_per_calibration_and_forgotten_by_a_fresh_one(tmp_pat
     forget_speed_observations("K")
     again, _ = load_speed_calibration("K")
     assert again is not None and again.refinement == ()
+
+
+def test_the_cache_key_changes_with_the_build_the_backend_and_the_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import qwenbench.calibrate as calibrate_module
+
+    machine = describe_machine()
+    key = calibration_key(machine, 2)
+    with_cuda = replace(machine, hardware=replace(machine.hardware, backends=("CUDA", "CPU")))
+    assert calibration_key(with_cuda, 2) != key and "CUDA,CPU" in calibration_key(with_cuda, 2)
+    assert calibration_key(machine, 4) != key
+    monkeypatch.setattr(calibrate_module, "_llama_version", lambda: "0.3.99")
+    assert calibration_key(machine, 2) != key and "0.3.99" in calibration_key(machine, 2)
