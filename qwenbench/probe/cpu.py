@@ -80,7 +80,8 @@ def read_cpu() -> CpuInfo:
         cache = 0
     if platform.system() == "Darwin":
         model = model or _sysctl("machdep.cpu.brand_string")
-        cache = cache or int(_sysctl("hw.l2cachesize") or 0)
+        l2 = _sysctl("hw.l2cachesize")  # Apple silicon's last level the CPU cores share
+        cache = cache or (int(l2) if l2.isdigit() else 0)
         if platform.machine() == "arm64":
             features = features or ("NEON", "DOTPROD", "FP16_VA")
     return CpuInfo(
