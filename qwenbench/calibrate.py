@@ -53,8 +53,8 @@ PROBE_BYTES = (128 << 20, 256 << 20)
 PROBE_GEN, PROBE_PROMPT, PROBE_REPS = 16, 2 * PROBE_PROMPT_CELLS, 2
 # attention's probe: little weight and real heads (16 query, 4 KV, 128 dimensions: GQA 4, as most Qwen3 models), so
 # that its slowdown at depth is attention's; 4 layers, so that filling its cache (quadratic work) stays about a
-# second. Decode at depth runs longer and more
-# often than a type probe's (PRECISE_GEN, PRECISE_REPS): attention's share is the difference of two noisy timings.
+# second. Decode at depth runs longer and more often than a type probe's (PRECISE_GEN, PRECISE_REPS): attention's
+# share is the difference of two noisy timings.
 ATTENTION_SHAPE = {"n_layer": 4, "n_embd": 64, "n_ff": 64, "n_head": 16, "n_head_kv": 4, "head_dim": 128}
 ATTENTION_DEPTHS = (2048,)
 PRECISE_GEN, PRECISE_REPS = 32, 3

@@ -210,19 +210,29 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
     return MemoryEstimate(int(host), int(vram), parts, units, int(required))
 
 
+def has_tied_output(table: TensorTable) -> bool:
+    """Whether token_embd doubles as the output layer (no output.weight): then every token reads all of it."""
+    return not any(t.name == "output.weight" for t in table.tensors)
+
+
+def token_read_bytes(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -> int:
+    """The bytes of a tensor one generated token reads: one row of token_embd unless it doubles as the output,
+    the used experts' share of an MoE layer, else all of it."""
+    if tensor.name == "token_embd.weight" and not tied_output:
+        return tensor.n_bytes // max(1, shape.n_vocab)
+    if tensor.is_expert and shape.n_expert:
+        return tensor.n_bytes * shape.n_expert_used // shape.n_expert
+    return tensor.n_bytes
+
+
 def bytes_read_per_token(table: TensorTable, shape: ModelShape, config: RunConfig,
                          kv_fill_tokens: int = 0) -> tuple[int, int]:
-    """(host bytes, GPU bytes) one generated token reads: every weight it uses once (only the used experts'
-    share of an MoE layer; one row of token_embd unless it doubles as the output), plus the KV cache so far."""
+    """(host bytes, GPU bytes) one generated token reads: every weight it uses once (token_read_bytes), plus the
+    KV cache so far."""
     host = gpu = 0
-    tied_output = not any(t.name == "output.weight" for t in table.tensors)
+    tied_output = has_tied_output(table)
     for tensor in table.tensors:
-        if tensor.name == "token_embd.weight" and not tied_output:
-            size = tensor.n_bytes // max(1, shape.n_vocab)
-        elif tensor.is_expert and shape.n_expert:
-            size = tensor.n_bytes * shape.n_expert_used // shape.n_expert
-        else:
-            size = tensor.n_bytes
+        size = token_read_bytes(tensor, shape, tied_output)
         if on_gpu(tensor, shape, config):
             gpu += size
         else:

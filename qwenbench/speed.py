@@ -3,7 +3,7 @@ quant and placement, from its tensor table and what `qwenbench calibrate` measur
 
 Decode reads every weight a token uses once, so a token costs, on the host, the sum over its tensors of
 bytes / (the rate this machine's llama.cpp decodes that weight type at), plus a fixed cost per token and per
-layer (graph, thread wake-ups, synchronisation), plus reading the KV cache filled so far. Prefill is compute:
+layer (graph, thread wake-ups, synchronisation), plus attention over the KV cache filled so far. Prefill is compute:
 each prompt token costs the weight bytes it multiplies through / (the rate that weight type is processed at
 in a batch). Both rates are measured per weight type with real llama.cpp runs of small probe models, so
 a model that never ran here is predicted from the types it is made of. A type the calibration lacks takes
@@ -19,7 +19,17 @@ from typing import Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .fit import KV_CELL_PAD, ModelShape, RunConfig, first_gpu_layer, kv_bytes_per_layer, on_gpu
+from .fit import (
+    KV_CELL_PAD,
+    ModelShape,
+    RunConfig,
+    bytes_read_per_token,
+    first_gpu_layer,
+    has_tied_output,
+    kv_bytes_per_layer,
+    on_gpu,
+    token_read_bytes,
+)
 from .tensors import TensorInfo, TensorTable
 
 # the weight types llama-quantize's presets write, which calibration measures
@@ -171,49 +181,36 @@ class SpeedPrediction:
                 "parts_ms": {k: round(v * 1e3, 3) for k, v in self.parts.items()}}
 
 
-def _token_share(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -> float:
-    """The share of a tensor one token reads: one row of the embeddings (all of them when they double as the
-    output), the used experts' share of an MoE layer, else all of it."""
-    if tensor.name == "token_embd.weight" and not tied_output:
-        return 1.0 / max(1, shape.n_vocab)
-    if tensor.is_expert and shape.n_expert:
-        return shape.n_expert_used / shape.n_expert
-    return 1.0
-
-
-def _prefill_share(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -> float:
-    """The share of a tensor each prompt token multiplies through: the layers'. The embeddings are a lookup, and
+def _prefill_bytes(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -> int:
+    """The bytes of a tensor each prompt token multiplies through: the layers'. The embeddings are a lookup, and
     the output layer works for the batch's last token only (negligible at pp512)."""
-    if tensor.layer is None:
-        return 0.0
-    return _token_share(tensor, shape, tied_output)
+    return 0 if tensor.layer is None else token_read_bytes(tensor, shape, tied_output)
 
 
 def decode_bytes_per_token(table: TensorTable, shape: ModelShape) -> float:
     """The weight bytes one decoded token reads (all on the host): what a decode rate is measured in."""
-    tied_output = not any(t.name == "output.weight" for t in table.tensors)
-    return sum(t.n_bytes * _token_share(t, shape, tied_output) for t in table.tensors)
+    return bytes_read_per_token(table, shape, RunConfig(n_ctx=1))[0]
 
 
 def prefill_bytes_per_token(table: TensorTable, shape: ModelShape) -> float:
     """The weight bytes one prompt token multiplies through: what a prefill rate is measured and predicted in."""
-    tied_output = not any(t.name == "output.weight" for t in table.tensors)
-    return sum(t.n_bytes * _prefill_share(t, shape, tied_output) for t in table.tensors)
+    tied_output = has_tied_output(table)
+    return sum(_prefill_bytes(t, shape, tied_output) for t in table.tensors)
 
 
 def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, calibration: SpeedCalibration, *,
                   depth: int = 0, n_prompt: int = 512, ttft_prompt_tokens: int = TTFT_PROMPT_TOKENS,
                   gpu_gbps: float | None = None) -> SpeedPrediction:
     """Predicted tg and pp tokens/s at `depth` tokens of context, and the chat prompt's TTFT."""
-    tied_output = not any(t.name == "output.weight" for t in table.tensors)
+    tied_output = has_tied_output(table)
     tg_host = tg_gpu = pp_host = pp_gpu = 0.0
     borrowed: set[str] = set()
     for tensor in table.tensors:
         rate, measured = calibration.rate(tensor.type_name)
         if not measured:
             borrowed.add(tensor.type_name)
-        tg_bytes = tensor.n_bytes * _token_share(tensor, shape, tied_output)
-        pp_bytes = tensor.n_bytes * _prefill_share(tensor, shape, tied_output)
+        tg_bytes = token_read_bytes(tensor, shape, tied_output)
+        pp_bytes = _prefill_bytes(tensor, shape, tied_output)
         if on_gpu(tensor, shape, config):
             tg_gpu += tg_bytes
             pp_gpu += pp_bytes
