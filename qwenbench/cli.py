@@ -243,8 +243,9 @@ def calibrate_command(
 ) -> None:
     """Measure what the speed model needs on this machine, with real llama.cpp runs of small probe models: the
     decode and prefill rate of each weight type (Q2_K ... Q8_0, IQ4_XS, IQ4_NL, MXFP4, F16, BF16, F32), the fixed
-    cost of a token and of a layer, and the extra cost of an MoE layer. Cached per machine, llama.cpp build,
-    backend and thread count; plan measures it by itself the first time it needs it."""
+    cost of a token and of a layer, the extra cost of an MoE layer, and attention over a filled cache; also the
+    RAM copy bandwidth (median and spread of several trials). About a minute on 2 cores. Cached per machine,
+    llama.cpp build, backend and thread count; plan, run and bench measure it by themselves the first time."""
     from rich.table import Table
 
     from .calibrate import BANDWIDTH_TRIALS
