@@ -1,16 +1,17 @@
-"""`qwenbench calibrate`: measure, with real llama.cpp runs of small probe models, what the speed model needs on
-this machine: the decode and prefill rate of each weight type, the fixed cost of a token and of a layer, the
-extra cost of an MoE layer, and attention's cost over a filled cache. Cached per machine, llama.cpp build,
-backend and thread count.
+"""`qwenbench calibrate`: measure, with real llama.cpp runs of small probe models, what the speed model needs on this
+machine: the decode and prefill rate of each weight type, the fixed cost of a token and of a layer, the extra cost
+of an MoE layer, and attention's cost over a filled cache. Cached per machine, llama.cpp build, backend and thread
+count.
 
-A type's probe is a Qwen3-shaped model (n_embd 1024, n_ff 3072: real row lengths, so llama.cpp runs the kernels
-it runs for real models) whose every matrix is of that type, with layers enough for four times the last-level
-cache (128-256 MB; at most 10 layers, about 90 MB for Q2_K), so decode reads it from RAM as it does a real
-model. Overheads come from tiny models (n_embd 64) of 2 and 32 layers, dense and MoE, whose weights are small
-enough that the fixed costs dominate; attention from a tiny-weight model with real attention heads, decoded and
-prefilled at depth and without. Probe weights are zeros in sparse files (nothing to write; the kernels' speed
-does not depend on the values). All probes run one after another in one child process, in two rounds (the
-second backwards), each keeping its fastest.
+A type's probe is a Qwen3-shaped model (n_embd 1024, n_ff 3072: real row lengths, so llama.cpp runs the kernels it
+runs for real models) whose every matrix is of that type, with layers enough for four times the last-level cache
+(128-256 MB; at most 10 layers, about 90 MB for Q2_K), so decode reads it from RAM as it does a real model.
+Overheads come from tiny models (n_embd 64) of 2 and 32 layers, dense and MoE, whose weights are small enough that
+the fixed costs dominate; MoE experts' prefill, whose kernels differ from a dense matrix's, from one probe per type
+with real expert matrices (Qwen3-30B-A3B's, 8 of them); attention from a tiny-weight model with real attention
+heads, decoded and prefilled at depth and without. Probe weights are zeros in sparse files (nothing to write; the
+kernels' speed does not depend on the values). All probes run one after another in one child process, in two rounds
+(the second backwards), each keeping its fastest.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from pathlib import Path
 
 from .calibration import forget_speed_observations, speed_observations
 from .catalog import ModelSpec, get_model
+from .fit import has_tied_output, token_read_bytes
 from .harness import run_batch
 from .machine import MachineInfo
 from .modelfile import ensure_synthetic_table
 from .paths import cache_dir, logs_dir, read_json, write_json
 from .probe.bandwidth import ram_bandwidth_trials
 from .recipe import tensor_layout
-from .runspec import RunSettings
+from .runspec import RunSettings, TestSpec
 from .speed import (
     CALIBRATED_TYPES,
     PROBE_PROMPT_CELLS,
@@ -51,17 +53,30 @@ TINY_LAYERS = 32  # against 2: the difference, 30 layers' fixed cost, stands wel
 # cache size is unknown
 PROBE_BYTES = (128 << 20, 256 << 20)
 PROBE_GEN, PROBE_PROMPT, PROBE_REPS = 16, 2 * PROBE_PROMPT_CELLS, 2
+PP = f"pp{PROBE_PROMPT}"
 # attention's probe: little weight and real heads (16 query, 4 KV, 128 dimensions: GQA 4, as most Qwen3 models), so
 # that its slowdown at depth is attention's; 4 layers, so that filling its cache (quadratic work) stays about a
 # second. Decode at depth runs longer and more often than a type probe's (PRECISE_GEN, PRECISE_REPS): attention's
 # share is the difference of two noisy timings.
 ATTENTION_SHAPE = {"n_layer": 4, "n_embd": 64, "n_ff": 64, "n_head": 16, "n_head_kv": 4, "head_dim": 128}
 ATTENTION_DEPTHS = (2048,)
+# an MoE layer's experts in a batch run other kernels than a dense matrix's (ggml's mul_mat_id: each expert's
+# rows gathered and multiplied apart), for some types far slower (measured on AVX-512: Q4_K experts prefill at
+# 0.6x the dense rate), and a ubatch gives each used expert only some of its tokens, which for some types costs
+# much (Q3_K: 16-20 GB/s at 8 tokens an expert, 37-39 at 32). So each type's experts have their own probe, with
+# Qwen3-30B-A3B's expert matrices (2048 x 768), 8 experts, 2 used, prefilled at two batches: 8 and 32 tokens an
+# expert, as Qwen3-30B-A3B's chat prompt and pp512 give; attention small beside the experts, no decode
+MOE_PROBE_SHAPE = {"n_layer": 4, "n_embd": 2048, "n_ff_exp": 768, "n_expert": 8, "n_expert_used": 2, "n_head": 4,
+                   "n_head_kv": 1, "head_dim": 64}
+MOE_PROBE_BATCHES = (8, 32)  # tokens an expert
+# the expert types measured: the presets' quantized ones. 16-bit MoE files (60 GB and up) run on a CPU rarely; their
+# experts take their dense rate scaled as the measured types' are
+MOE_TYPES = ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4_XS", "IQ4_NL", "MXFP4")
 PRECISE_GEN, PRECISE_REPS = 32, 3
 ROUNDS = 2
 BANDWIDTH_BYTES, BANDWIDTH_TRIALS = 512 << 20, 7
 SOLVE_ITERATIONS = 4
-CALIBRATION_FORMAT = "f2"  # what the probes measure and how: a calibration of another format is not this one
+CALIBRATION_FORMAT = "f3"  # what the probes measure and how: a calibration of another format is not this one
 OnProgress = Callable[[str, int, int], None]  # (what, done, total)
 
 
@@ -72,6 +87,7 @@ class _Probe:
     table: TensorTable
     # what it measures is a small difference between probes (fixed costs, attention): decode it longer, more often
     precise: bool = False
+    moe_type: str = ""  # an expert prefill probe of this weight type
 
     @property
     def path(self) -> Path:
@@ -103,6 +119,41 @@ def _tiny_probe(n_layer: int, moe: bool) -> _Probe:
     key, extra = ("qwen3-30b-a3b", TINY_MOE) if moe else ("qwen3-0.6b", {})
     spec = get_model(key).with_overrides(n_layer=n_layer, **TINY_SHAPE, **extra)
     return _Probe(f"tiny-{'moe' if moe else 'dense'}-l{n_layer}", spec, _uniform_table(spec, "Q8_0"), precise=True)
+
+
+def _moe_probe(type_name: str, shape: dict[str, int]) -> _Probe:
+    """Experts of `type_name`; attention in Q8_0; the embeddings, which must be random for tokens to spread over
+    the experts (the synthetic writer keeps them so) and double as the output layer, in Q2_K, the smallest."""
+    from gguf import GGMLQuantizationType
+
+    spec = get_model("qwen3-30b-a3b").with_overrides(tied_embeddings=True, **shape)
+    experts, embeddings, rest = (int(GGMLQuantizationType[t]) for t in (type_name, "Q2_K", "Q8_0"))
+    tensors = [TensorInfo(name, 0 if len(dims) < 2 or "ffn_gate_inp" in name else
+                          experts if "_exps" in name else embeddings if name == "token_embd.weight" else rest, dims)
+               for name, dims in tensor_layout(spec)]
+    return _Probe(f"moe-{type_name.lower()}-e{shape['n_embd']}-x{shape['n_expert']}k{shape['n_expert_used']}"
+                  f"-l{shape['n_layer']}", spec, TensorTable(tuple(tensors)), moe_type=type_name)
+
+
+def _expert_prefill(probe: _Probe, seconds: dict[str, float], rates: dict[str, TypeRate],
+                    fallback: TypeRate) -> tuple[float, float]:
+    """(rate, half-speed batch) of a type's experts from its probe's two prefills: a token's expert time at b tokens
+    an expert is a + c / b (c: what each expert's share of a ubatch costs besides its tokens' work); the dense
+    part (attention, router) at the dense rates comes off first."""
+    expert_bytes = prefill_bytes_per_token(probe.table, probe.spec.shape(), experts=True)
+    dense_s = _dense_prefill_s(probe, rates, fallback)
+    (small, small_s), (large, large_s) = ((batch, max(seconds[f"pp{n}"] - dense_s, 0.5 * seconds[f"pp{n}"]))
+                                          for batch, n in zip(MOE_PROBE_BATCHES, _moe_prompts(probe), strict=True))
+    per_batch = max(0.0, (small_s - large_s) / (1 / small - 1 / large))
+    per_token = max(large_s - per_batch / large, 0.25 * large_s)
+    return expert_bytes / per_token, per_batch / per_token
+
+
+def _dense_prefill_s(probe: _Probe, rates: dict[str, TypeRate], fallback: TypeRate) -> float:
+    """Seconds a prompt token spends in a probe's layers outside its experts, at the measured dense rates."""
+    shape, tied = probe.spec.shape(), has_tied_output(probe.table)
+    return sum(token_read_bytes(t, shape, tied) / rates.get(t.type_name, fallback).pp_bytes_per_s
+               for t in probe.table.tensors if t.layer is not None and not t.is_expert)
 
 
 def _attention_probe() -> _Probe:
@@ -155,16 +206,32 @@ def _fastest_s(samples_ns: tuple[int, ...], n_tokens: int) -> float:
     return min(samples_ns) / 1e9 / n_tokens
 
 
-def _probe_settings(probe: _Probe, n_threads: int, depth: int = 0) -> RunSettings:
+def _moe_prompts(probe: _Probe) -> tuple[int, ...]:
+    """An MoE probe's prompt lengths: those that give each used expert MOE_PROBE_BATCHES tokens."""
+    spec = probe.spec
+    return tuple(batch * spec.n_expert // spec.n_expert_used for batch in MOE_PROBE_BATCHES)
+
+
+def _probe_settings(probe: _Probe, n_threads: int, depths: tuple[int, ...] = (0,)) -> RunSettings:
     n_gen, repetitions = (PRECISE_GEN, PRECISE_REPS) if probe.precise else (PROBE_GEN, PROBE_REPS)
-    return RunSettings(model_path=str(probe.path), n_prompt=(PROBE_PROMPT,), n_gen=(n_gen,), n_depth=(depth,),
-                       repetitions=repetitions, n_threads=n_threads, n_gpu_layers=0, ttft=False)
+    prompts = (PROBE_PROMPT,)
+    if probe.moe_type:
+        prompts, n_gen = _moe_prompts(probe), 0
+    # no warm-up: each probe is measured repetitions x rounds times and keeps its fastest, so the first
+    # (cold) repetition never counts unless nothing else did better
+    return RunSettings(model_path=str(probe.path), n_prompt=prompts, n_gen=(n_gen,), n_depth=depths,
+                       repetitions=repetitions, n_threads=n_threads, n_gpu_layers=0, ttft=False, warmup=False)
 
 
-def _measure(runs: list[tuple[_Probe, int]], n_threads: int, log_dir: Path,
-             on_probe: Callable[[int], None]) -> list[tuple[float, float]]:
-    """(tg seconds per token, pp seconds per token) of each (probe, depth), all in one child process."""
-    batch = [_probe_settings(probe, n_threads, depth) for probe, depth in runs]
+def _test_key(test: TestSpec) -> str:
+    return ("tg" if test.kind == "tg" else f"pp{test.n_prompt}") + (f"@{test.n_depth}" if test.n_depth else "")
+
+
+def _measure(runs: list[tuple[_Probe, tuple[int, ...]]], n_threads: int, log_dir: Path,
+             on_probe: Callable[[int], None]) -> list[dict[str, float]]:
+    """Seconds per token of each (probe, depths)'s tests ("tg", "pp" + prompt length, "@" + depth when deep), all
+    in one child process."""
+    batch = [_probe_settings(probe, n_threads, depths) for probe, depths in runs]
 
     def follow(event: dict) -> None:
         if event.get("event") == "model":
@@ -172,25 +239,25 @@ def _measure(runs: list[tuple[_Probe, int]], n_threads: int, log_dir: Path,
 
     measured = []
     for results in run_batch(batch, log_dir=log_dir, timeout_s=60 + 30 * len(batch), on_event=follow):
-        by_kind = {test.kind: result for test, result in results.items()}
-        measured.append((_fastest_s(by_kind["tg"].samples_ns, by_kind["tg"].test.n_gen),
-                         _fastest_s(by_kind["pp"].samples_ns, PROBE_PROMPT)))
+        measured.append({_test_key(test): _fastest_s(result.samples_ns, test.n_gen if test.kind == "tg"
+                                                     else test.n_prompt) for test, result in results.items()})
     return measured
 
 
-def _announce(order: list[tuple[_Probe, int]], label: str, done: int, total: int,
+def _announce(order: list[tuple[_Probe, tuple[int, ...]]], label: str, done: int, total: int,
               progress: OnProgress) -> Callable[[int], None]:
     def on_probe(index: int) -> None:
-        probe, depth = order[index]
-        progress(f"{label}: {probe.name}" + (f" at depth {depth}" if depth else ""), done + index, total)
+        probe, depths = order[index]
+        deep = [str(d) for d in depths if d]
+        progress(f"{label}: {probe.name}" + (f" and at depth {', '.join(deep)}" if deep else ""), done + index, total)
 
     return on_probe
 
 
 def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = CALIBRATED_TYPES,
               rounds: int = ROUNDS, probe_shape: dict[str, int] | None = None, probe_bytes: int | None = None,
-              attention_depths: tuple[int, ...] = ATTENTION_DEPTHS,
-              on_progress: OnProgress | None = None) -> SpeedCalibration:
+              attention_depths: tuple[int, ...] = ATTENTION_DEPTHS, moe_types: tuple[str, ...] | None = None,
+              moe_shape: dict[str, int] | None = None, on_progress: OnProgress | None = None) -> SpeedCalibration:
     """Measure every weight type and the fixed costs, store the result under this machine's key, return it.
 
     Probes are measured in interleaved rounds and each keeps its fastest: on a shared machine a neighbour can
@@ -200,29 +267,33 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     progress = on_progress or (lambda what, done, total: None)
     log_dir = logs_dir()
     probe_bytes = probe_bytes or probe_bytes_for(machine.hardware.cpu.last_level_cache_bytes)
-    probes = [_type_probe(t, probe_shape or PROBE_SHAPE, probe_bytes) for t in types]
-    probes += [_tiny_probe(2, False), _tiny_probe(TINY_LAYERS, False), _tiny_probe(TINY_LAYERS, True),
-               _attention_probe()]
-    attention = probes[-1]
-    runs = [(probe, 0) for probe in probes] + [(attention, depth) for depth in attention_depths]
+    type_probes = [_type_probe(t, probe_shape or PROBE_SHAPE, probe_bytes) for t in types]
+    tiny = [_tiny_probe(2, False), _tiny_probe(TINY_LAYERS, False), _tiny_probe(TINY_LAYERS, True)]
+    moe_types = tuple(t for t in MOE_TYPES if t in types) if moe_types is None else moe_types
+    moe_probes = [_moe_probe(t, moe_shape or MOE_PROBE_SHAPE) for t in moe_types]
+    attention = _attention_probe()
+    probes = [*type_probes, *tiny, *moe_probes, attention]
+    runs = [(probe, (0, *attention_depths) if probe is attention else (0,)) for probe in probes]
     total = len(runs) * rounds
     for probe in probes:  # sparse files of zero weights (the kernels' speed does not depend on the values), kept
         progress(f"writing probe {probe.name}", 0, total)
         ensure_synthetic_table(probe.spec, "Q8_0", probe.table, probe.path, zero_weights=True)
-    seen: dict[tuple[str, int], list[tuple[float, float]]] = {(p.name, d): [] for p, d in runs}
+    seen: dict[str, list[dict[str, float]]] = {p.name: [] for p, _ in runs}
     for round_number in range(rounds):
         # every other round runs backwards: a slow stretch of the machine then falls on other probes
         order = runs if round_number % 2 == 0 else runs[::-1]
         label = f"round {round_number + 1}/{rounds}"
-        for (probe, depth), figures in zip(order, _measure(order, n_threads, log_dir, _announce(
+        for (probe, _), figures in zip(order, _measure(order, n_threads, log_dir, _announce(
                 order, label, round_number * len(runs), total, progress)), strict=True):
-            seen[probe.name, depth].append(figures)
+            seen[probe.name].append(figures)
     progress("done", len(runs) * rounds, len(runs) * rounds)
-    best = {name: (min(t for t, _ in figures), min(p for _, p in figures)) for (name, depth), figures in seen.items()
-            if not depth}
-    spreads = [(max(t for t, _ in runs) - min(t for t, _ in runs)) / max(t for t, _ in runs)
-               for runs in seen.values() if len(runs) > 1]
-    tiny = probes[len(types):-1]
+    fastest = {key: {test: min(f[test] for f in figures) for test in figures[0]} for key, figures in seen.items()}
+    best = {name: (tests.get("tg", 0.0), tests.get(PP, 0.0)) for name, tests in fastest.items()}
+    spreads = []  # how far the rounds disagree, on decode (an MoE probe has none: on its prefill)
+    for figures in seen.values():
+        values = [f["tg"] if "tg" in f else f[PP] for f in figures]
+        if len(values) > 1:
+            spreads.append((max(values) - min(values)) / max(values))
     token_s = layer_s = moe_layer_s = 0.0
     for _ in range(SOLVE_ITERATIONS):
         # a probe's decode time is its weights at its type's rate plus the fixed costs of its token and layers;
@@ -230,22 +301,24 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
         rates = {t: TypeRate(decode_bytes_per_token(p.table, p.spec.shape())
                              / max(best[p.name][0] - token_s - layer_s * p.spec.n_layer, 0.5 * best[p.name][0]),
                              prefill_bytes_per_token(p.table, p.spec.shape()) / best[p.name][1])
-                 for t, p in zip(types, probes, strict=False)}
+                 for t, p in zip(types, type_probes, strict=True)}
         reference = rates.get("Q8_0", next(iter(rates.values())))
         two, many, moe_many = (best[p.name][0] - decode_bytes_per_token(p.table, p.spec.shape())
                                / reference.tg_bytes_per_s for p in tiny)
         layer_s = max(0.0, (many - two) / (TINY_LAYERS - 2))
         token_s = max(0.0, two - 2 * layer_s)
         moe_layer_s = max(0.0, (moe_many - many) / TINY_LAYERS)
+    moe_prefill = {probe.moe_type: _expert_prefill(probe, fastest[probe.name], rates, reference)
+                   for probe in moe_probes}
     spec = attention.spec
     head_work = spec.n_layer * spec.n_head * spec.head_dim
     shallow = best[attention.name]
     points = []
     for depth in attention_depths:
-        deep = seen[attention.name, depth]
+        deep = fastest[attention.name]
         # its slowdown at depth, per cell and unit of head work, decoding and prefilling
-        points.append((depth, max(0.0, (min(t for t, _ in deep) - shallow[0]) / (depth * head_work)),
-                       max(0.0, (min(p for _, p in deep) - shallow[1]) / (depth * head_work))))
+        points.append((depth, max(0.0, (deep[f"tg@{depth}"] - shallow[0]) / (depth * head_work)),
+                       max(0.0, (deep[f"{PP}@{depth}"] - shallow[1]) / (depth * head_work))))
     bandwidth = ram_bandwidth_trials(n_threads, max(BANDWIDTH_BYTES, 8 * machine.hardware.cpu.last_level_cache_bytes),
                                      BANDWIDTH_TRIALS)
     ram_gbps = statistics.median(bandwidth)
@@ -253,7 +326,7 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
                                    tuple(points), statistics.median(spreads) if spreads else 0.0,
                                    ram_gbps, (max(bandwidth) - min(bandwidth)) / ram_gbps,
                                    datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                   round(time.monotonic() - started, 1))
+                                   round(time.monotonic() - started, 1), moe_prefill=moe_prefill)
     data = read_json(_path())
     data[calibration.key] = calibration.to_json()
     write_json(_path(), data)

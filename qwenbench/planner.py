@@ -139,6 +139,7 @@ class Placement:
     predicted_ttft_ms: float | None = None
     speed_source: str = "copy bandwidth x default efficiency"
     speed_uncertainty: float = 0.5  # relative, one standard deviation
+    use_mmap: bool = True  # False: read into memory (--no-mmap), where mapping would not fit
 
     def to_json(self) -> dict[str, Any]:
         return {"quant": self.quant, "n_gpu_layers": self.n_gpu_layers, "n_cpu_moe": self.n_cpu_moe,
@@ -149,7 +150,7 @@ class Placement:
                 "predicted_pp_ts": None if self.predicted_pp_ts is None else round(self.predicted_pp_ts, 1),
                 "predicted_ttft_ms": None if self.predicted_ttft_ms is None else round(self.predicted_ttft_ms),
                 "speed_source": self.speed_source, "speed_uncertainty": round(self.speed_uncertainty, 3),
-                "problems": list(self.problems)}
+                "use_mmap": self.use_mmap, "problems": list(self.problems)}
 
 
 @dataclass(frozen=True)
@@ -180,10 +181,13 @@ def _placements(shape: ModelShape, gpu: GpuInfo | None, expert_offload: bool) ->
 
 def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: Hardware, n_ctx: int,
                    calibration: Calibration | None = None, kv_types: tuple[str, ...] = ("f16", "q8_0"),
-                   expert_offload: bool = True, speed: SpeedCalibration | None = None) -> Placement:
+                   expert_offload: bool = True, speed: SpeedCalibration | None = None,
+                   use_mmap: bool | None = None) -> Placement:
     """The fastest placement of one quant that fits, or the least-bad one with its problems.
 
-    expert_offload=False leaves out the MoE placements with experts in RAM (to compare against them)."""
+    expert_offload=False leaves out the MoE placements with experts in RAM (to compare against them);
+    use_mmap=None lets the plan read the model into memory where the mapped file and llama.cpp's repacked copies
+    of its weights would exceed RAM together (True or False: as the user pinned)."""
     calibration = calibration or Calibration()
     efficiency = calibration.tg_efficiency(shape.is_moe)
     gpu = usable_gpu(hardware)
@@ -193,8 +197,16 @@ def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: 
     for kv in kv_types:
         for layers, cpu_moe in _placements(shape, gpu, expert_offload):
             config = RunConfig(n_ctx=n_ctx, n_gpu_layers=layers, n_cpu_moe=cpu_moe, type_k=kv, type_v=kv,
-                               flash_attn=True, gpu=gpu is not None and layers > 0)
+                               flash_attn=True, gpu=gpu is not None and layers > 0, use_mmap=use_mmap is not False)
             estimate = estimate_memory(table, shape, config, hardware.cpu.features, calibration)
+            if use_mmap is None and estimate.host_bytes > hardware.ram.total_bytes:
+                # mapped, the file's pages of repacked weights stay beside their copies: it fits only while the
+                # kernel drops them, and it loads slowly (measured: Qwen3-30B-A3B Q4_K_M on 24 GiB, 78 s and a
+                # 24.9 GB peak mapped, 47 s and 18.8 GB read in, the same speeds)
+                unmapped = replace(config, use_mmap=False)
+                unmapped_estimate = estimate_memory(table, shape, unmapped, hardware.cpu.features, calibration)
+                if not fit_problems(unmapped_estimate, hardware, gpu if config.gpu else None):
+                    config, estimate = unmapped, unmapped_estimate
             problems = fit_problems(estimate, hardware, gpu if config.gpu else None)
             if speed is not None:
                 predicted = predict_speed(table, shape, config, speed, gpu_gbps=gpu_gbps)
@@ -202,19 +214,17 @@ def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: 
                                            "predicted_ttft_ms": predicted.ttft_ms, "speed_source": predicted.source,
                                            "speed_uncertainty": predicted.uncertainty}
                 if estimate.host_bytes > hardware.ram.total_bytes:
-                    # it fits only because the kernel may drop the repacked weights' file pages: under that
-                    # pressure it also drops pages still in use and reads them again (measured: Qwen3-30B-A3B
-                    # Q4_K_M on 24 GiB prefilled at half its Q3_K_L's speed)
-                    figures["speed_source"] += ("; the mapped file and its repacked copies exceed RAM: slower while "
-                                                "the kernel re-reads dropped pages")
-                    figures["speed_uncertainty"] += 0.3
+                    figures["speed_source"] += ("; the mapped file and its repacked copies exceed RAM: it loads "
+                                                "slowly while the kernel drops and re-reads pages")
+                    figures["speed_uncertainty"] += 0.1
             else:
                 host_read, gpu_read = bytes_read_per_token(table, shape, config)
                 figures = {"predicted_tg_ts": predicted_tg_ts(host_read, gpu_read, ram_gbps or 20.0, gpu_gbps,
                                                               efficiency)}
             candidate = Placement(quant, layers if config.gpu else 0, cpu_moe, kv, kv, True, n_ctx, not problems,
                                   estimate.host_bytes, estimate.vram_bytes, problems=tuple(problems),
-                                  predicted_host_required_bytes=estimate.host_required_bytes, **figures)
+                                  predicted_host_required_bytes=estimate.host_required_bytes,
+                                  use_mmap=config.use_mmap, **figures)
             if best is None or _better(candidate, best):
                 best = candidate
         if best is not None and best.fits:
@@ -315,8 +325,10 @@ def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: Mo
     runtime that cannot keep MoE experts in RAM."""
     config = run_config(settings, shape, hardware)
     kv_types = (settings.type_k,) if {"type_k", "type_v"} & pinned else ("f16", "q8_0")
+    # load mode auto is the plan's to choose; any other was asked for
+    pinned_mmap = None if settings.load_mode == "auto" else settings.load_mode != "none"
     placement = best_placement(quant, table, shape, hardware, config.n_ctx, calibration, kv_types, expert_offload,
-                               speed)
+                               speed, pinned_mmap)
     gpu = usable_gpu(hardware)
     planned = {"n_gpu_layers": placement.n_gpu_layers if gpu is not None else -1,
                "n_cpu_moe": placement.n_cpu_moe, "type_k": placement.type_k, "type_v": placement.type_v}
@@ -328,6 +340,10 @@ def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: Mo
         notes.append("pinned " + ", ".join(f"{n}={getattr(settings, n)}" for n in differing) + "; the plan would use "
                      + ", ".join(f"{n}={planned[n]}" for n in differing)
                      + f" (about {placement.predicted_tg_ts:.1f} t/s predicted)")
+    if pinned_mmap is None and not placement.use_mmap:
+        updates["load_mode"] = "none"
+        notes.append("reading the model into memory (--no-mmap): mapped, the file and llama.cpp's repacked copies "
+                     "of its weights would not fit in RAM together")
     settings = replace(settings, **updates)
     config = run_config(settings, shape, hardware)
     estimate = estimate_memory(table, shape, config, hardware.cpu.features, calibration)

@@ -1,13 +1,14 @@
-"""The speed model: predicted prompt (pp) and generation (tg) tokens/s and the chat prompt's TTFT for any model,
-quant and placement, from its tensor table and what `qwenbench calibrate` measured on this machine. Pure: no I/O.
+"""The speed model: predicted prompt (pp) and generation (tg) tokens/s and the chat prompt's TTFT for any model, quant
+and placement, from its tensor table and what `qwenbench calibrate` measured on this machine. Pure: no I/O.
 
-Decode reads every weight a token uses once, so a token costs, on the host, the sum over its tensors of
-bytes / (the rate this machine's llama.cpp decodes that weight type at), plus a fixed cost per token and per
-layer (graph, thread wake-ups, synchronisation), plus attention over the KV cache filled so far. Prefill is compute:
-each prompt token costs the weight bytes it multiplies through / (the rate that weight type is processed at
-in a batch). Both rates are measured per weight type with real llama.cpp runs of small probe models, so
-a model that never ran here is predicted from the types it is made of. A type the calibration lacks takes
-the rate of the measured type closest in bits per weight; a GPU's share uses its spec-sheet bandwidth.
+Decode reads every weight a token uses once, so a token costs, on the host, the sum over its tensors of bytes /
+(the rate this machine's llama.cpp decodes that weight type at), plus a fixed cost per token and per layer (graph,
+thread wake-ups, synchronisation), plus attention over the KV cache filled so far. Prefill is compute: each prompt
+token costs the weight bytes it multiplies through / (the rate that weight type is processed at in a batch; MoE
+experts at their own rate, as their batched kernels differ). The rates are measured per weight type with real
+llama.cpp runs of small probe models, so a model that never ran here is predicted from the types it is made of. A
+type the calibration lacks takes the rate of the measured type closest in bits per weight; a GPU's share uses its
+spec-sheet bandwidth.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ class SpeedCalibration:
     # what measured runs here taught: (kind, moe, factor, models), by which measured speeds beat the calibration's
     # own predictions (refine_from); not stored with the calibration, attached from the runs when it is loaded
     refinement: tuple[tuple[str, bool, float, int], ...] = ()
+    # MoE experts' prefill per weight type: (rate, half-speed batch). Their batched kernels are not a dense
+    # matrix's, and a batch gives each used expert only some of its tokens: at b tokens an expert, a token costs
+    # its expert bytes / rate x (1 + half-speed batch / b). Empty in a calibration that did not measure them
+    # (the dense rate stands in, at any batch).
+    moe_prefill: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def refined(self, kind: str, moe: bool) -> tuple[float, int]:
         """(factor, measured models) for predictions of this kind (tg, tg-deep, pp, pp-deep, ttft) and model kind."""
@@ -96,6 +102,22 @@ class SpeedCalibration:
         bits = bits_per_weight(type_name)
         nearest = min(self.rates, key=lambda name: abs(bits_per_weight(name) - bits))
         return self.rates[nearest], False
+
+    def expert_prefill(self, type_name: str) -> tuple[tuple[float, float], bool]:
+        """((rate, half-speed batch), measured here) for MoE experts of a weight type. An unmeasured type takes its
+        dense rate scaled as the measured types' experts are on the median, at their median half-speed batch;
+        without any measured, its dense rate at every batch."""
+        if type_name in self.moe_prefill:
+            return self.moe_prefill[type_name], True
+        rate, _ = self.rate(type_name)
+        if not self.moe_prefill:
+            return (rate.pp_bytes_per_s, 0.0), False
+        pairs = [(expert_rate / self.rates[name].pp_bytes_per_s, half)
+                 for name, (expert_rate, half) in self.moe_prefill.items() if name in self.rates]
+        if not pairs:
+            return (rate.pp_bytes_per_s, 0.0), False
+        return (rate.pp_bytes_per_s * statistics.median(r for r, _ in pairs),
+                statistics.median(h for _, h in pairs)), False
 
     def attention_at(self, depth: float) -> tuple[float, float]:
         """(decode, prefill) seconds per cell x layer x query head x head dim, at `depth` cells of cache."""
@@ -117,7 +139,8 @@ class SpeedCalibration:
                 "measured_at": self.measured_at, "wall_s": self.wall_s,
                 "notes": list(self.notes),
                 "rates": {name: {"tg_bytes_per_s": r.tg_bytes_per_s, "pp_bytes_per_s": r.pp_bytes_per_s}
-                          for name, r in self.rates.items()}}
+                          for name, r in self.rates.items()},
+                "moe_prefill": {name: list(pair) for name, pair in self.moe_prefill.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SpeedCalibration:
@@ -126,10 +149,15 @@ class SpeedCalibration:
         if not rates or any(r.tg_bytes_per_s <= 0 or r.pp_bytes_per_s <= 0 for r in rates.values()):
             raise ValueError("a calibration without positive rates")
         attention = tuple((int(depth), float(tg), float(pp)) for depth, tg, pp in data.get("attention", ()))
+        moe_prefill = {str(name): (float(rate), float(half))
+                       for name, (rate, half) in data.get("moe_prefill", {}).items()}
+        if any(rate <= 0 or half < 0 for rate, half in moe_prefill.values()):
+            raise ValueError("a calibration with a non-positive expert rate")
         return cls(str(data["key"]), rates, float(data["token_s"]), float(data["layer_s"]),
                    float(data.get("moe_layer_s", 0.0)), attention, float(data.get("spread", 0.0)),
                    float(data.get("ram_gbps", 0.0)), float(data.get("ram_spread", 0.0)),
-                   str(data.get("measured_at", "")), float(data.get("wall_s", 0.0)), tuple(data.get("notes", ())))
+                   str(data.get("measured_at", "")), float(data.get("wall_s", 0.0)), tuple(data.get("notes", ())),
+                   moe_prefill=moe_prefill)
 
 
 @dataclass(frozen=True)
@@ -192,10 +220,17 @@ def decode_bytes_per_token(table: TensorTable, shape: ModelShape) -> float:
     return bytes_read_per_token(table, shape, RunConfig(n_ctx=1))[0]
 
 
-def prefill_bytes_per_token(table: TensorTable, shape: ModelShape) -> float:
-    """The weight bytes one prompt token multiplies through: what a prefill rate is measured and predicted in."""
+def prefill_bytes_per_token(table: TensorTable, shape: ModelShape, *, experts: bool | None = None) -> float:
+    """The weight bytes one prompt token multiplies through: what a prefill rate is measured and predicted in;
+    experts=True counts only MoE experts' (at their used share), False all but theirs."""
     tied_output = has_tied_output(table)
-    return sum(_prefill_bytes(t, shape, tied_output) for t in table.tensors)
+    return sum(_prefill_bytes(t, shape, tied_output) for t in table.tensors
+               if experts is None or t.is_expert == experts)
+
+
+def tokens_per_expert(shape: ModelShape, n_tokens: float) -> float:
+    """The tokens each used expert gets, on average, in a batch of n_tokens (routing spreads them evenly)."""
+    return n_tokens * shape.n_expert_used / shape.n_expert if shape.n_expert else n_tokens
 
 
 def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, calibration: SpeedCalibration, *,
@@ -204,19 +239,25 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
     """Predicted tg and pp tokens/s at `depth` tokens of context, and the chat prompt's TTFT."""
     tied_output = has_tied_output(table)
     tg_host = tg_gpu = pp_host = pp_gpu = 0.0
+    experts: list[tuple[float, float]] = []  # (seconds a token at large batches, half-speed batch) per tensor
     borrowed: set[str] = set()
     for tensor in table.tensors:
         rate, measured = calibration.rate(tensor.type_name)
-        if not measured:
-            borrowed.add(tensor.type_name)
         tg_bytes = token_read_bytes(tensor, shape, tied_output)
         pp_bytes = _prefill_bytes(tensor, shape, tied_output)
         if on_gpu(tensor, shape, config):
             tg_gpu += tg_bytes
             pp_gpu += pp_bytes
+        elif tensor.is_expert and shape.n_expert:
+            (expert_rate, half_batch), expert_measured = calibration.expert_prefill(tensor.type_name)
+            measured = measured and expert_measured
+            tg_host += tg_bytes / rate.tg_bytes_per_s
+            experts.append((pp_bytes / expert_rate, half_batch))
         else:
             tg_host += tg_bytes / rate.tg_bytes_per_s
             pp_host += pp_bytes / rate.pp_bytes_per_s
+        if not measured:
+            borrowed.add(tensor.type_name)
     parts = {"weights": tg_host, "fixed": calibration.token_s + calibration.layer_s * shape.n_layer
              + (calibration.moe_layer_s * shape.n_layer if shape.is_moe else 0.0)}
     first = first_gpu_layer(shape.n_layer, config.n_gpu_layers) if config.gpu else shape.n_layer + 1
@@ -227,10 +268,16 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
         parts["attention"] = depth * head_work * calibration.attention_at(depth)[0]
         per_cell = kv_bytes_per_layer(shape, KV_CELL_PAD, config.type_k, config.type_v) / KV_CELL_PAD
         tg_gpu += per_cell * depth * gpu_layers
-    # prompt tokens attend over the depth and, on average, half the prompt; the probes' rates already hold half
-    # of theirs (PROBE_PROMPT_CELLS)
-    attended = depth + n_prompt / 2
-    pp_host += max(0.0, attended - PROBE_PROMPT_CELLS) * head_work * calibration.attention_at(attended)[1]
+
+    def prefill_s(n_tokens: int, at_depth: int) -> float:
+        """Host seconds per prompt token of a prompt of n_tokens after at_depth cells: the weights' batch work
+        (experts' by the tokens each gets of a ubatch), and attention over the depth and, on average, half the
+        prompt, less the half-prompt the probes' rates already hold (PROBE_PROMPT_CELLS)."""
+        batch = tokens_per_expert(shape, max(1, min(n_tokens, config.n_ubatch, config.n_batch)))
+        attended = at_depth + n_tokens / 2
+        return (pp_host + sum(seconds * (1 + half / batch) for seconds, half in experts)
+                + max(0.0, attended - PROBE_PROMPT_CELLS) * head_work * calibration.attention_at(attended)[1])
+
     source = "calibrated here"
     if tg_gpu:
         if not gpu_gbps:
@@ -239,10 +286,11 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
         source += ", GPU from the spec table"
     tg_seconds = sum(parts.values())
     # a prompt token costs its weights' batch work; a GPU's share of prefill is taken as free beside the host's
-    pp_seconds = pp_host + (pp_gpu / (gpu_gbps * 1e9 * 50) if pp_gpu and gpu_gbps else 0.0)
+    gpu_prefill_s = pp_gpu / (gpu_gbps * 1e9 * 50) if pp_gpu and gpu_gbps else 0.0
+    pp_seconds = prefill_s(n_prompt, depth) + gpu_prefill_s
     pp_ts = 1.0 / pp_seconds if pp_seconds > 0 else 0.0
     tg_ts = 1.0 / tg_seconds if tg_seconds > 0 else 0.0
-    ttft_s = (ttft_prompt_tokens / pp_ts if pp_ts else 0.0) + (1.0 / tg_ts if tg_ts else 0.0)
+    ttft_s = ttft_prompt_tokens * (prefill_s(ttft_prompt_tokens, 0) + gpu_prefill_s) + (1.0 / tg_ts if tg_ts else 0.0)
     if borrowed:
         source += f" ({', '.join(sorted(borrowed))} from the nearest measured type)"
     if not tg_gpu and calibration.refinement:  # what CPU runs taught applies to CPU placements

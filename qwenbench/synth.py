@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter
@@ -127,6 +127,23 @@ def _write_tensor(out, tensor: TensorInfo, pools: _BlockPools, rng: np.random.Ge
         position = (position + take) % len(pool)
 
 
+class _Writer(GGUFWriter):
+    """GGUFWriter that packs each large array once per process: gguf-py packs an array item by item in Python,
+    half a second for the 151,936 tokens of Qwen's vocabulary, which every synthetic file carries (a calibration
+    writes dozens of probes). Overrides gguf 0.19's private _pack_val (the version is pinned)."""
+
+    _packed: ClassVar[dict[tuple[Any, ...], bytes]] = {}
+
+    def _pack_val(self, val: Any, vtype: GGUFValueType, add_vtype: bool,
+                  sub_type: GGUFValueType | None = None) -> bytes:
+        if vtype != GGUFValueType.ARRAY or not isinstance(val, list | tuple) or len(val) < 1024:
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+        key = (add_vtype, sub_type, self.endianess, tuple(val))
+        if key not in self._packed:
+            self._packed[key] = super()._pack_val(val, vtype, add_vtype, sub_type)
+        return self._packed[key]
+
+
 def _add_metadata(writer: GGUFWriter, spec: ModelSpec, quant: str, seed: int) -> None:
     preset = find_preset(quant)
     assert preset is not None
@@ -188,8 +205,8 @@ def copy_metadata(writer: GGUFWriter, metadata: dict[str, Any], value_types: Val
 
 def _write_gguf(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None], table: TensorTable, seed: int,
                 on_progress: Callable[[int, int], None] | None, zero_weights: bool = False) -> SynthResult:
-    """Write `table` with random weights (or zeros: the norms stay random) at `path`, atomically: a .part file
-    renamed at the end."""
+    """Write `table` with random weights (or zeros: the norms, and an MoE model's embeddings and routers, stay
+    random) at `path`, atomically: a .part file renamed at the end."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
@@ -203,7 +220,7 @@ def _write_gguf(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None
         if on_progress is not None:
             on_progress(done, total)
 
-    writer = GGUFWriter(partial, arch)
+    writer = _Writer(partial, arch)
     try:
         add_metadata(writer)
         for tensor in table.tensors:
@@ -217,8 +234,12 @@ def _write_gguf(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None
         out = writer.fout[0]
         writer.write_padding(out, out.tell())
         pools = _BlockPools(rng)
+        # an MoE model of zeros would send every token to the same experts (zero embeddings, zero router logits):
+        # its embeddings and routers stay random, so tokens spread over the experts as they do in a real model
+        routing = {"token_embd.weight"} if any(t.is_expert for t in table.tensors) else set()
         for tensor in table.tensors:
-            _write_tensor(out, tensor, pools, rng, progress, zero_weights)
+            random = tensor.name in routing or "ffn_gate_inp" in tensor.name
+            _write_tensor(out, tensor, pools, rng, progress, zero_weights and not random)
             writer.write_padding(out, tensor.n_bytes)
         out.truncate(out.tell())  # a file ending in a hole is as long as its tensors
         writer.close()

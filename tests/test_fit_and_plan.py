@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,11 @@ from qwenbench.fit import (
 from qwenbench.gguf_info import read_header
 from qwenbench.llamalog import parse_buffers
 from qwenbench.modelfile import ensure_synthetic
-from qwenbench.planner import best_placement, choose
+from qwenbench.planner import best_placement, choose, prepare_run
 from qwenbench.probe import CpuInfo, GpuInfo, Hardware, RamInfo
 from qwenbench.probe.cpu import read_cpu
 from qwenbench.recipe import tensor_table
+from qwenbench.runspec import RunSettings
 from qwenbench.speed import SpeedCalibration, TypeRate
 from qwenbench.tensors import TensorInfo
 
@@ -261,14 +263,26 @@ def test_what_would_fit() -> None:
     assert len(hopeless) == 1 and "more free RAM" in hopeless[0]
 
 
-def test_a_plan_that_fits_only_by_dropping_file_pages_says_it_will_be_slower() -> None:
+def test_the_plan_reads_a_model_in_where_mapping_it_beside_its_repacked_copies_would_not_fit() -> None:
     spec = get_model("qwen3-30b-a3b")
     table = tensor_table(spec, "Q4_K_M")
     speed = SpeedCalibration("k", {name: TypeRate(20e9, 60e9) for name in ("Q4_K", "Q6_K", "Q8_0", "F32")},
                              token_s=0.001, layer_s=0.0001)
-    # AVX-512 repacks Q4_K: the copies (14 GB) and the mapped file together outgrow 24 GiB, the copies alone fit
+    # AVX-512 repacks Q4_K: the copies (14 GB) and the mapped file together outgrow 24 GiB, read in it is 18.8 GB
     tight = best_placement("Q4_K_M", table, spec.shape(), machine(24), 4096, speed=speed)
     roomy = best_placement("Q4_K_M", table, spec.shape(), machine(64), 4096, speed=speed)
-    assert tight.fits and tight.predicted_host_bytes > 24 * GIB
-    assert "exceed RAM" in tight.speed_source and "exceed RAM" not in roomy.speed_source
-    assert tight.speed_uncertainty == pytest.approx(roomy.speed_uncertainty + 0.3)
+    assert tight.fits and not tight.use_mmap and tight.predicted_host_bytes < 20 * GIB
+    assert roomy.use_mmap and roomy.predicted_host_bytes > 24 * GIB  # mapped where it fits: reloads are free
+    assert tight.predicted_tg_ts == pytest.approx(roomy.predicted_tg_ts)  # measured: the same speeds either way
+    # mapping pinned (--load-mode mmap): it fits only by dropping file pages, and says so
+    mapped = best_placement("Q4_K_M", table, spec.shape(), machine(24), 4096, speed=speed, use_mmap=True)
+    assert mapped.use_mmap and mapped.fits and "exceed RAM" in mapped.speed_source
+    assert "exceed RAM" not in roomy.speed_source and "exceed RAM" not in tight.speed_source
+    # a run left on auto reads it in, and says why
+    settings = RunSettings(model_path="m.gguf", n_prompt=(512,), n_gen=(128,), ttft=False)
+    prepared = prepare_run(settings, "Q4_K_M", table, spec.shape(), machine(24), Calibration(), set(), speed=speed)
+    assert prepared.settings.load_mode == "none" and not prepared.config.use_mmap
+    assert any("--no-mmap" in note for note in prepared.notes)
+    pinned = prepare_run(replace(settings, load_mode="mmap"), "Q4_K_M", table, spec.shape(), machine(24),
+                         Calibration(), set(), speed=speed)
+    assert pinned.settings.load_mode == "mmap" and not pinned.notes

@@ -4,6 +4,7 @@ machine, build, backend and thread count; a damaged cache is a note and a fresh 
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -79,6 +80,44 @@ def test_moe_reads_only_the_used_experts_and_depth_reads_the_cache() -> None:
     assert SpeedCalibration.from_json(calibration.to_json()) == calibration
 
 
+def test_moe_prefill_costs_each_expert_by_the_tokens_it_gets_of_a_ubatch() -> None:
+    spec = get_model("qwen3-30b-a3b")  # 128 experts, 8 used: a ubatch of n tokens gives each used one n/16
+    table = tensor_table(spec, "Q4_K_M")
+    dense = _calibration(Q4_K=(10, 100), Q6_K=(10, 100), Q8_0=(10, 100), F32=(10, 100), F16=(10, 100))
+    calibration = replace(dense, moe_prefill={"Q4_K": (50 * GB, 0.0), "Q6_K": (40 * GB, 16.0)})
+    shape, config = spec.shape(), RunConfig(n_ctx=4096)
+    layers = [t for t in table.tensors if t.layer is not None]
+    share = 8 / 128
+
+    def expected_s(n_tokens: int) -> float:
+        batch = min(n_tokens, 512) * share
+        seconds = 0.0
+        for t in layers:
+            if not t.is_expert:
+                seconds += t.n_bytes / 100e9
+            elif t.type_name == "Q4_K":
+                seconds += t.n_bytes * share / 50e9
+            else:
+                seconds += t.n_bytes * share / 40e9 * (1 + 16.0 / batch)
+        return seconds
+
+    at_512 = predict_speed(table, shape, config, calibration, n_prompt=512)
+    assert 1 / at_512.pp_ts == pytest.approx(expected_s(512))  # no attention measured: none added
+    # a longer prompt runs in ubatches of 512: no better per token than 512
+    assert predict_speed(table, shape, config, calibration, n_prompt=2048).pp_ts == pytest.approx(at_512.pp_ts)
+    # the chat prompt (136 tokens, 8.5 an expert) pays Q6_K's small-batch cost more: a slower TTFT than pp512's
+    assert at_512.ttft_ms == pytest.approx((136 * expected_s(136) + 1 / at_512.tg_ts) * 1e3)
+    assert at_512.ttft_ms > (136 * expected_s(512) + 1 / at_512.tg_ts) * 1e3
+    # decode is untouched: experts are read once a token whatever their batch kernels do
+    assert at_512.tg_ts == pytest.approx(predict_speed(table, shape, config, dense).tg_ts)
+    # an expert type not measured takes its dense rate scaled as the measured types' are on the median
+    (rate, half), measured = calibration.expert_prefill("Q8_0")
+    assert not measured and rate == pytest.approx(100e9 * statistics.median([0.5, 0.4]))
+    assert half == pytest.approx(8.0)
+    assert dense.expert_prefill("Q4_K") == ((100e9, 0.0), False)  # nothing measured: the dense rate
+    assert SpeedCalibration.from_json(calibration.to_json()) == calibration
+
+
 def test_an_unmeasured_type_borrows_the_nearest_in_bits() -> None:
     calibration = _calibration(Q4_K=(10, 100), Q8_0=(5, 50))
     rate, measured = calibration.rate("Q5_K")  # 5.5 bits: nearer 4.5 than 8.5
@@ -92,9 +131,16 @@ def test_calibration_through_llama_cpp_is_cached_per_key(tmp_path: Path, tiny_de
     machine = describe_machine()
     small = {"n_embd": 256, "n_ff": 512, "n_head": 2, "n_head_kv": 1, "head_dim": 128}
     seen: list[str] = []
+    moe = {"n_layer": 1, "n_embd": 256, "n_ff_exp": 256, "n_expert": 8, "n_expert_used": 2, "n_head": 4,
+           "n_head_kv": 1, "head_dim": 64}
     calibration = calibrate(machine, 1, types=("Q8_0", "F16"), rounds=1, probe_shape=small, probe_bytes=1 << 20,
-                            attention_depths=(32, 64), on_progress=lambda what, done, total: seen.append(what))
+                            attention_depths=(32, 64), moe_shape=moe,
+                            on_progress=lambda what, done, total: seen.append(what))
     assert set(calibration.rates) == {"Q8_0", "F16"}
+    # experts measured for the quantized type only; 16-bit experts borrow (see the arithmetic test)
+    assert set(calibration.moe_prefill) == {"Q8_0"}
+    rate, half_batch = calibration.moe_prefill["Q8_0"]
+    assert rate > 1e8 and half_batch >= 0
     assert all(r.tg_bytes_per_s > 1e8 and r.pp_bytes_per_s > 1e8 for r in calibration.rates.values())
     assert calibration.token_s >= 0 and calibration.layer_s >= 0 and seen[-1] == "done"
     assert [depth for depth, _, _ in calibration.attention] == [32, 64]
