@@ -8,10 +8,10 @@ runs for real models) whose every matrix is of that type, with layers enough for
 (128-256 MB; at most 10 layers, about 90 MB for Q2_K), so decode reads it from RAM as it does a real model.
 Overheads come from tiny models (n_embd 64) of 2 and 32 layers, dense and MoE, whose weights are small enough that
 the fixed costs dominate; MoE experts' prefill, whose kernels differ from a dense matrix's, from one probe per type
-with real expert matrices (Qwen3-30B-A3B's, 8 of them); attention from a tiny-weight model with real attention
-heads, decoded and prefilled at depth and without. Probe weights are zeros in sparse files (nothing to write; the
-kernels' speed does not depend on the values). All probes run one after another in one child process, in two rounds
-(the second backwards), each keeping its fastest.
+with real expert matrices (Qwen3-30B-A3B's, 8 of them, random routers); attention from a tiny-weight model with
+real attention heads, decoded and prefilled at depth and without. Probe weights are zeros in sparse files (nothing
+to write; the kernels' speed does not depend on the values). All probes run one after another in one child process,
+in two rounds (the second backwards), each keeping its fastest.
 """
 
 from __future__ import annotations
@@ -62,13 +62,12 @@ ATTENTION_SHAPE = {"n_layer": 4, "n_embd": 64, "n_ff": 64, "n_head": 16, "n_head
 ATTENTION_DEPTHS = (2048,)
 # an MoE layer's experts in a batch run other kernels than a dense matrix's (ggml's mul_mat_id: each expert's
 # rows gathered and multiplied apart), for some types far slower (measured on AVX-512: Q4_K experts prefill at
-# 0.6x the dense rate), and a ubatch gives each used expert only some of its tokens, which for some types costs
-# much (Q3_K: 16-20 GB/s at 8 tokens an expert, 37-39 at 32). So each type's experts have their own probe, with
-# Qwen3-30B-A3B's expert matrices (2048 x 768), 8 experts, 2 used, prefilled at two batches: 8 and 32 tokens an
-# expert, as Qwen3-30B-A3B's chat prompt and pp512 give; attention small beside the experts, no decode
+# 0.6x the dense rate), so each type's experts have their own probe: Qwen3-30B-A3B's expert matrices (2048 x 768),
+# 8 experts, 2 used, prefilled at 128 tokens, 32 an expert as Qwen3-30B-A3B's pp512 gives; attention small beside
+# them, no decode. (These zero-weight probes also ran twice as slow at 8 tokens an expert, for Q3_K; a
+# random-weight Qwen3-30B-A3B Q3_K_L only 1.15x, so the batch's split is not modelled.)
 MOE_PROBE_SHAPE = {"n_layer": 4, "n_embd": 2048, "n_ff_exp": 768, "n_expert": 8, "n_expert_used": 2, "n_head": 4,
                    "n_head_kv": 1, "head_dim": 64}
-MOE_PROBE_BATCHES = (8, 32)  # tokens an expert
 # the expert types measured: the presets' quantized ones. 16-bit MoE files (60 GB and up) run on a CPU rarely; their
 # experts take their dense rate scaled as the measured types' are
 MOE_TYPES = ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4_XS", "IQ4_NL", "MXFP4")
@@ -135,18 +134,11 @@ def _moe_probe(type_name: str, shape: dict[str, int]) -> _Probe:
                   f"-l{shape['n_layer']}", spec, TensorTable(tuple(tensors)), moe_type=type_name)
 
 
-def _expert_prefill(probe: _Probe, seconds: dict[str, float], rates: dict[str, TypeRate],
-                    fallback: TypeRate) -> tuple[float, float]:
-    """(rate, half-speed batch) of a type's experts from its probe's two prefills: a token's expert time at b tokens
-    an expert is a + c / b (c: what each expert's share of a ubatch costs besides its tokens' work); the dense
-    part (attention, router) at the dense rates comes off first."""
-    expert_bytes = prefill_bytes_per_token(probe.table, probe.spec.shape(), experts=True)
-    dense_s = _dense_prefill_s(probe, rates, fallback)
-    (small, small_s), (large, large_s) = ((batch, max(seconds[f"pp{n}"] - dense_s, 0.5 * seconds[f"pp{n}"]))
-                                          for batch, n in zip(MOE_PROBE_BATCHES, _moe_prompts(probe), strict=True))
-    per_batch = max(0.0, (small_s - large_s) / (1 / small - 1 / large))
-    per_token = max(large_s - per_batch / large, 0.25 * large_s)
-    return expert_bytes / per_token, per_batch / per_token
+def _expert_pp_rate(probe: _Probe, seconds: float, rates: dict[str, TypeRate], fallback: TypeRate) -> float:
+    """A type's experts' prefill rate from its probe: its prefill less the small dense part (attention, router) at
+    the dense rates."""
+    experts_s = max(seconds - _dense_prefill_s(probe, rates, fallback), 0.5 * seconds)
+    return prefill_bytes_per_token(probe.table, probe.spec.shape(), experts=True) / experts_s
 
 
 def _dense_prefill_s(probe: _Probe, rates: dict[str, TypeRate], fallback: TypeRate) -> float:
@@ -206,20 +198,13 @@ def _fastest_s(samples_ns: tuple[int, ...], n_tokens: int) -> float:
     return min(samples_ns) / 1e9 / n_tokens
 
 
-def _moe_prompts(probe: _Probe) -> tuple[int, ...]:
-    """An MoE probe's prompt lengths: those that give each used expert MOE_PROBE_BATCHES tokens."""
-    spec = probe.spec
-    return tuple(batch * spec.n_expert // spec.n_expert_used for batch in MOE_PROBE_BATCHES)
-
-
 def _probe_settings(probe: _Probe, n_threads: int, depths: tuple[int, ...] = (0,)) -> RunSettings:
     n_gen, repetitions = (PRECISE_GEN, PRECISE_REPS) if probe.precise else (PROBE_GEN, PROBE_REPS)
-    prompts = (PROBE_PROMPT,)
     if probe.moe_type:
-        prompts, n_gen = _moe_prompts(probe), 0
+        n_gen = 0
     # no warm-up: each probe is measured repetitions x rounds times and keeps its fastest, so the first
     # (cold) repetition never counts unless nothing else did better
-    return RunSettings(model_path=str(probe.path), n_prompt=prompts, n_gen=(n_gen,), n_depth=depths,
+    return RunSettings(model_path=str(probe.path), n_prompt=(PROBE_PROMPT,), n_gen=(n_gen,), n_depth=depths,
                        repetitions=repetitions, n_threads=n_threads, n_gpu_layers=0, ttft=False, warmup=False)
 
 
@@ -308,8 +293,8 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
         layer_s = max(0.0, (many - two) / (TINY_LAYERS - 2))
         token_s = max(0.0, two - 2 * layer_s)
         moe_layer_s = max(0.0, (moe_many - many) / TINY_LAYERS)
-    moe_prefill = {probe.moe_type: _expert_prefill(probe, fastest[probe.name], rates, reference)
-                   for probe in moe_probes}
+    moe_pp_rates = {probe.moe_type: _expert_pp_rate(probe, best[probe.name][1], rates, reference)
+                    for probe in moe_probes}
     spec = attention.spec
     head_work = spec.n_layer * spec.n_head * spec.head_dim
     shallow = best[attention.name]
@@ -326,7 +311,7 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
                                    tuple(points), statistics.median(spreads) if spreads else 0.0,
                                    ram_gbps, (max(bandwidth) - min(bandwidth)) / ram_gbps,
                                    datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                   round(time.monotonic() - started, 1), moe_prefill=moe_prefill)
+                                   round(time.monotonic() - started, 1), moe_pp_rates=moe_pp_rates)
     data = read_json(_path())
     data[calibration.key] = calibration.to_json()
     write_json(_path(), data)

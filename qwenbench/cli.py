@@ -346,8 +346,8 @@ def plan_command(
     if choice is None:
         out.print(f"[red]{escape(name)}: nothing fits this machine at {ctx} tokens of context[/red]")
     else:
-        where = "CPU" if not choice.n_gpu_layers else f"-ngl {choice.n_gpu_layers}" + (
-            f" --n-cpu-moe {choice.n_cpu_moe}" if choice.n_cpu_moe else "")
+        where = ("CPU" if not choice.n_gpu_layers else f"-ngl {choice.n_gpu_layers}" + (
+            f" --n-cpu-moe {choice.n_cpu_moe}" if choice.n_cpu_moe else "")) + ("" if choice.use_mmap else " --no-mmap")
         out.print(f"[bold]{escape(name)}: {escape(choice.quant)}[/bold], {where}, KV {choice.type_k}, context {ctx}: "
                   f"host {_bytes(choice.predicted_host_required_bytes)}, VRAM {_bytes(choice.predicted_vram_bytes)}, "
                   f"about {choice.predicted_tg_ts:.1f} t/s generation")
@@ -372,8 +372,8 @@ def plan_command(
         table.add_column(column)
     for p in plan.evaluated:
         mark = " ←" if p == choice else ""
-        placement = "CPU" if not p.n_gpu_layers else f"ngl {p.n_gpu_layers}" + (
-            f", cpu-moe {p.n_cpu_moe}" if p.n_cpu_moe else "")
+        placement = ("CPU" if not p.n_gpu_layers else f"ngl {p.n_gpu_layers}" + (
+            f", cpu-moe {p.n_cpu_moe}" if p.n_cpu_moe else "")) + ("" if p.use_mmap else ", no-mmap")
         table.add_row(escape(p.quant) + mark, "yes" if p.fits else "[red]no[/red]", placement, p.type_k,
                       _bytes(p.predicted_host_required_bytes), _bytes(p.predicted_host_bytes),
                       _bytes(p.predicted_vram_bytes), f"{p.predicted_tg_ts:.1f}",

@@ -282,6 +282,9 @@ def choose(model: str, placements: list[Placement], min_tg: float) -> Plan:
                            "attention and the dense part stay on the GPU, which beats offloading fewer layers")
         elif choice.n_gpu_layers:
             reasons.append(f"{choice.n_gpu_layers} layers (the output layer first) on the GPU")
+        if not choice.use_mmap:
+            reasons.append("read into memory (--no-mmap): mapped, the file and llama.cpp's repacked copies of its "
+                           "weights would exceed RAM together")
         if choice.type_k != "f16":
             reasons.append(f"KV cache {choice.type_k}: f16 does not fit at {choice.n_ctx} tokens")
     position = ranked.index(choice) if choice in ranked else -1

@@ -82,11 +82,9 @@ class SpeedCalibration:
     # what measured runs here taught: (kind, moe, factor, models), by which measured speeds beat the calibration's
     # own predictions (refine_from); not stored with the calibration, attached from the runs when it is loaded
     refinement: tuple[tuple[str, bool, float, int], ...] = ()
-    # MoE experts' prefill per weight type: (rate, half-speed batch). Their batched kernels are not a dense
-    # matrix's, and a batch gives each used expert only some of its tokens: at b tokens an expert, a token costs
-    # its expert bytes / rate x (1 + half-speed batch / b). Empty in a calibration that did not measure them
-    # (the dense rate stands in, at any batch).
-    moe_prefill: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # MoE experts' prefill rate per weight type (expert bytes x prompt tokens per second): their batched kernels
+    # are not a dense matrix's. Empty in a calibration that did not measure them (the dense rate stands in).
+    moe_pp_rates: dict[str, float] = field(default_factory=dict)
 
     def refined(self, kind: str, moe: bool) -> tuple[float, int]:
         """(factor, measured models) for predictions of this kind (tg, tg-deep, pp, pp-deep, ttft) and model kind."""
@@ -103,21 +101,15 @@ class SpeedCalibration:
         nearest = min(self.rates, key=lambda name: abs(bits_per_weight(name) - bits))
         return self.rates[nearest], False
 
-    def expert_prefill(self, type_name: str) -> tuple[tuple[float, float], bool]:
-        """((rate, half-speed batch), measured here) for MoE experts of a weight type. An unmeasured type takes its
-        dense rate scaled as the measured types' experts are on the median, at their median half-speed batch;
-        without any measured, its dense rate at every batch."""
-        if type_name in self.moe_prefill:
-            return self.moe_prefill[type_name], True
+    def expert_pp_rate(self, type_name: str) -> tuple[float, bool]:
+        """(prefill rate, measured here) for MoE experts of a weight type. An unmeasured type takes its dense rate
+        scaled as the measured types' experts are on the median; without any measured, its dense rate."""
+        if type_name in self.moe_pp_rates:
+            return self.moe_pp_rates[type_name], True
         rate, _ = self.rate(type_name)
-        if not self.moe_prefill:
-            return (rate.pp_bytes_per_s, 0.0), False
-        pairs = [(expert_rate / self.rates[name].pp_bytes_per_s, half)
-                 for name, (expert_rate, half) in self.moe_prefill.items() if name in self.rates]
-        if not pairs:
-            return (rate.pp_bytes_per_s, 0.0), False
-        return (rate.pp_bytes_per_s * statistics.median(r for r, _ in pairs),
-                statistics.median(h for _, h in pairs)), False
+        ratios = [expert / self.rates[name].pp_bytes_per_s for name, expert in self.moe_pp_rates.items()
+                  if name in self.rates]
+        return rate.pp_bytes_per_s * (statistics.median(ratios) if ratios else 1.0), False
 
     def attention_at(self, depth: float) -> tuple[float, float]:
         """(decode, prefill) seconds per cell x layer x query head x head dim, at `depth` cells of cache."""
@@ -140,7 +132,7 @@ class SpeedCalibration:
                 "notes": list(self.notes),
                 "rates": {name: {"tg_bytes_per_s": r.tg_bytes_per_s, "pp_bytes_per_s": r.pp_bytes_per_s}
                           for name, r in self.rates.items()},
-                "moe_prefill": {name: list(pair) for name, pair in self.moe_prefill.items()}}
+                "moe_pp_rates": dict(self.moe_pp_rates)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SpeedCalibration:
@@ -149,15 +141,14 @@ class SpeedCalibration:
         if not rates or any(r.tg_bytes_per_s <= 0 or r.pp_bytes_per_s <= 0 for r in rates.values()):
             raise ValueError("a calibration without positive rates")
         attention = tuple((int(depth), float(tg), float(pp)) for depth, tg, pp in data.get("attention", ()))
-        moe_prefill = {str(name): (float(rate), float(half))
-                       for name, (rate, half) in data.get("moe_prefill", {}).items()}
-        if any(rate <= 0 or half < 0 for rate, half in moe_prefill.values()):
+        moe_pp_rates = {str(name): float(rate) for name, rate in data.get("moe_pp_rates", {}).items()}
+        if any(rate <= 0 for rate in moe_pp_rates.values()):
             raise ValueError("a calibration with a non-positive expert rate")
         return cls(str(data["key"]), rates, float(data["token_s"]), float(data["layer_s"]),
                    float(data.get("moe_layer_s", 0.0)), attention, float(data.get("spread", 0.0)),
                    float(data.get("ram_gbps", 0.0)), float(data.get("ram_spread", 0.0)),
                    str(data.get("measured_at", "")), float(data.get("wall_s", 0.0)), tuple(data.get("notes", ())),
-                   moe_prefill=moe_prefill)
+                   moe_pp_rates=moe_pp_rates)
 
 
 @dataclass(frozen=True)
@@ -228,19 +219,14 @@ def prefill_bytes_per_token(table: TensorTable, shape: ModelShape, *, experts: b
                if experts is None or t.is_expert == experts)
 
 
-def tokens_per_expert(shape: ModelShape, n_tokens: float) -> float:
-    """The tokens each used expert gets, on average, in a batch of n_tokens (routing spreads them evenly)."""
-    return n_tokens * shape.n_expert_used / shape.n_expert if shape.n_expert else n_tokens
-
-
 def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, calibration: SpeedCalibration, *,
                   depth: int = 0, n_prompt: int = 512, ttft_prompt_tokens: int = TTFT_PROMPT_TOKENS,
                   gpu_gbps: float | None = None) -> SpeedPrediction:
     """Predicted tg and pp tokens/s at `depth` tokens of context, and the chat prompt's TTFT."""
     tied_output = has_tied_output(table)
     tg_host = tg_gpu = pp_host = pp_gpu = 0.0
-    experts: list[tuple[float, float]] = []  # (seconds a token at large batches, half-speed batch) per tensor
     borrowed: set[str] = set()
+    borrowed_experts: set[str] = set()  # MoE expert types whose prefill rate was not measured
     for tensor in table.tensors:
         rate, measured = calibration.rate(tensor.type_name)
         tg_bytes = token_read_bytes(tensor, shape, tied_output)
@@ -249,10 +235,11 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
             tg_gpu += tg_bytes
             pp_gpu += pp_bytes
         elif tensor.is_expert and shape.n_expert:
-            (expert_rate, half_batch), expert_measured = calibration.expert_prefill(tensor.type_name)
-            measured = measured and expert_measured
+            expert_rate, expert_measured = calibration.expert_pp_rate(tensor.type_name)
+            if not expert_measured:
+                borrowed_experts.add(tensor.type_name)
             tg_host += tg_bytes / rate.tg_bytes_per_s
-            experts.append((pp_bytes / expert_rate, half_batch))
+            pp_host += pp_bytes / expert_rate
         else:
             tg_host += tg_bytes / rate.tg_bytes_per_s
             pp_host += pp_bytes / rate.pp_bytes_per_s
@@ -270,13 +257,11 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
         tg_gpu += per_cell * depth * gpu_layers
 
     def prefill_s(n_tokens: int, at_depth: int) -> float:
-        """Host seconds per prompt token of a prompt of n_tokens after at_depth cells: the weights' batch work
-        (experts' by the tokens each gets of a ubatch), and attention over the depth and, on average, half the
-        prompt, less the half-prompt the probes' rates already hold (PROBE_PROMPT_CELLS)."""
-        batch = tokens_per_expert(shape, max(1, min(n_tokens, config.n_ubatch, config.n_batch)))
+        """Host seconds per prompt token of a prompt of n_tokens after at_depth cells: the weights' batch work, and
+        attention over the depth and, on average, half the prompt, less the half-prompt the probes' rates already
+        hold (PROBE_PROMPT_CELLS)."""
         attended = at_depth + n_tokens / 2
-        return (pp_host + sum(seconds * (1 + half / batch) for seconds, half in experts)
-                + max(0.0, attended - PROBE_PROMPT_CELLS) * head_work * calibration.attention_at(attended)[1])
+        return pp_host + max(0.0, attended - PROBE_PROMPT_CELLS) * head_work * calibration.attention_at(attended)[1]
 
     source = "calibrated here"
     if tg_gpu:
@@ -293,6 +278,8 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
     ttft_s = ttft_prompt_tokens * (prefill_s(ttft_prompt_tokens, 0) + gpu_prefill_s) + (1.0 / tg_ts if tg_ts else 0.0)
     if borrowed:
         source += f" ({', '.join(sorted(borrowed))} from the nearest measured type)"
+    if borrowed_experts:
+        source += f" (MoE experts of {', '.join(sorted(borrowed_experts))} at a borrowed prefill rate)"
     if not tg_gpu and calibration.refinement:  # what CPU runs taught applies to CPU placements
         deep = "-deep" if depth else ""
         factors = {kind: calibration.refined(kind, shape.is_moe) for kind in ("tg" + deep, "pp" + deep, "ttft")}
@@ -302,5 +289,6 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
         models = max(n for _, n in factors.values())
         if models:
             source += f", refined by {models} measured model{'s' if models > 1 else ''}"
-    uncertainty = max(0.05, calibration.spread) + (0.1 if borrowed else 0.0) + (0.15 if tg_gpu else 0.0)
+    uncertainty = (max(0.05, calibration.spread) + (0.1 if borrowed or borrowed_experts else 0.0)
+                   + (0.15 if tg_gpu else 0.0))
     return SpeedPrediction(tg_ts, pp_ts, ttft_s * 1e3, source, uncertainty, parts)

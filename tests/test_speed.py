@@ -80,41 +80,26 @@ def test_moe_reads_only_the_used_experts_and_depth_reads_the_cache() -> None:
     assert SpeedCalibration.from_json(calibration.to_json()) == calibration
 
 
-def test_moe_prefill_costs_each_expert_by_the_tokens_it_gets_of_a_ubatch() -> None:
-    spec = get_model("qwen3-30b-a3b")  # 128 experts, 8 used: a ubatch of n tokens gives each used one n/16
+def test_moe_experts_prefill_at_their_own_rate_per_type() -> None:
+    spec = get_model("qwen3-30b-a3b")
     table = tensor_table(spec, "Q4_K_M")
     dense = _calibration(Q4_K=(10, 100), Q6_K=(10, 100), Q8_0=(10, 100), F32=(10, 100), F16=(10, 100))
-    calibration = replace(dense, moe_prefill={"Q4_K": (50 * GB, 0.0), "Q6_K": (40 * GB, 16.0)})
+    calibration = replace(dense, moe_pp_rates={"Q4_K": 50 * GB, "Q6_K": 40 * GB})
     shape, config = spec.shape(), RunConfig(n_ctx=4096)
-    layers = [t for t in table.tensors if t.layer is not None]
     share = 8 / 128
-
-    def expected_s(n_tokens: int) -> float:
-        batch = min(n_tokens, 512) * share
-        seconds = 0.0
-        for t in layers:
-            if not t.is_expert:
-                seconds += t.n_bytes / 100e9
-            elif t.type_name == "Q4_K":
-                seconds += t.n_bytes * share / 50e9
-            else:
-                seconds += t.n_bytes * share / 40e9 * (1 + 16.0 / batch)
-        return seconds
-
-    at_512 = predict_speed(table, shape, config, calibration, n_prompt=512)
-    assert 1 / at_512.pp_ts == pytest.approx(expected_s(512))  # no attention measured: none added
-    # a longer prompt runs in ubatches of 512: no better per token than 512
-    assert predict_speed(table, shape, config, calibration, n_prompt=2048).pp_ts == pytest.approx(at_512.pp_ts)
-    # the chat prompt (136 tokens, 8.5 an expert) pays Q6_K's small-batch cost more: a slower TTFT than pp512's
-    assert at_512.ttft_ms == pytest.approx((136 * expected_s(136) + 1 / at_512.tg_ts) * 1e3)
-    assert at_512.ttft_ms > (136 * expected_s(512) + 1 / at_512.tg_ts) * 1e3
+    expected = sum(t.n_bytes * share / (50e9 if t.type_name == "Q4_K" else 40e9) if t.is_expert else t.n_bytes / 100e9
+                   for t in table.tensors if t.layer is not None)
+    predicted = predict_speed(table, shape, config, calibration, n_prompt=512)
+    assert 1 / predicted.pp_ts == pytest.approx(expected)  # no attention measured: none added
+    assert predicted.ttft_ms == pytest.approx((136 * expected + 1 / predicted.tg_ts) * 1e3)
     # decode is untouched: experts are read once a token whatever their batch kernels do
-    assert at_512.tg_ts == pytest.approx(predict_speed(table, shape, config, dense).tg_ts)
+    assert predicted.tg_ts == pytest.approx(predict_speed(table, shape, config, dense).tg_ts)
+    assert predicted.source == "calibrated here"
     # an expert type not measured takes its dense rate scaled as the measured types' are on the median
-    (rate, half), measured = calibration.expert_prefill("Q8_0")
+    rate, measured = calibration.expert_pp_rate("Q8_0")
     assert not measured and rate == pytest.approx(100e9 * statistics.median([0.5, 0.4]))
-    assert half == pytest.approx(8.0)
-    assert dense.expert_prefill("Q4_K") == ((100e9, 0.0), False)  # nothing measured: the dense rate
+    assert dense.expert_pp_rate("Q4_K") == (100e9, False)  # nothing measured: the dense rate, said so
+    assert "MoE experts of Q4_K, Q6_K at a borrowed prefill rate" in predict_speed(table, shape, config, dense).source
     assert SpeedCalibration.from_json(calibration.to_json()) == calibration
 
 
@@ -138,9 +123,7 @@ def test_calibration_through_llama_cpp_is_cached_per_key(tmp_path: Path, tiny_de
                             on_progress=lambda what, done, total: seen.append(what))
     assert set(calibration.rates) == {"Q8_0", "F16"}
     # experts measured for the quantized type only; 16-bit experts borrow (see the arithmetic test)
-    assert set(calibration.moe_prefill) == {"Q8_0"}
-    rate, half_batch = calibration.moe_prefill["Q8_0"]
-    assert rate > 1e8 and half_batch >= 0
+    assert set(calibration.moe_pp_rates) == {"Q8_0"} and calibration.moe_pp_rates["Q8_0"] > 1e8
     assert all(r.tg_bytes_per_s > 1e8 and r.pp_bytes_per_s > 1e8 for r in calibration.rates.values())
     assert calibration.token_s >= 0 and calibration.layer_s >= 0 and seen[-1] == "done"
     assert [depth for depth, _, _ in calibration.attention] == [32, 64]
