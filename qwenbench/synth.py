@@ -238,8 +238,8 @@ def _write_gguf(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None
         # its embeddings and routers stay random, so tokens spread over the experts as they do in a real model
         routing = {"token_embd.weight"} if any(t.is_expert for t in table.tensors) else set()
         for tensor in table.tensors:
-            random = tensor.name in routing or "ffn_gate_inp" in tensor.name
-            _write_tensor(out, tensor, pools, rng, progress, zero_weights and not random)
+            keep_random = tensor.name in routing or "ffn_gate_inp" in tensor.name
+            _write_tensor(out, tensor, pools, rng, progress, zero_weights and not keep_random)
             writer.write_padding(out, tensor.n_bytes)
         out.truncate(out.tell())  # a file ending in a hole is as long as its tensors
         writer.close()
