@@ -128,7 +128,8 @@ def _moe_probe(type_name: str, shape: dict[str, int]) -> _Probe:
     spec = get_model("qwen3-30b-a3b").with_overrides(tied_embeddings=True, **shape)
     experts, embeddings, rest = (int(GGMLQuantizationType[t]) for t in (type_name, "Q2_K", "Q8_0"))
     tensors = [TensorInfo(name, 0 if len(dims) < 2 or "ffn_gate_inp" in name else
-                          experts if "_exps" in name else embeddings if name == "token_embd.weight" else rest, dims)
+                          experts if TensorInfo(name, 0, dims).is_expert else
+                          embeddings if name == "token_embd.weight" else rest, dims)
                for name, dims in tensor_layout(spec)]
     return _Probe(f"moe-{type_name.lower()}-e{shape['n_embd']}-x{shape['n_expert']}k{shape['n_expert_used']}"
                   f"-l{shape['n_layer']}", spec, TensorTable(tuple(tensors)), moe_type=type_name)
@@ -299,8 +300,8 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     head_work = spec.n_layer * spec.n_head * spec.head_dim
     shallow = best[attention.name]
     points = []
+    deep = fastest[attention.name]
     for depth in attention_depths:
-        deep = fastest[attention.name]
         # its slowdown at depth, per cell and unit of head work, decoding and prefilling
         points.append((depth, max(0.0, (deep[f"tg@{depth}"] - shallow[0]) / (depth * head_work)),
                        max(0.0, (deep[f"{PP}@{depth}"] - shallow[1]) / (depth * head_work))))
