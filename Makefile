@@ -13,10 +13,22 @@ OUT ?=
 # prompt on Sapphire Rapids Xeons (ggml-org/llama.cpp#20824, open upstream; reproduced here on Q4_K_M models), so
 # x86-64 builds leave them out; AVX-512 and the repacked CPU kernels stay. The wheel is built once per flag set
 # into its own folder: pip's own wheel cache ignores CMAKE_ARGS and would hand back a build with other flags.
+# RPC is always on (`qwenbench worker`, `--rpc`); BACKEND=cuda|vulkan|metal|hip adds a GPU backend (default cpu).
+# Extra flags: CMAKE_ARGS="..." make install (e.g. -DCMAKE_CUDA_ARCHITECTURES=90).
 LLAMA_CPP_PYTHON := llama-cpp-python==$(shell sed -n 's/.*"llama-cpp-python\[server\]==\([0-9.]*\)".*/\1/p' pyproject.toml)
-ifeq ($(shell uname -m),x86_64)
-LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8
+BACKEND ?= cpu
+BACKEND_FLAG_cpu :=
+BACKEND_FLAG_cuda := -DGGML_CUDA=on
+BACKEND_FLAG_vulkan := -DGGML_VULKAN=on
+BACKEND_FLAG_metal := -DGGML_METAL=on
+BACKEND_FLAG_hip := -DGGML_HIP=on
+ifeq ($(origin BACKEND_FLAG_$(BACKEND)),undefined)
+$(error BACKEND=$(BACKEND): use cpu, cuda, vulkan, metal or hip)
 endif
+ifeq ($(shell uname -m),x86_64)
+AMX_FLAGS := -DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8
+endif
+LLAMA_CMAKE_ARGS ?= -DGGML_RPC=ON $(BACKEND_FLAG_$(BACKEND)) $(AMX_FLAGS) $(CMAKE_ARGS)
 WHEELHOUSE ?= $(HOME)/.cache/qwenbench/wheels/$(shell echo '$(LLAMA_CPP_PYTHON) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 
 $(STAMP): pyproject.toml Makefile

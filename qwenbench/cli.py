@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .hub import Resolved
     from .machine import MachineInfo
     from .modelfile import ModelFile
+    from .rpc import Endpoint
     from .runspec import RunSettings
 
 app = typer.Typer(
@@ -43,6 +44,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # help texts are plain: "[physical cores]", "[the plan's]" are the defaults they name, not rich markup
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 MIN_WIDTH = 40
@@ -292,6 +295,8 @@ def plan_command(
     repo: str | None = typer.Option(None, "--repo", help="Read the headers from this repo, not the catalog's list."),
     revision: str | None = typer.Option(None, "--revision", help="A branch, tag or commit to pin."),
     offline: bool = typer.Option(False, "--offline", help="Plan from the catalog's recipe, without the Hub."),
+    rpc: str | None = typer.Option(None, "--rpc", metavar="HOST:PORT[@SIZE],...",
+                                   help="Plan with the devices of these `qwenbench worker`s as offload devices."),
     auto_calibrate: bool = CALIBRATE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
@@ -310,6 +315,7 @@ def plan_command(
     from .hubheader import plan_tables
     from .machine import describe_machine
     from .planner import candidate_quants, plan_quants
+    from .rpc import parse_endpoints
 
     if ctx < 1:
         raise UsageError("--ctx must be >= 1")
@@ -317,7 +323,7 @@ def plan_command(
         raise UsageError("give --model or --gguf", hint="e.g. qwenbench plan --model qwen3-30b-a3b")
     if gguf is not None and (repo or revision or quant):
         raise UsageError("--quant, --repo and --revision go with --model; a --gguf file is planned as it is")
-    machine = describe_machine(bandwidth=True)
+    machine = _with_rpc_devices(describe_machine(bandwidth=True), parse_endpoints(rpc) if rpc else ())
     calibration = load_calibration(machine.machine_id)
     speed = _speed_calibration(machine, machine.n_cpu_physical, allowed=auto_calibrate)
     wanted = quant.upper() if quant else None
@@ -677,6 +683,9 @@ def run_command(
                                             help="Layers on the GPU (-1: all) [the plan's]."),
     n_cpu_moe: int | None = typer.Option(None, "-ncmoe", "--n-cpu-moe",
                                          help="Keep the experts of the first N layers in RAM [the plan's]."),
+    rpc: str | None = typer.Option(None, "--rpc", metavar="HOST:PORT[@SIZE],...",
+                                   help="Offload to the devices of these `qwenbench worker`s (-ngl layers go there; "
+                                        "@12GiB caps what is placed on one)."),
     batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Logical batch size."),
     ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Physical batch size."),
     ctx_size: int = typer.Option(0, "-c", "--ctx-size", help="Context size (0: n_prompt+n_gen+n_depth per test)."),
@@ -706,12 +715,15 @@ def run_command(
     becomes one row appended to the results CSV, also when it fails.
     """
     from .machine import describe_machine
+    from .rpc import parse_endpoints
     from .runspec import RunSettings
 
     flash = {"1": "on", "0": "off", "true": "on", "false": "off"}.get(flash_attn.lower(), flash_attn.lower())
     if no_mmap and load_mode not in (None, "none"):
         raise UsageError("--no-mmap contradicts --load-mode " + str(load_mode))
     machine = describe_machine(bandwidth=True)
+    endpoints = parse_endpoints(rpc) if rpc else ()
+    machine = _with_rpc_devices(machine, endpoints)
     pinned = {name for name, value in (("n_gpu_layers", n_gpu_layers), ("n_cpu_moe", n_cpu_moe),
                                        ("type_k", cache_type_k), ("type_v", cache_type_v)) if value is not None}
     settings = RunSettings(
@@ -723,6 +735,7 @@ def run_command(
         n_threads=threads if threads is not None else machine.n_cpu_physical,
         n_gpu_layers=-1 if n_gpu_layers is None else n_gpu_layers,
         n_cpu_moe=n_cpu_moe or 0,
+        rpc_servers=tuple(e.address for e in endpoints),
         n_batch=batch_size,
         n_ubatch=ubatch_size,
         n_ctx=ctx_size,
@@ -737,6 +750,28 @@ def run_command(
     _execute_run(settings, machine, gguf=gguf, model=model, quant=quant, synthetic=synthetic, timeout=timeout,
                  out_csv=out_csv, as_json=as_json, force=force, pinned=pinned, calibrate=auto_calibrate,
                  source={"repo": repo, "revision": revision, "offline": offline, "models_dir": models_dir})
+
+
+def _with_rpc_devices(machine: MachineInfo, endpoints: tuple[Endpoint, ...]) -> MachineInfo:
+    """The machine as the planner sees it with RPC workers: each worker's devices are offload devices with its
+    free memory (or cap). Every endpoint is checked first, with a plain error naming the one that fails."""
+    if not endpoints:
+        return machine
+    from dataclasses import replace
+
+    from .rpc import offload_devices, probe_endpoint
+
+    with err.status("checking the RPC workers"):
+        probes = [probe_endpoint(endpoint) for endpoint in endpoints]
+    for probe in probes:
+        err.print(f"RPC worker {probe.endpoint.address}: protocol {'.'.join(map(str, probe.version))}, "
+                  f"{len(probe.devices)} device(s), {_bytes(probe.free_bytes)} usable, round trip "
+                  f"{probe.rtt_ms:.2f} ms, upload {probe.upload_mbps:.0f} MB/s", markup=False, highlight=False)
+    if "RPC" not in machine.hardware.backends:
+        raise UsageError("this llama-cpp-python was built without RPC", hint="reinstall it with `make install` "
+                         "(which builds it with -DGGML_RPC=ON)")
+    hardware = replace(machine.hardware, gpus=(*offload_devices(probes), *machine.hardware.gpus))
+    return replace(machine, hardware=hardware)
 
 
 def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | None, model: str | None,
@@ -1122,6 +1157,54 @@ def serve_command(
             err.print("stopping the server")
         finally:
             stop_server(process)
+
+
+@app.command("worker")
+def worker_command(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback unless you say so)."),
+    port: int = typer.Option(50052, "--port", min=1, max=65535, help="TCP port."),
+    threads: int | None = typer.Option(None, "-t", "--threads", min=1, max=MAX_THREADS,
+                                       help="CPU threads for a CPU device [physical cores]."),
+    cache: bool = typer.Option(False, "--cache", help="Keep uploaded tensors in a local cache, so that a model "
+                                                      "sent again loads from disk (llama.cpp rpc-server -c)."),
+    device: list[str] = typer.Option([], "--device", "-d", help="A device to serve, e.g. CUDA0 (repeatable) "
+                                                                "[every GPU, else the CPU]."),
+) -> None:
+    """Serve this machine's devices to qwenbench (or llama.cpp) on other machines, through llama.cpp's RPC
+    backend: their `--rpc HOST:PORT` offloads layers here. Prints the endpoint, the RPC protocol version, the
+    llama.cpp build and each device's free memory; Ctrl-C or SIGTERM stops it. RPC has no authentication and no
+    encryption: serve only on networks you trust."""
+    from .machine import describe_machine
+    from .paths import cache_dir
+    from .rpc import Endpoint
+    from .rpcworker import LOOPBACK_HOSTS, Worker
+
+    if host not in LOOPBACK_HOSTS:
+        err.print(f"[bold red]warning:[/bold red] serving on {escape(host)}: anyone who can reach this port can run "
+                  "code on these devices and read what is in them (llama.cpp RPC has no authentication or "
+                  "encryption); only on a network you trust", highlight=False)
+    n_threads = threads or describe_machine().n_cpu_physical
+    endpoint = Endpoint(host, port)
+    log_path = _server_log_path(f"worker-{port}.log")
+    with log_path.open("wb") as log, Worker(endpoint, n_threads, log, cache_dir() / "rpc" if cache else None,
+                                             tuple(device)) as worker:
+        with err.status(escape(f"starting the RPC worker at {endpoint.address}")):
+            info = worker.start()
+        version = ".".join(map(str, info.probe.version))
+        out.print(f"RPC worker at {endpoint.address}: protocol {version}, llama.cpp {info.llama_cpp_commit} "
+                  f"(llama-cpp-python {info.llama_cpp_python_version}), {n_threads} threads", highlight=False,
+                  markup=False)
+        for served in info.devices:
+            out.print(f"  {served['name']}: {served['description']}, {_bytes(served['free_bytes'])} free of "
+                      f"{_bytes(served['total_bytes'])}", highlight=False, markup=False)
+        out.print(f"use it with --rpc {endpoint.address}; Ctrl-C stops it (log: {log_path})", highlight=False,
+                  markup=False)
+        try:
+            code = worker.wait()
+        except KeyboardInterrupt:
+            err.print("stopping the RPC worker")
+            raise
+        raise QwenbenchError(f"the RPC worker stopped on its own (code {code})", hint=f"its log: {log_path}")
 
 
 def _server_log_path(name: str, beside: Path | None = None) -> Path:

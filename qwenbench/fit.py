@@ -60,6 +60,9 @@ class RunConfig:
     flash_attn: bool = True
     use_mmap: bool = True
     gpu: bool = False  # a GPU backend and a GPU to put layers on
+    # what the offload device is: a GPU ("gpu": a driver context beside the buffers) or a llama.cpp RPC worker's
+    # device ("rpc": only the buffers, in the worker's memory)
+    offload_kind: str = "gpu"
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,8 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
     calibration = calibration or Calibration()
     host_weights = gpu_weights = repack = 0
     for tensor in table.tensors:
+        if tensor.name == "token_embd.weight" and tied_output_on_gpu(table, shape, config):
+            gpu_weights += tensor.n_bytes  # the output layer's copy; the input's stays on the host (below)
         if on_gpu(tensor, shape, config):
             gpu_weights += tensor.n_bytes
             continue
@@ -197,7 +202,7 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
     activations = calibration.host_activation_factor * units
     host_overhead = int(calibration.host_base_bytes + activations)
     gpu_compute = gpu_compute_bytes(shape, config, output_on_gpu) if config.gpu and (gpu_layers or output_on_gpu) else 0
-    gpu_overhead = int(calibration.gpu_base_bytes) if gpu_weights else 0
+    gpu_overhead = int(calibration.gpu_base_bytes) if gpu_weights and config.offload_kind == "gpu" else 0
     parts = {
         "host_weights": host_weights, "host_repacked_copies": repack if config.use_mmap else 0,
         "host_kv": kv_host, "host_output": output_buffer, "host_overhead": host_overhead,
@@ -213,6 +218,13 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
 def has_tied_output(table: TensorTable) -> bool:
     """Whether token_embd doubles as the output layer (no output.weight): then every token reads all of it."""
     return not any(t.name == "output.weight" for t in table.tensors)
+
+
+def tied_output_on_gpu(table: TensorTable, shape: ModelShape, config: RunConfig) -> bool:
+    """Whether llama.cpp puts a second copy of a tied token_embd on the offload device, as the output layer
+    (llama-model.cpp: TENSOR_DUPLICATED into the output layer's buffer), while the input lookup keeps the host's."""
+    return (config.gpu and first_gpu_layer(shape.n_layer, config.n_gpu_layers) <= shape.n_layer
+            and has_tied_output(table))
 
 
 def token_read_bytes(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -> int:
@@ -231,9 +243,13 @@ def bytes_read_per_token(table: TensorTable, shape: ModelShape, config: RunConfi
     KV cache so far."""
     host = gpu = 0
     tied_output = has_tied_output(table)
+    output_copy = tied_output_on_gpu(table, shape, config)
     for tensor in table.tensors:
         size = token_read_bytes(tensor, shape, tied_output)
-        if on_gpu(tensor, shape, config):
+        if tensor.name == "token_embd.weight" and output_copy:
+            gpu += size  # the output matmul reads the device's copy; the host looks up one row
+            host += tensor.n_bytes // max(1, shape.n_vocab)
+        elif on_gpu(tensor, shape, config):
             gpu += size
         else:
             host += size

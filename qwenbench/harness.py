@@ -24,13 +24,14 @@ from .calibration import record_efficiency, record_memory, record_speed_observat
 from .errors import QwenbenchError
 from .fit import MIB, MemoryEstimate, RunConfig, bytes_read_per_token
 from .lifetime import stop_reason
-from .llamalog import LlamaBuffers, parse_buffers
+from .llamalog import LlamaBuffers, parse_buffers, rpc_devices_used
 from .machine import MachineInfo
 from .memtrack import ChildOutcome, run_child
 from .metrics import summarize
 from .modelfile import ModelFile, ModelIdentity
 from .probe.bandwidth import cached_bandwidth
 from .results import SCHEMA_VERSION, Record
+from .rpc import unanswering
 from .runspec import RunSettings, TestResult, TestSpec
 from .speed import SpeedObservation
 
@@ -322,6 +323,15 @@ def unrun_records(settings: RunSettings, model: ModelIdentity, machine: MachineI
                     labels or RunLabels()) for test in settings.tests()]
 
 
+def _rpc_devices_missing(settings: RunSettings, buffers: LlamaBuffers, loaded: bool) -> list[str]:
+    """RPC workers the run was told to offload to that llama.cpp's log shows no weights on (never a silent local
+    run). Only for a run that loaded and offloaded layers."""
+    if not settings.rpc_servers or settings.n_gpu_layers == 0 or not loaded:
+        return []
+    used = rpc_devices_used(buffers)
+    return [endpoint for endpoint in settings.rpc_servers if endpoint not in used]
+
+
 def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo, *, log_dir: Path,
                   timeout_s: float | None = None, on_event: EventHandler | None = None,
                   predicted: MemoryEstimate | None = None, labels: RunLabels | None = None) -> RunReport:
@@ -356,6 +366,17 @@ def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo,
         records.append(_record(settings, model.identity, machine, collector.loaded, outcome, run_id, test, result,
                                status, error, predicted, labels))
     buffers = parse_buffers(log_path.read_text(errors="replace"))
+    missing = _rpc_devices_missing(settings, buffers, failure is None)
+    if missing:
+        failure = ("failed", f"llama.cpp put no weights on RPC worker {', '.join(missing)}: the run was not the "
+                             "planned split")
+        records = [replace(r, status=failure[0], error=failure[1]) for r in records]
+    elif failure is not None and settings.rpc_servers and not outcome.interrupted:
+        # llama.cpp aborts when a worker goes away mid-run ("Remote RPC server crashed"): name the one gone
+        gone = unanswering(settings.rpc_servers)
+        if gone:
+            said = f"RPC worker {', '.join(gone)} stopped answering; "
+            records = [replace(r, error=said + r.error) if r.status != "ok" else r for r in records]
     # a deep test's saved fill is memory beyond the model's: such a peak would teach the memory model too much
     saved_fill = any(d > 0 for d in settings.n_depth) and not settings.refill_depth
     if (predicted is not None and failure is None and not predicted.vram_bytes and outcome.peak_rss_bytes

@@ -36,3 +36,8 @@ def parse_buffers(log_text: str) -> LlamaBuffers:
         # one model load; contexts come and go one at a time, so their peak is their largest
         target[name] = target.get(name, 0) + value if kind == "model" else max(target.get(name, 0), value)
     return buffers
+
+
+def rpc_devices_used(buffers: LlamaBuffers) -> set[str]:
+    """The RPC endpoints llama.cpp put model weights on: its RPC buffers are named `RPC<i>[HOST:PORT]`."""
+    return {name[name.index("[") + 1:-1] for name in buffers.model if name.startswith("RPC") and "[" in name}

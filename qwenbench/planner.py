@@ -24,7 +24,7 @@ from .speed import SpeedCalibration, predict_speed
 from .tensors import TensorTable
 
 GPU_BACKENDS = {"nvidia": ("CUDA", "Vulkan"), "amd": ("HIP", "Vulkan"), "intel": ("Vulkan", "SYCL"),
-                "apple": ("Metal",)}
+                "apple": ("Metal",), "rpc": ("RPC",)}
 GIB = 1 << 30
 MIB = 1 << 20
 # kept free on each device beyond the prediction: other programs, the driver, fragmentation
@@ -40,9 +40,15 @@ def usable_gpu(hardware: Hardware) -> GpuInfo | None:
     return None
 
 
+def offload_kind(gpu: GpuInfo | None) -> str:
+    """RunConfig.offload_kind of a device: an RPC worker's, or a GPU (with a driver context of its own)."""
+    return "rpc" if gpu is not None and gpu.vendor == "rpc" else "gpu"
+
+
 def run_config(settings: RunSettings, shape: ModelShape, hardware: Hardware) -> RunConfig:
     """The configuration whose memory peaks: the largest context any test of the run creates."""
     tests = settings.tests()
+    gpu = usable_gpu(hardware)
     n_ctx = settings.n_ctx or max((t.n_ctx_needed for t in tests if t.kind != "ttft"), default=512)
     return RunConfig(
         n_ctx=max(n_ctx, 256 if settings.ttft else 1),
@@ -54,7 +60,8 @@ def run_config(settings: RunSettings, shape: ModelShape, hardware: Hardware) -> 
         type_v=settings.type_v,
         flash_attn=settings.flash_attn != "off",
         use_mmap=settings.load_mode != "none",
-        gpu=usable_gpu(hardware) is not None and settings.n_gpu_layers != 0,
+        gpu=gpu is not None and settings.n_gpu_layers != 0,
+        offload_kind=offload_kind(gpu),
     )
 
 
@@ -65,7 +72,7 @@ def fit_problems(estimate: MemoryEstimate, hardware: Hardware, gpu: GpuInfo | No
     shared = gpu is not None and gpu.kind == "integrated"
     host_need = estimate.host_required_bytes + (estimate.vram_bytes if shared else 0)
     if host_need > available:
-        what = "host RAM (shared with the iGPU)" if shared else "host RAM"
+        what = f"host RAM (shared with {gpu.name})" if shared else "host RAM"
         problems.append(f"needs {host_need / GIB:.1f} GiB of {what}, {available / GIB:.1f} GiB available "
                         f"(after a {HOST_MARGIN_BYTES // MIB} MiB margin)")
     # an iGPU's own cap (GTT, Metal's working set) applies on top of the shared RAM pool
@@ -115,6 +122,8 @@ def gpu_bandwidth_gbps(gpu: GpuInfo, ram_gbps: float | None) -> tuple[float | No
     for name in sorted(GPU_BANDWIDTH_GBPS, key=len, reverse=True):
         if name.lower() in gpu.name.lower():
             return float(GPU_BANDWIDTH_GBPS[name]), "specification"
+    if gpu.vendor == "rpc":
+        return ram_gbps, "an RPC worker's CPU, taken as fast as this machine's RAM"
     if gpu.kind == "integrated":
         return ram_gbps, "shares RAM bandwidth"
     return UNKNOWN_DISCRETE_GPU_GBPS, "unknown GPU: assumed"
@@ -197,7 +206,8 @@ def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: 
     for kv in kv_types:
         for layers, cpu_moe in _placements(shape, gpu, expert_offload):
             config = RunConfig(n_ctx=n_ctx, n_gpu_layers=layers, n_cpu_moe=cpu_moe, type_k=kv, type_v=kv,
-                               flash_attn=True, gpu=gpu is not None and layers > 0, use_mmap=use_mmap is not False)
+                               flash_attn=True, gpu=gpu is not None and layers > 0, use_mmap=use_mmap is not False,
+                               offload_kind=offload_kind(gpu))
             estimate = estimate_memory(table, shape, config, hardware.cpu.features, calibration)
             if use_mmap is None and estimate.host_bytes > hardware.ram.total_bytes:
                 # mapped, the file's pages of repacked weights stay beside their copies: it fits only while the

@@ -41,7 +41,7 @@ class BenchmarkAbort(Exception):
     """A failure inside llama.cpp that ends the run with a message for the user."""
 
 
-def _llama():
+def load_llama_cpp() -> Any:
     import llama_cpp
     from llama_cpp import _logger
 
@@ -55,7 +55,10 @@ def _lib_dir(llama_cpp_module: Any) -> Path:
 
 
 def _load_lib(lib_dir: Path, stem: str) -> ctypes.CDLL | None:
-    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
+    """The ggml library libllama itself loaded. Wheels ship libggml.so, .so.0 and .so.0.x as copies, not links, and
+    libllama loads the soname (.so.0): opening another copy would be a second ggml with a registry of its own,
+    whose RPC devices llama.cpp never sees."""
+    for name in (f"lib{stem}.so.0", f"lib{stem}.so", f"lib{stem}.0.dylib", f"lib{stem}.dylib", f"{stem}.dll"):
         candidate = lib_dir / name
         if candidate.exists():
             return ctypes.CDLL(str(candidate))
@@ -78,6 +81,84 @@ def backend_names(llama_cpp_module: Any) -> list[str]:
         if name:
             names.append(name.decode())
     return names
+
+
+def _ggml(llama_cpp_module: Any) -> ctypes.CDLL:
+    ggml = _load_lib(_lib_dir(llama_cpp_module), "ggml")
+    if ggml is None:
+        raise BenchmarkAbort("llama-cpp-python's ggml library was not found beside it")
+    pointer, text = ctypes.c_void_p, ctypes.c_char_p
+    for name, argtypes, restype in (
+            ("ggml_backend_reg_by_name", [text], pointer),
+            ("ggml_backend_reg_get_proc_address", [pointer, text], pointer),
+            ("ggml_backend_register", [pointer], None), ("ggml_backend_dev_count", [], ctypes.c_size_t),
+            ("ggml_backend_dev_get", [ctypes.c_size_t], pointer), ("ggml_backend_dev_name", [pointer], text),
+            ("ggml_backend_dev_description", [pointer], text), ("ggml_backend_dev_by_name", [text], pointer),
+            ("ggml_backend_dev_memory", [pointer, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)],
+             None)):
+        function = getattr(ggml, name)
+        function.argtypes, function.restype = argtypes, restype
+    return ggml
+
+
+def _rpc_function(ggml: ctypes.CDLL, name: str, prototype: Any) -> Any:
+    reg = ggml.ggml_backend_reg_by_name(b"RPC")
+    address = ggml.ggml_backend_reg_get_proc_address(reg, name.encode()) if reg else None
+    if not address:
+        raise BenchmarkAbort("this llama-cpp-python was built without RPC (GGML_RPC=ON)")
+    return prototype(address)
+
+
+def devices(llama_cpp_module: Any) -> list[dict[str, Any]]:
+    """Every device ggml has registered: name, description, free and total bytes."""
+    ggml = _ggml(llama_cpp_module)
+    found = []
+    for index in range(ggml.ggml_backend_dev_count()):
+        device = ggml.ggml_backend_dev_get(index)
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        ggml.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
+        found.append({"name": ggml.ggml_backend_dev_name(device).decode(),
+                      "description": (ggml.ggml_backend_dev_description(device) or b"").decode(errors="replace"),
+                      "free_bytes": free.value, "total_bytes": total.value})
+    return found
+
+
+def register_rpc_servers(llama_cpp_module: Any, endpoints: tuple[str, ...]) -> None:
+    """Make each worker's devices llama.cpp devices (RPC0, RPC1, ... in this order), as common/arg.cpp's --rpc
+    does. The endpoints were probed by the parent: llama.cpp aborts the process on one it cannot reach."""
+    ggml = _ggml(llama_cpp_module)
+    add_server = _rpc_function(ggml, "ggml_backend_rpc_add_server",
+                               ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p))
+    for endpoint in endpoints:
+        reg = add_server(endpoint.encode())
+        if not reg:
+            raise BenchmarkAbort(f"RPC worker {endpoint} serves no device")
+        ggml.ggml_backend_register(reg)
+
+
+def serve_rpc(llama_cpp_module: Any, endpoint: str, n_threads: int, cache_dir: str | None,
+              device_names: tuple[str, ...]) -> None:
+    """Serve this machine's devices (the named ones; else its accelerators, else its CPU, as tools/rpc does) to
+    llama.cpp RPC clients at endpoint. Blocks for good: the process is stopped by a signal."""
+    ggml = _ggml(llama_cpp_module)
+    start_server = _rpc_function(ggml, "ggml_backend_rpc_start_server", ctypes.CFUNCTYPE(
+        None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)))
+    chosen = [ggml.ggml_backend_dev_by_name(name.encode()) for name in serving_devices(llama_cpp_module,
+                                                                                       device_names)]
+    array = (ctypes.c_void_p * len(chosen))(*chosen)
+    start_server(endpoint.encode(), cache_dir.encode() if cache_dir else None, n_threads, len(chosen), array)
+
+
+def serving_devices(llama_cpp_module: Any, device_names: tuple[str, ...]) -> list[str]:
+    """The devices a worker serves: those named (each must exist), else every non-CPU one, else the CPU."""
+    names = [d["name"] for d in devices(llama_cpp_module) if not d["name"].startswith("RPC")]
+    if device_names:
+        unknown = [name for name in device_names if name not in names]
+        if unknown:
+            raise BenchmarkAbort(f"no device {', '.join(unknown)} here; there are: {', '.join(names)}")
+        return list(device_names)
+    accelerators = [name for name in names if name != "CPU"]
+    return accelerators or ["CPU"]
 
 
 class _ThreadpoolParams(ctypes.Structure):
@@ -135,7 +216,7 @@ class Bench:
     def __init__(self, settings: RunSettings, emit: Emit) -> None:
         self.settings = settings
         self.emit = emit
-        self.ll = _llama()
+        self.ll = load_llama_cpp()
         self.C = self.ll.llama_cpp
         self.rng = random.Random(settings.seed)
         self.model = None
@@ -145,12 +226,16 @@ class Bench:
     def load(self) -> dict[str, Any]:
         C, s = self.C, self.settings
         C.llama_backend_init()
+        if s.rpc_servers:
+            register_rpc_servers(self.ll, s.rpc_servers)
         mparams = C.llama_model_default_params()
         mparams.n_gpu_layers = s.n_gpu_layers
         mparams.load_mode = LOAD_MODES[s.load_mode]
         # on a CPU-only build every tensor is in host RAM already; an override there would only
         # take the experts out of the repacked CPU buffer and change what is measured
-        self._overrides = expert_overrides(self.ll, s.n_cpu_moe) if C.llama_supports_gpu_offload() else None
+        # (llama_supports_gpu_offload is true in any build with RPC compiled in: ask for a device instead)
+        offload = any(d["name"] != "CPU" for d in devices(self.ll))
+        self._overrides = expert_overrides(self.ll, s.n_cpu_moe) if offload else None
         if self._overrides is not None:
             mparams.tensor_buft_overrides = ctypes.cast(self._overrides, ctypes.c_void_p)
         start = time.perf_counter_ns()
@@ -171,7 +256,8 @@ class Bench:
             "model_n_params": int(C.llama_model_n_params(self.model)),
             "n_vocab": self.n_vocab,
             "backends": backend_names(self.ll),
-            "gpu_offload": bool(C.llama_supports_gpu_offload()),
+            "devices": devices(self.ll),
+            "gpu_offload": offload,
             "llama_cpp_python_version": version,
             "llama_cpp_commit": KNOWN_LLAMA_CPP_COMMITS.get(version, "unknown"),
         }

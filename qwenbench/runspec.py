@@ -31,6 +31,7 @@ class RunSettings:
     n_threads: int = 1
     n_gpu_layers: int = -1
     n_cpu_moe: int = 0
+    rpc_servers: tuple[str, ...] = ()  # HOST:PORT of llama.cpp RPC workers, whose devices -ngl offloads to
     n_batch: int = 2048
     n_ubatch: int = 512
     n_ctx: int = 0  # 0: per test, n_prompt + n_gen + n_depth, as llama-bench sizes it
@@ -51,7 +52,9 @@ class RunSettings:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunSettings:
-        for key in ("n_prompt", "n_gen", "n_depth"):
+        for key in ("n_prompt", "n_gen", "n_depth", "rpc_servers"):
+            if key not in data:
+                continue
             data[key] = tuple(data[key])
         return cls(**data)
 

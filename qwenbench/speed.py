@@ -29,6 +29,7 @@ from .fit import (
     has_tied_output,
     kv_bytes_per_layer,
     on_gpu,
+    tied_output_on_gpu,
     token_read_bytes,
 )
 from .tensors import TensorInfo, TensorTable
@@ -227,11 +228,15 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
     tg_host = tg_gpu = pp_host = pp_gpu = 0.0
     borrowed: set[str] = set()
     borrowed_experts: set[str] = set()  # MoE expert types whose prefill rate was not measured
+    output_copy = tied_output_on_gpu(table, shape, config)
     for tensor in table.tensors:
         rate, measured = calibration.rate(tensor.type_name)
         tg_bytes = token_read_bytes(tensor, shape, tied_output)
         pp_bytes = _prefill_bytes(tensor, shape, tied_output)
-        if on_gpu(tensor, shape, config):
+        if tensor.name == "token_embd.weight" and output_copy:
+            tg_gpu += tg_bytes  # the output layer's copy on the device; the host's lookup of a row is nothing
+            pp_gpu += pp_bytes
+        elif on_gpu(tensor, shape, config):
             tg_gpu += tg_bytes
             pp_gpu += pp_bytes
         elif tensor.is_expert and shape.n_expert:

@@ -102,6 +102,26 @@ def test_layer_placement_follows_this_llama_cpp() -> None:
     assert on_gpu(TensorInfo("blk.10.ffn_up_exps.weight", 11, (2048, 768, 128)), shape, experts_in_ram)
 
 
+def test_a_tied_output_gets_a_copy_on_the_device_that_holds_the_output_layer() -> None:
+    """Qwen3-0.6B/1.7B/4B tie the output to token_embd: llama.cpp duplicates it onto the output layer's device
+    (seen on an RPC device: a tiny tied model's 9.91 MiB all there, while the host kept its 9.85 MiB lookup copy)."""
+    shape = shape_of("qwen3-4b")
+    table = tensor_table(get_model("qwen3-4b"), "Q4_K_M")
+    embeddings = next(t for t in table.tensors if t.name == "token_embd.weight")
+    norm = next(t for t in table.tensors if t.name == "output_norm.weight").n_bytes  # the output layer's too
+    output_only = estimate_memory(table, shape, RunConfig(n_ctx=512, n_gpu_layers=1, gpu=True), X86)
+    assert output_only.parts["gpu_weights"] == embeddings.n_bytes + norm
+    assert output_only.parts["host_weights"] == sum(t.n_bytes for t in table.tensors) - norm  # the input copy stays
+    host, gpu = bytes_read_per_token(table, shape, RunConfig(n_ctx=512, n_gpu_layers=1, gpu=True))
+    all_on_host, _ = bytes_read_per_token(table, shape, RunConfig(n_ctx=512))
+    assert gpu == embeddings.n_bytes + norm and host < all_on_host - gpu / 2
+    untied = tensor_table(get_model("qwen3-8b"), "Q4_K_M")
+    output = next(t for t in untied.tensors if t.name == "output.weight")
+    config = RunConfig(n_ctx=512, n_gpu_layers=1, gpu=True)
+    untied_estimate = estimate_memory(untied, shape_of("qwen3-8b"), config, X86)
+    assert untied_estimate.parts["gpu_weights"] == output.n_bytes + 4 * 4096
+
+
 def test_repack_rules() -> None:
     q4k = TensorInfo("blk.0.attn_q.weight", 12, (1024, 2048))
     assert repacked_on_cpu(q4k, X86) and not repacked_on_cpu(q4k, ("SSE3", "AVX"))

@@ -1,0 +1,216 @@
+"""llama.cpp RPC: endpoints as users write them, the pre-flight check of a worker over the wire protocol (against
+peers that refuse, stall or speak another version), and real workers on loopback serving real llama.cpp runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+
+from qwenbench.errors import UsageError
+from qwenbench.fit import RunConfig, estimate_memory
+from qwenbench.gguf_info import read_model_header
+from qwenbench.results import read_records
+from qwenbench.rpc import RPC_PROTO_VERSION, Endpoint, RpcError, parse_endpoints, parse_size, probe_endpoint
+from qwenbench.rpcworker import Worker, WorkerInfo
+
+from .conftest import QWENBENCH, run_cli
+
+
+def test_endpoints_parse_with_caps_and_ipv6() -> None:
+    endpoints = parse_endpoints("127.0.0.1:50052, worker.lan:50053@12GiB,[::1]:7000@512MiB")
+    assert [e.address for e in endpoints] == ["127.0.0.1:50052", "worker.lan:50053", "[::1]:7000"]
+    assert [e.memory_cap_bytes for e in endpoints] == [None, 12 * 2**30, 512 * 2**20]
+    assert parse_size("1.5G") == int(1.5 * 2**30)
+    assert parse_size("4096") == 4096
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("127.0.0.1", "not an RPC endpoint"), ("host:port", "not an RPC endpoint"), (":50052", "not an RPC endpoint"),
+    ("127.0.0.1:70000", "not an RPC endpoint"), ("127.0.0.1:1@lots", "not a size"), (" , ", "names no endpoint"),
+    ("127.0.0.1:1,127.0.0.1:1", "named twice"),
+])
+def test_bad_endpoints_are_plain_errors(text: str, fragment: str) -> None:
+    with pytest.raises(UsageError, match=fragment) as caught:
+        parse_endpoints(text)
+    assert caught.value.hint
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def _peer(reply: bytes | None) -> Iterator[Endpoint]:
+    """A TCP peer on loopback that reads one HELLO and answers `reply` (None: never answers)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(1 + 8 + 24)
+            if reply is not None:
+                connection.sendall(struct.pack("<Q", len(reply)) + reply)
+            done.wait(10)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield Endpoint("127.0.0.1", server.getsockname()[1])
+    finally:
+        done.set()
+        thread.join(5)
+        server.close()
+
+
+def test_a_refused_endpoint_is_named() -> None:
+    port = _free_port()
+    with pytest.raises(RpcError, match=f"127.0.0.1:{port}: connection refused") as caught:
+        probe_endpoint(Endpoint("127.0.0.1", port))
+    assert "qwenbench worker" in caught.value.hint
+
+
+def test_another_protocol_version_is_refused_naming_both() -> None:
+    with _peer(bytes([6, 2, 0, 0]) + bytes(24)) as endpoint, pytest.raises(RpcError) as caught:
+        probe_endpoint(endpoint)
+    assert endpoint.address in caught.value.message
+    assert "6.2.0" in caught.value.message and "7.0.0" in caught.value.message
+
+
+def test_a_peer_that_never_answers_times_out() -> None:
+    with _peer(None) as endpoint, pytest.raises(RpcError, match="no reply"):
+        probe_endpoint(endpoint, timeout_s=0.5)
+
+
+def test_a_peer_that_is_not_an_rpc_server_is_named() -> None:
+    with _peer(b"HTTP/1.1 400 Bad Request\r\n") as endpoint, pytest.raises(RpcError, match="where 28 were expected"):
+        probe_endpoint(endpoint)
+
+
+# ------------------------------------------------------------------------------- real workers on loopback
+
+def _default_signals() -> None:
+    # a shell may start us with SIGINT ignored (CI, background jobs): the worker under test must not be
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[WorkerInfo]:
+    with (tmp_path / "worker.log").open("wb") as log, Worker(Endpoint("127.0.0.1", _free_port()), 1, log) as running:
+        yield running.start()
+
+
+def test_a_worker_serves_this_machines_cpu_and_answers_the_probe(worker: WorkerInfo) -> None:
+    assert worker.probe.version == RPC_PROTO_VERSION
+    assert [d["name"] for d in worker.devices] == ["CPU"]
+    # ggml's CPU device reports all of its RAM as free
+    assert worker.probe.devices[0].total_bytes >= worker.probe.devices[0].free_bytes > 0
+    assert worker.probe.rtt_ms > 0 and worker.probe.upload_mbps > 0
+    again = probe_endpoint(worker.endpoint)  # one client after another: the probe's connection was let go
+    assert again.version == RPC_PROTO_VERSION
+
+
+def test_a_port_in_use_is_a_plain_error(worker: WorkerInfo, tmp_path: Path) -> None:
+    with (tmp_path / "second.log").open("wb") as log, pytest.raises(UsageError, match="already in use") as caught:
+        Worker(worker.endpoint, 1, log).start()
+    assert "--port" in caught.value.hint
+
+
+def _rpc_run(gguf: Path, endpoints: str, out: Path, *extra: str) -> dict:
+    result = run_cli("run", "--gguf", str(gguf), "--rpc", endpoints, "-p", "16", "-n", "4", "-r", "1", "--no-ttft",
+                     "-t", "1", "--json", "--out", str(out), *extra, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _expected(gguf: Path, n_gpu_layers: int) -> dict[str, int]:
+    header = read_model_header(gguf)
+    config = RunConfig(n_ctx=20, n_gpu_layers=n_gpu_layers, gpu=True, offload_kind="rpc")
+    return estimate_memory(header.table, header.shape(), config, ()).parts
+
+
+@pytest.mark.parametrize("fixture, layers", [("tiny_dense", 99), ("tiny_dense", 1), ("tiny_moe", 99)])
+def test_offloaded_weights_and_kv_land_on_the_worker_as_planned(worker: WorkerInfo, fixture: str, layers: int,
+                                                                request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    gguf = request.getfixturevalue(fixture)
+    report = _rpc_run(gguf, worker.endpoint.address, tmp_path / "rows.csv", "-ngl", str(layers), "-c", "20")
+    assert {row["status"] for row in report["rows"]} == {"ok"}
+    buffers = report["llama_cpp_buffers"]
+    device = f"RPC0[{worker.endpoint.address}]"
+    expected = _expected(gguf, layers)
+    assert buffers["model"][device] == pytest.approx(expected["gpu_weights"], abs=0.01 * 2**20)
+    assert buffers["kv"].get(device, 0) == pytest.approx(expected["gpu_kv"], abs=0.01 * 2**20)
+
+
+def test_a_worker_missing_from_the_run_is_refused_before_loading(worker: WorkerInfo, tiny_dense: Path) -> None:
+    port = _free_port()
+    result = run_cli("run", "--gguf", str(tiny_dense), "--rpc", f"{worker.endpoint.address},127.0.0.1:{port}",
+                     "-p", "16", "-n", "4", "-r", "1", "--no-ttft")
+    assert result.returncode != 0
+    assert f"127.0.0.1:{port}: connection refused" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_worker_command_prints_what_it_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    port = _free_port()
+    process = subprocess.Popen([QWENBENCH, "worker", "--port", str(port), "-t", "1"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals,
+                               env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(3)]
+        assert f"RPC worker at 127.0.0.1:{port}: protocol 7.0.0" in lines[0]
+        assert lines[1].strip().startswith("CPU:") and "free of" in lines[1]
+        children = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    psutil.wait_procs(children, timeout=10)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    with pytest.raises(RpcError, match="connection refused"):
+        probe_endpoint(Endpoint("127.0.0.1", port))
+
+
+def test_a_worker_on_another_host_warns_loudly() -> None:
+    result = run_cli("worker", "--host", "203.0.113.7", "--port", str(_free_port()), "-t", "1", timeout=60)
+    assert "no authentication" in result.stderr
+    assert result.returncode != 0 and "not an address of this machine" in result.stderr
+
+
+def test_a_worker_killed_mid_run_fails_the_rows_naming_it(worker: WorkerInfo, tiny_dense: Path,
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "rows.csv"
+    run = subprocess.Popen([QWENBENCH, "run", "--gguf", str(tiny_dense), "--rpc", worker.endpoint.address,
+                            "-ngl", "99", "-p", "0", "-n", "256", "-r", "2000", "--no-ttft", "-t", "1", "--out",
+                            str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+    deadline = time.monotonic() + 120
+    while not any("qwenbench.runner" in " ".join(c.cmdline()) for c in psutil.Process(run.pid).children(True)):
+        assert time.monotonic() < deadline and run.poll() is None, "the run never started"
+        time.sleep(0.1)
+    time.sleep(3)  # loaded and generating
+    os.kill(worker.pid, signal.SIGKILL)
+    _, stderr = run.communicate(timeout=120)
+    assert "Traceback" not in stderr
+    assert run.returncode != 0
+    rows = read_records(out)
+    assert rows and all(r["status"] != "ok" for r in rows)
+    assert f"RPC worker {worker.endpoint.address} stopped answering" in rows[0]["error"]
