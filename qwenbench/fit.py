@@ -160,13 +160,15 @@ def _ubatch(config: RunConfig) -> int:
 
 
 def gpu_compute_bytes(shape: ModelShape, config: RunConfig, output_on_gpu: bool) -> int:
-    """The GPU compute buffer llama.cpp reserves (worst case, all allocated): logits for a ubatch on the
-    device holding the output, activations, and without flash attention the attention scores."""
+    """The compute buffer llama.cpp reserves on an offload device: the peak of what is live at once in a ubatch's
+    graph (ggml-alloc reuses the rest). On the device holding the output that is its last step, the logits and
+    the hidden state they come from (measured on an RPC device, Qwen3-0.6B at ubatch 512: 298.75 MiB, this
+    formula's figure to the byte); elsewhere a layer's activations, and without flash attention its scores."""
     ubatch = _ubatch(config)
-    logits = ubatch * shape.n_vocab * 4 if output_on_gpu else 0
+    output_step = (shape.n_vocab + shape.n_embd) * ubatch * 4 if output_on_gpu else 0
     activations = ubatch * max(shape.n_embd * 8, shape.n_ff * 3, shape.n_ff_exp * shape.n_expert_used * 3) * 4
     scores = 0 if config.flash_attn else kv_cells(config.n_ctx) * ubatch * shape.n_head * 4
-    return logits + activations + scores
+    return max(output_step, activations + scores)
 
 
 def activation_units(shape: ModelShape, config: RunConfig) -> float:

@@ -155,6 +155,7 @@ def test_offloaded_weights_and_kv_land_on_the_worker_as_planned(worker: WorkerIn
     expected = _expected(gguf, layers)
     assert buffers["model"][device] == pytest.approx(expected["gpu_weights"], abs=0.01 * 2**20)
     assert buffers["kv"].get(device, 0) == pytest.approx(expected["gpu_kv"], abs=0.01 * 2**20)
+    assert buffers["compute"][device] == pytest.approx(expected["gpu_compute"], rel=0.05)
 
 
 def test_a_worker_missing_from_the_run_is_refused_before_loading(worker: WorkerInfo, tiny_dense: Path) -> None:
