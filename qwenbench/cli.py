@@ -761,15 +761,15 @@ def _with_rpc_devices(machine: MachineInfo, endpoints: tuple[Endpoint, ...]) -> 
 
     from .rpc import offload_devices, probe_endpoint
 
+    if "RPC" not in machine.hardware.backends:
+        raise UsageError("this llama-cpp-python was built without RPC", hint="reinstall it with `make install` "
+                         "(which builds it with -DGGML_RPC=ON)")
     with err.status("checking the RPC workers"):
         probes = [probe_endpoint(endpoint) for endpoint in endpoints]
     for probe in probes:
         err.print(f"RPC worker {probe.endpoint.address}: protocol {'.'.join(map(str, probe.version))}, "
                   f"{len(probe.devices)} device(s), {_bytes(probe.free_bytes)} usable, round trip "
                   f"{probe.rtt_ms:.2f} ms, upload {probe.upload_mbps:.0f} MB/s", markup=False, highlight=False)
-    if "RPC" not in machine.hardware.backends:
-        raise UsageError("this llama-cpp-python was built without RPC", hint="reinstall it with `make install` "
-                         "(which builds it with -DGGML_RPC=ON)")
     hardware = replace(machine.hardware, gpus=(*offload_devices(probes), *machine.hardware.gpus))
     return replace(machine, hardware=hardware)
 

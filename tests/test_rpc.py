@@ -215,3 +215,16 @@ def test_a_worker_killed_mid_run_fails_the_rows_naming_it(worker: WorkerInfo, ti
     rows = read_records(out)
     assert rows and all(r["status"] != "ok" for r in rows)
     assert f"RPC worker {worker.endpoint.address} stopped answering" in rows[0]["error"]
+
+
+def test_plan_offloads_to_a_worker_within_its_cap(worker: WorkerInfo, tiny_dense: Path) -> None:
+    def plan(endpoint: str) -> dict:
+        result = run_cli("plan", "--gguf", str(tiny_dense), "--rpc", endpoint, "--ctx", "512", "--json")
+        assert result.returncode == 0, result.stderr
+        assert f"RPC worker {worker.endpoint.address}: protocol 7.0.0" in result.stderr
+        return json.loads(result.stdout)
+
+    free = plan(worker.endpoint.address)
+    assert free["fits"] and free["n_gpu_layers"] != 0 and free["predicted_vram_bytes"] > 0
+    capped = plan(f"{worker.endpoint.address}@64KiB")  # less than any layer with its share of the compute buffer
+    assert capped["fits"] and capped["predicted_vram_bytes"] <= 64 * 1024
