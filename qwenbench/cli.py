@@ -759,18 +759,14 @@ def _with_rpc_devices(machine: MachineInfo, endpoints: tuple[Endpoint, ...]) -> 
         return machine
     from dataclasses import replace
 
-    from .rpc import offload_devices, probe_endpoint
+    from .rpc import hardware_with_workers
 
-    if "RPC" not in machine.hardware.backends:
-        raise UsageError("this llama-cpp-python was built without RPC", hint="reinstall it with `make install` "
-                         "(which builds it with -DGGML_RPC=ON)")
     with err.status("checking the RPC workers"):
-        probes = [probe_endpoint(endpoint) for endpoint in endpoints]
+        hardware, probes = hardware_with_workers(machine.hardware, endpoints)
     for probe in probes:
         err.print(f"RPC worker {probe.endpoint.address}: protocol {'.'.join(map(str, probe.version))}, "
                   f"{len(probe.devices)} device(s), {_bytes(probe.free_bytes)} usable, round trip "
                   f"{probe.rtt_ms:.2f} ms, upload {probe.upload_mbps:.0f} MB/s", markup=False, highlight=False)
-    hardware = replace(machine.hardware, gpus=(*offload_devices(probes), *machine.hardware.gpus))
     return replace(machine, hardware=hardware)
 
 
@@ -847,6 +843,8 @@ def bench_command(
     models_dir: list[Path] = typer.Option([], "--models-dir", **EXISTING_FOLDER,
                                           help="Also look for GGUFs in this folder."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and exit."),
+    rpc: str | None = typer.Option(None, "--rpc", metavar="HOST:PORT[@SIZE],...",
+                                   help="The gpu modes offload to these `qwenbench worker`s [the suite's rpc]."),
     auto_calibrate: bool = CALIBRATE_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; the summary only."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON for scripts."),
@@ -860,6 +858,13 @@ def bench_command(
     from .machine import describe_machine
 
     config = load_config(config_path)
+    if rpc:
+        from dataclasses import replace
+
+        from .rpc import parse_endpoints
+
+        parse_endpoints(rpc)  # a plain error for a bad one, before any job
+        config = replace(config, rpc=tuple(part.strip() for part in rpc.split(",") if part.strip()))
     jobs = expand_jobs(config, synthetic=synthetic, only=only)
     if not jobs:
         raise UsageError(f"no job of {config.name} matches --only {' '.join(only)}",

@@ -40,7 +40,8 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 MODES = ("cpu", "gpu", "gpu-experts-cpu")
 _SUITE_KEYS = {"name", "description", "modes", "n_prompt", "n_gen", "n_depth", "repetitions", "ttft", "think",
-               "timeout_s", "n_ctx", "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "threads", "load_mode"}
+               "timeout_s", "n_ctx", "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "threads", "load_mode",
+               "rpc"}
 _MODEL_KEYS = {"key", "quant", "modes", "repo", "revision", "gguf"}
 
 
@@ -80,6 +81,7 @@ class BenchConfig:
     type_v: str | None = None
     threads: int | None = None  # None: the machine's physical cores
     load_mode: str = "auto"
+    rpc: tuple[str, ...] = ()  # HOST:PORT[@SIZE] of `qwenbench worker`s: the gpu modes offload to their devices
 
 
 class _Fields:
@@ -134,6 +136,20 @@ class _Fields:
         if (not isinstance(value, list) or not value
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
             raise self._fail(key, f"must be a whole number >= 0 or a list of them, got {value!r}")
+        return tuple(value)
+
+    def endpoints(self, key: str) -> tuple[str, ...]:
+        from .rpc import parse_endpoints
+
+        value = self.table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._fail(key, f'must be a list of "HOST:PORT" strings, got {value!r}')
+        if not value:
+            return ()
+        try:
+            parse_endpoints(",".join(value))
+        except UsageError as exc:
+            raise self._fail(key, exc.message) from None
         return tuple(value)
 
     def modes(self, key: str, default: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -222,6 +238,7 @@ def parse_config(data: dict[str, Any], path: Path) -> BenchConfig:
         type_v=suite.text("type_v", None, type_choices),
         threads=suite.integer("threads", None, 1),
         load_mode=suite.text("load_mode", "auto", tuple(LOAD_MODES)) or "auto",
+        rpc=suite.endpoints("rpc"),
     )
     if not any(config.n_prompt) and not any(config.n_gen) and not config.ttft:
         raise ConfigError(f"{where}: suite measures nothing (n_prompt and n_gen are 0, ttft is false)")

@@ -14,10 +14,10 @@ import socket
 import statistics
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import QwenbenchError, UsageError
-from .probe.model import GpuInfo
+from .probe.model import GpuInfo, Hardware
 
 # ggml-rpc.h of the llama.cpp this package is built with: the client accepts a server of the same major
 # version and a minor version no newer than its own
@@ -262,3 +262,15 @@ def _hello(connection: _Connection) -> tuple[int, int, int]:
                        f"this llama.cpp {'.'.join(map(str, RPC_PROTO_VERSION))}",
                        hint="run the worker from the same qwenbench install (llama.cpp build) as the client")
     return version
+
+
+def hardware_with_workers(hardware: Hardware, endpoints: tuple[Endpoint, ...]) -> tuple[Hardware, list[EndpointProbe]]:
+    """The machine as the planner sees it with these workers: their devices first, as llama.cpp orders them. Each
+    endpoint is probed (RpcError names the one that fails); a build without RPC is refused first."""
+    if not endpoints:
+        return hardware, []
+    if "RPC" not in hardware.backends:
+        raise UsageError("this llama-cpp-python was built without RPC",
+                         hint="reinstall it with `make install` (which builds it with -DGGML_RPC=ON)")
+    probes = [probe_endpoint(endpoint) for endpoint in endpoints]
+    return replace(hardware, gpus=(*offload_devices(probes), *hardware.gpus)), probes

@@ -167,6 +167,8 @@ def test_ctrl_c_stops_the_suite_with_the_csv_valid(suite: Path) -> None:
     ('[suite]\nname = "x"\n', "no [[model]] entries"),
     ('[[model]]\ngguf = "a.gguf"\nquant = "Q4_K_M"\n', "model[0].gguf: a local file is measured as it is"),
     ("[suite\n", "not valid TOML"),
+    ('[suite]\nrpc = "127.0.0.1:50052"\n[[model]]\nkey = "qwen3-4b"\n', 'suite.rpc: must be a list of "HOST:PORT"'),
+    ('[suite]\nrpc = ["127.0.0.1"]\n[[model]]\nkey = "qwen3-4b"\n', "suite.rpc: not an RPC endpoint"),
 ])
 def test_config_errors_name_the_field(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -228,3 +229,27 @@ def test_plan_offloads_to_a_worker_within_its_cap(worker: WorkerInfo, tiny_dense
     assert free["fits"] and free["n_gpu_layers"] != 0 and free["predicted_vram_bytes"] > 0
     capped = plan(f"{worker.endpoint.address}@64KiB")  # less than any layer with its share of the compute buffer
     assert capped["fits"] and capped["predicted_vram_bytes"] <= 64 * 1024
+
+
+def test_a_suite_offloads_its_gpu_jobs_to_workers_and_fails_only_those_when_one_is_gone(
+        worker: WorkerInfo, tiny_dense: Path, tmp_path: Path) -> None:
+    shutil.copy(tiny_dense, tmp_path / "dense.gguf")
+    dead = f"127.0.0.1:{_free_port()}"
+    for name, endpoint in (("live", worker.endpoint.address), ("dead", dead)):
+        (tmp_path / f"{name}.toml").write_text(
+            f'[suite]\nname = "{name}"\nmodes = ["cpu", "gpu"]\nn_prompt = [16]\nn_gen = [4]\nrepetitions = 1\n'
+            f'ttft = false\nrpc = ["{endpoint}"]\n[[model]]\ngguf = "dense.gguf"\n')
+        result = run_cli("bench", "--config", str(tmp_path / f"{name}.toml"), "--out", str(tmp_path / f"{name}.csv"),
+                         "--quiet")
+        assert "Traceback" not in result.stderr
+        rows = {(r["mode"], r["test"]): r for r in read_records(tmp_path / f"{name}.csv")}
+        assert rows[("cpu", "pp16")]["status"] == "ok" and "RPC[" not in rows[("cpu", "pp16")]["backends"]
+        if name == "live":
+            assert result.returncode == 0, result.stderr
+            gpu = rows[("gpu", "pp16")]
+            assert gpu["status"] == "ok" and gpu["n_gpu_layers"] != 0
+            assert f"RPC[{worker.endpoint.address}]" in gpu["backends"]
+        else:
+            assert result.returncode == 1
+            assert rows[("gpu", "pp16")]["status"] == "failed"
+            assert f"RPC worker {dead}: connection refused" in rows[("gpu", "pp16")]["error"]
