@@ -205,15 +205,6 @@ def probe_endpoint(endpoint: Endpoint, timeout_s: float = 5.0, upload_bytes: int
     return EndpointProbe(endpoint, version, tuple(devices), rtt * 1e3, upload_bytes / upload_s / 1e6)
 
 
-def check_memory(probe: EndpointProbe, need_bytes: int) -> None:
-    """A plain error when the plan puts more on a worker than it has free (or than its cap allows)."""
-    if need_bytes > probe.free_bytes:
-        capped = " (its cap)" if probe.endpoint.memory_cap_bytes is not None else " free"
-        raise RpcError(f"RPC worker {probe.endpoint.address}: the plan puts {need_bytes / 2**30:.2f} GiB there, "
-                       f"{probe.free_bytes / 2**30:.2f} GiB{capped}",
-                       hint="offload fewer layers (-ngl), add a worker, or pick a smaller quant")
-
-
 def offload_devices(probes: list[EndpointProbe]) -> tuple[GpuInfo, ...]:
     """Each worker's devices as offload devices for the planner, in llama.cpp's order (RPC0, RPC1, ...). A worker
     on loopback holds its buffers in this machine's RAM, so its devices count as sharing it (as an iGPU does)."""
