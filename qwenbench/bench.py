@@ -37,7 +37,7 @@ from .modelfile import (
 from .planner import prepare_run, usable_gpu
 from .recipe import tensor_table
 from .results import Record, append_records, check_appendable, read_records
-from .rpc import hardware_with_workers, parse_endpoints
+from .rpc import hardware_with_workers
 from .runspec import RunSettings
 
 OnEvent = Callable[[str, dict[str, Any]], None]  # (kind, data): job_started, status, note, run_event, job_finished
@@ -122,7 +122,7 @@ def job_key(config: BenchConfig, job: Job) -> str:
         "n_prompt", "n_gen", "n_depth", "repetitions", "ttft", "think", "n_ctx", "n_batch", "n_ubatch",
         "flash_attn", "type_k", "type_v", "threads", "load_mode")}
     if config.rpc:  # another topology is another measurement; suites without workers keep their keys
-        settings["rpc"] = list(config.rpc)
+        settings["rpc"] = [(e.address, e.memory_cap_bytes) for e in config.rpc]
     blob = json.dumps({"model": model, "mode": job.mode, "weights": job.weights, "settings": settings},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -147,8 +147,7 @@ def job_settings(config: BenchConfig, job: Job, machine: MachineInfo, n_layer: i
         type_k=(config.type_k or config.type_v or "f16"), type_v=(config.type_v or config.type_k or "f16"),
         load_mode=config.load_mode, ttft=config.ttft, think=config.think,
         # only where layers go to devices: with workers registered, llama.cpp would offload big batches' matmuls
-        rpc_servers=(tuple(e.address for e in parse_endpoints(",".join(config.rpc)))
-                     if config.rpc and job.mode in GPU_MODES else ()),
+        rpc_servers=tuple(e.address for e in config.rpc) if job.mode in GPU_MODES else (),
         **placement)
     return settings, pinned
 
@@ -239,7 +238,7 @@ class _Runner:
         if self.config.rpc and job.mode in GPU_MODES:
             # probed for every job: a worker that went away fails only its jobs, one that came back is used again
             try:
-                hardware, _ = hardware_with_workers(hardware, parse_endpoints(",".join(self.config.rpc)))
+                hardware, _ = hardware_with_workers(hardware, self.config.rpc)
             except QwenbenchError as exc:
                 return unrun("failed", exc.message)
         if job.mode in GPU_MODES and usable_gpu(hardware) is None:

@@ -863,8 +863,7 @@ def bench_command(
 
         from .rpc import parse_endpoints
 
-        parse_endpoints(rpc)  # a plain error for a bad one, before any job
-        config = replace(config, rpc=tuple(part.strip() for part in rpc.split(",") if part.strip()))
+        config = replace(config, rpc=parse_endpoints(rpc))
     jobs = expand_jobs(config, synthetic=synthetic, only=only)
     if not jobs:
         raise UsageError(f"no job of {config.name} matches --only {' '.join(only)}",
@@ -1121,7 +1120,7 @@ def serve_command(
     """Serve a model through an OpenAI-compatible HTTP API (/v1/chat/completions) with the planned settings:
     GPU layers, MoE experts, context, KV type, threads and batch sizes, all pinned and printed, with the exact
     equivalent llama-server command line. Listens on loopback unless --host says otherwise; Ctrl-C stops it."""
-    from .serve import ServerError, check_port, find_llama_server, start_server, stop_server, wait_ready
+    from .serve import LOOPBACK, ServerError, check_port, find_llama_server, start_server, stop_server, wait_ready
 
     if backend not in ("auto", "llama-server", "llama-cpp-python"):
         raise UsageError(f"--backend {backend!r}: use auto, llama-server or llama-cpp-python")
@@ -1143,7 +1142,7 @@ def serve_command(
         return
     for note in notes:
         err.print(f"[yellow]note:[/yellow] {escape(note)}")
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in LOOPBACK:
         err.print(f"[yellow]warning:[/yellow] listening on {escape(host)}: other machines on the network can use this "
                   "server (it has no API key)")
     log_path = _server_log_path(f"server-{port}.log")
@@ -1182,9 +1181,10 @@ def worker_command(
     from .machine import describe_machine
     from .paths import cache_dir
     from .rpc import Endpoint
-    from .rpcworker import LOOPBACK_HOSTS, Worker
+    from .rpcworker import Worker
+    from .serve import LOOPBACK
 
-    if host not in LOOPBACK_HOSTS:
+    if host not in LOOPBACK:
         err.print(f"[bold red]warning:[/bold red] serving on {escape(host)}: anyone who can reach this port can run "
                   "code on these devices and read what is in them (llama.cpp RPC has no authentication or "
                   "encryption); only on a network you trust", highlight=False)

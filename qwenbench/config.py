@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, UsageError
+from .rpc import Endpoint, parse_endpoints
 from .runspec import CACHE_TYPES, FLASH_ATTN, LOAD_MODES
 
 if sys.version_info >= (3, 11):
@@ -81,7 +82,7 @@ class BenchConfig:
     type_v: str | None = None
     threads: int | None = None  # None: the machine's physical cores
     load_mode: str = "auto"
-    rpc: tuple[str, ...] = ()  # HOST:PORT[@SIZE] of `qwenbench worker`s: the gpu modes offload to their devices
+    rpc: tuple[Endpoint, ...] = ()  # `qwenbench worker`s: the gpu modes offload to their devices
 
 
 class _Fields:
@@ -138,19 +139,16 @@ class _Fields:
             raise self._fail(key, f"must be a whole number >= 0 or a list of them, got {value!r}")
         return tuple(value)
 
-    def endpoints(self, key: str) -> tuple[str, ...]:
-        from .rpc import parse_endpoints
-
+    def endpoints(self, key: str) -> tuple[Endpoint, ...]:
         value = self.table.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self._fail(key, f'must be a list of "HOST:PORT" strings, got {value!r}')
         if not value:
             return ()
         try:
-            parse_endpoints(",".join(value))
+            return parse_endpoints(",".join(value))
         except UsageError as exc:
             raise self._fail(key, exc.message) from None
-        return tuple(value)
 
     def modes(self, key: str, default: tuple[str, ...] | None) -> tuple[str, ...] | None:
         value = self.table.get(key)

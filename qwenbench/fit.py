@@ -180,8 +180,9 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
     """Bytes on the host (peak resident set of the process) and on the GPU for one configuration."""
     calibration = calibration or Calibration()
     host_weights = gpu_weights = repack = 0
+    output_copy = tied_output_on_gpu(table, shape, config)
     for tensor in table.tensors:
-        if tensor.name == "token_embd.weight" and tied_output_on_gpu(table, shape, config):
+        if tensor.name == "token_embd.weight" and output_copy:
             gpu_weights += tensor.n_bytes  # the output layer's copy; the input's stays on the host (below)
         if on_gpu(tensor, shape, config):
             gpu_weights += tensor.n_bytes
@@ -198,7 +199,7 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
     per_layer_kv = kv_bytes_per_layer(shape, config.n_ctx, config.type_k, config.type_v)
     kv_gpu = gpu_layers * per_layer_kv
     kv_host = (shape.n_layer - gpu_layers) * per_layer_kv
-    output_on_gpu = config.gpu and first <= shape.n_layer
+    output_on_gpu = output_layer_on_gpu(shape, config)
     output_buffer = shape.n_vocab * 4  # one sequence, logits of its last token
     units = activation_units(shape, config)
     activations = calibration.host_activation_factor * units
@@ -222,11 +223,15 @@ def has_tied_output(table: TensorTable) -> bool:
     return not any(t.name == "output.weight" for t in table.tensors)
 
 
+def output_layer_on_gpu(shape: ModelShape, config: RunConfig) -> bool:
+    """Whether the output layer (index n_layer, the first -ngl offloads) is on the offload device."""
+    return config.gpu and first_gpu_layer(shape.n_layer, config.n_gpu_layers) <= shape.n_layer
+
+
 def tied_output_on_gpu(table: TensorTable, shape: ModelShape, config: RunConfig) -> bool:
     """Whether llama.cpp puts a second copy of a tied token_embd on the offload device, as the output layer
     (llama-model.cpp: TENSOR_DUPLICATED into the output layer's buffer), while the input lookup keeps the host's."""
-    return (config.gpu and first_gpu_layer(shape.n_layer, config.n_gpu_layers) <= shape.n_layer
-            and has_tied_output(table))
+    return output_layer_on_gpu(shape, config) and has_tied_output(table)
 
 
 def token_read_bytes(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -> int:

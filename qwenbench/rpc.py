@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 from .errors import QwenbenchError, UsageError
 from .probe.model import GpuInfo, Hardware
+from .serve import LOOPBACK
 
 # ggml-rpc.h of the llama.cpp this package is built with: the client accepts a server of the same major
 # version and a minor version no newer than its own
@@ -211,7 +212,7 @@ def offload_devices(probes: list[EndpointProbe]) -> tuple[GpuInfo, ...]:
     found = []
     index = 0
     for probe in probes:
-        loopback = probe.endpoint.host in ("127.0.0.1", "localhost", "::1")
+        loopback = probe.endpoint.host in LOOPBACK
         share = len(probe.devices)
         for device in probe.devices:
             budget = device.free_bytes

@@ -23,7 +23,6 @@ from .rpc import Endpoint, EndpointProbe, RpcError, probe_endpoint
 from .serve import check_port
 
 READY_TIMEOUT_S = 60.0
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 @dataclass(frozen=True)
