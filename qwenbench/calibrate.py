@@ -9,9 +9,10 @@ runs for real models) whose every matrix is of that type, with layers enough for
 Overheads come from tiny models (n_embd 64) of 2 and 32 layers, dense and MoE, whose weights are small enough that
 the fixed costs dominate; MoE experts' prefill, whose kernels differ from a dense matrix's, from one probe per type
 with real expert matrices (Qwen3-30B-A3B's, 8 of them, random routers); attention from a tiny-weight model with
-real attention heads, decoded and prefilled at depth and without. Probe weights are zeros in sparse files (nothing
-to write; the kernels' speed does not depend on the values). All probes run one after another in one child process,
-in two rounds (the second backwards), each keeping its fastest.
+real attention heads and a real model's layer count, decoded and prefilled at depth and without. Probe weights are
+zeros in sparse files (nothing to write; the kernels' speed does not depend on the values). All probes run one after
+another in one child process, in two rounds (the second backwards; attention in the first only), each keeping its
+fastest.
 """
 
 from __future__ import annotations
@@ -52,14 +53,19 @@ TINY_LAYERS = 32  # against 2: the difference, 30 layers' fixed cost, stands wel
 # (a stream through an LRU cache larger than it hits nearly never), within these bounds; the upper one when the
 # cache size is unknown
 PROBE_BYTES = (128 << 20, 256 << 20)
-PROBE_GEN, PROBE_PROMPT, PROBE_REPS = 16, 2 * PROBE_PROMPT_CELLS, 2
+PROBE_GEN, PROBE_PROMPT, PROBE_REPS = 12, 2 * PROBE_PROMPT_CELLS, 2
 PP = f"pp{PROBE_PROMPT}"
-# attention's probe: little weight and real heads (16 query, 4 KV, 128 dimensions: GQA 4, as most Qwen3 models), so
-# that its slowdown at depth is attention's; 4 layers, so that filling its cache (quadratic work) stays about a
-# second. Decode at depth runs longer and more often than a type probe's (PRECISE_GEN, PRECISE_REPS): attention's
-# share is the difference of two noisy timings.
-ATTENTION_SHAPE = {"n_layer": 4, "n_embd": 64, "n_ff": 64, "n_head": 16, "n_head_kv": 4, "head_dim": 128}
-ATTENTION_DEPTHS = (2048,)
+# attention's probe: little weight and real heads (32 query, 8 KV, 128 dimensions: Qwen3-4B's to 32B's KV rows,
+# GQA 4), so that its slowdown at depth is attention's, and as many layers as a real model: per cell, a probe of 4
+# layers attends 1.7x as fast as one of 36 (Qwen3-4B's heads, 2048 and 4096 cells), while 32, 64 and 128 layers
+# agree within 5 % (0.32-0.34 ns a cell x layer x query head x head dimension at 512 cells, as the 36-layer probe
+# at 4096 and real Qwen3-4B, 8B and 30B-A3B twins at 4096: 0.27-0.32 ns; the Xeon of issue 10). Per cell that cost
+# holds from 512 cells to 4096, and filling 512 costs a sixty-fourth of filling 4096 (a quadratic fill), so one
+# depth: 512, the least at which llama.cpp splits a decode's cache across threads, as for a long context. Measured
+# in the first round only: at depth it is mostly attention, far above the noise.
+ATTENTION_SHAPE = {"n_layer": 64, "n_embd": 64, "n_ff": 64, "n_head": 32, "n_head_kv": 8, "head_dim": 128}
+ATTENTION_DEPTHS = (512,)
+ATTENTION_GEN, ATTENTION_REPS = 8, 2
 # an MoE layer's experts in a batch run other kernels than a dense matrix's (ggml's mul_mat_id: each expert's
 # rows gathered and multiplied apart), for some types far slower (measured on AVX-512: Q4_K experts prefill at
 # 0.6x the dense rate), so each type's experts have their own probe: Qwen3-30B-A3B's expert matrices (2048 x 768),
@@ -73,9 +79,11 @@ MOE_PROBE_SHAPE = {"n_layer": 4, "n_embd": 2048, "n_ff_exp": 768, "n_expert": 8,
 MOE_TYPES = ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4_XS", "IQ4_NL", "MXFP4")
 PRECISE_GEN, PRECISE_REPS = 32, 3
 ROUNDS = 2
-BANDWIDTH_BYTES, BANDWIDTH_TRIALS = 512 << 20, 7
+# the copy-bandwidth buffer: twice the last-level cache, within these bounds. A VM may report its whole socket's L3
+# (480 MiB on the Xeon of issue 10): eight times that took 4 to 28 s of a calibration, page faults and all
+BANDWIDTH_BYTES, BANDWIDTH_TRIALS = (512 << 20, 1 << 30), 7
 SOLVE_ITERATIONS = 4
-CALIBRATION_FORMAT = "f3"  # what the probes measure and how: a calibration of another format is not this one
+CALIBRATION_FORMAT = "f4"  # what the probes measure and how: a calibration of another format is not this one
 OnProgress = Callable[[str, int, int], None]  # (what, done, total)
 
 
@@ -84,9 +92,10 @@ class _Probe:
     name: str
     spec: ModelSpec
     table: TensorTable
-    # what it measures is a small difference between probes (fixed costs, attention): decode it longer, more often
+    # what it measures is a small difference between probes (fixed costs): decode it longer, more often
     precise: bool = False
     moe_type: str = ""  # an expert prefill probe of this weight type
+    once: bool = False  # measured in the first round only (attention at depth: long, and far above the noise)
 
     @property
     def path(self) -> Path:
@@ -151,7 +160,7 @@ def _dense_prefill_s(probe: _Probe, rates: dict[str, TypeRate], fallback: TypeRa
 
 def _attention_probe() -> _Probe:
     spec = get_model("qwen3-0.6b").with_overrides(**ATTENTION_SHAPE)
-    return _Probe("attention-l4-h16-kv4", spec, _uniform_table(spec, "Q8_0"), precise=True)
+    return _Probe(f"attention-l{spec.n_layer}-h32-kv8", spec, _uniform_table(spec, "Q8_0"), once=True)
 
 
 def probe_bytes_for(last_level_cache_bytes: int) -> int:
@@ -201,6 +210,8 @@ def _fastest_s(samples_ns: tuple[int, ...], n_tokens: int) -> float:
 
 def _probe_settings(probe: _Probe, n_threads: int, depths: tuple[int, ...] = (0,)) -> RunSettings:
     n_gen, repetitions = (PRECISE_GEN, PRECISE_REPS) if probe.precise else (PROBE_GEN, PROBE_REPS)
+    if probe.once:
+        n_gen, repetitions = ATTENTION_GEN, ATTENTION_REPS
     if probe.moe_type:
         n_gen = 0
     # no warm-up: each probe is measured repetitions x rounds times and keeps its fastest, so the first
@@ -260,19 +271,22 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     attention = _attention_probe()
     probes = [*type_probes, *tiny, *moe_probes, attention]
     runs = [(probe, (0, *attention_depths) if probe is attention else (0,)) for probe in probes]
-    total = len(runs) * rounds
+    total = len(runs) * rounds - sum(rounds - 1 for probe, _ in runs if probe.once)
     for probe in probes:  # sparse files of zero weights (the kernels' speed does not depend on the values), kept
         progress(f"writing probe {probe.name}", 0, total)
         ensure_synthetic_table(probe.spec, "Q8_0", probe.table, probe.path, zero_weights=True)
     seen: dict[str, list[dict[str, float]]] = {p.name: [] for p, _ in runs}
+    done = 0
     for round_number in range(rounds):
         # every other round runs backwards: a slow stretch of the machine then falls on other probes
-        order = runs if round_number % 2 == 0 else runs[::-1]
+        order = [run for run in runs if round_number == 0 or not run[0].once]
+        order = order if round_number % 2 == 0 else order[::-1]
         label = f"round {round_number + 1}/{rounds}"
         for (probe, _), figures in zip(order, _measure(order, n_threads, log_dir, _announce(
-                order, label, round_number * len(runs), total, progress)), strict=True):
+                order, label, done, total, progress)), strict=True):
             seen[probe.name].append(figures)
-    progress("done", len(runs) * rounds, len(runs) * rounds)
+        done += len(order)
+    progress("done", total, total)
     fastest = {key: {test: min(f[test] for f in figures) for test in figures[0]} for key, figures in seen.items()}
     best = {name: (tests.get("tg", 0.0), tests.get(PP, 0.0)) for name, tests in fastest.items()}
     spreads = []  # how far the rounds disagree, on decode (an MoE probe has none: on its prefill)
@@ -305,7 +319,8 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
         # its slowdown at depth, per cell and unit of head work, decoding and prefilling
         points.append((depth, max(0.0, (deep[f"tg@{depth}"] - shallow[0]) / (depth * head_work)),
                        max(0.0, (deep[f"{PP}@{depth}"] - shallow[1]) / (depth * head_work))))
-    bandwidth = ram_bandwidth_trials(n_threads, max(BANDWIDTH_BYTES, 8 * machine.hardware.cpu.last_level_cache_bytes),
+    low, high = BANDWIDTH_BYTES
+    bandwidth = ram_bandwidth_trials(n_threads, min(high, max(low, 2 * machine.hardware.cpu.last_level_cache_bytes)),
                                      BANDWIDTH_TRIALS)
     ram_gbps = statistics.median(bandwidth)
     calibration = SpeedCalibration(calibration_key(machine, n_threads), rates, token_s, layer_s, moe_layer_s,
