@@ -5,7 +5,7 @@ count.
 
 A type's probe is a Qwen3-shaped model (n_embd 1024, n_ff 3072: real row lengths, so llama.cpp runs the kernels it
 runs for real models) whose every matrix is of that type, with layers enough for four times the last-level cache
-(128-256 MB; at most 10 layers, about 90 MB for Q2_K), so decode reads it from RAM as it does a real model.
+(128-192 MiB; at most 10 layers, about 90 MB for Q2_K), so decode reads it from RAM as it does a real model.
 Overheads come from tiny models (n_embd 64) of 2 and 32 layers, dense and MoE, whose weights are small enough that
 the fixed costs dominate; MoE experts' prefill, whose kernels differ from a dense matrix's, from one probe per type
 with real expert matrices (Qwen3-30B-A3B's, 8 of them, random routers); attention from a tiny-weight model with
@@ -51,8 +51,9 @@ TINY_MOE = {"n_expert": 8, "n_expert_used": 2, "n_ff_exp": 64}
 TINY_LAYERS = 32  # against 2: the difference, 30 layers' fixed cost, stands well above the noise
 # a probe's weights: four times the last-level cache, so decode streams them from RAM as it does a real model's
 # (a stream through an LRU cache larger than it hits nearly never), within these bounds; the upper one when the
-# cache size is unknown
-PROBE_BYTES = (128 << 20, 256 << 20)
+# cache size is unknown. 192 MiB, not more: a VM may report its whole socket's L3 (480 MiB on the Xeon of issue 10),
+# and on two cores decode is bound by compute more than by RAM (Q4_K there: 16 GB/s of a 43 GB/s copy bandwidth)
+PROBE_BYTES = (128 << 20, 192 << 20)
 PROBE_GEN, PROBE_PROMPT, PROBE_REPS = 12, 2 * PROBE_PROMPT_CELLS, 2
 PP = f"pp{PROBE_PROMPT}"
 # attention's probe: little weight and real heads (32 query, 8 KV, 128 dimensions: Qwen3-4B's to 32B's KV rows,

@@ -152,9 +152,9 @@ def test_a_damaged_cache_is_a_note_never_a_crash(tmp_path: Path, monkeypatch: py
 
 def test_probes_outgrow_the_last_level_cache_within_bounds() -> None:
     assert probe_bytes_for(32 << 20) == 128 << 20  # four times the cache, never below 128 MB
-    assert probe_bytes_for(48 << 20) == 192 << 20
-    assert probe_bytes_for(105 << 20) == 256 << 20  # a server's shared L3: capped
-    assert probe_bytes_for(0) == 256 << 20  # unknown: the cap
+    assert probe_bytes_for(40 << 20) == 160 << 20
+    assert probe_bytes_for(105 << 20) == 192 << 20  # a server's shared L3: capped
+    assert probe_bytes_for(0) == 192 << 20  # unknown: the cap
 
 
 def test_one_child_runs_a_batch_of_models_and_fails_whole(tmp_path: Path, tiny_dense: Path, tiny_moe: Path) -> None:
