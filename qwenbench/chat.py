@@ -7,13 +7,16 @@ this module is the session it drives, so tests can drive it too.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import QwenbenchError, UsageError
+from .llamalog import parse_buffers, rpc_devices_used
 from .runspec import CACHE_TYPES
 from .thinking import ThinkSplitter
 
@@ -49,6 +52,7 @@ class ChatSettings:
     max_tokens: int = 1024
     temperature: float = 0.6  # Qwen3's recommendation for thinking mode
     seed: int = 0
+    rpc_servers: tuple[str, ...] = ()  # HOST:PORT of RPC workers (probed by the caller) that -ngl offloads to
 
 
 class ChatSession:
@@ -59,11 +63,26 @@ class ChatSession:
         self.settings = settings
         self.think = think
         self.history: list[dict[str, str]] = []
-        self.llm = Llama(model_path=str(model_path), n_ctx=settings.n_ctx, n_gpu_layers=settings.n_gpu_layers,
-                         n_threads=settings.n_threads, n_threads_batch=settings.n_threads, n_batch=settings.n_batch,
-                         n_ubatch=settings.n_ubatch, flash_attn=settings.flash_attn,
-                         type_k=CACHE_TYPES[settings.type_k], type_v=CACHE_TYPES[settings.type_v],
-                         seed=settings.seed, verbose=False)
+        # with RPC workers, llama.cpp's load log is kept: its buffers per device show where the weights went
+        self.placement: dict[str, int] = {}
+        load_log = io.StringIO()
+        if settings.rpc_servers:
+            import llama_cpp
+
+            from .runner import register_rpc_servers
+
+            register_rpc_servers(llama_cpp, settings.rpc_servers)
+        with contextlib.redirect_stderr(load_log) if settings.rpc_servers else contextlib.nullcontext():
+            self.llm = Llama(model_path=str(model_path), n_ctx=settings.n_ctx, n_gpu_layers=settings.n_gpu_layers,
+                             n_threads=settings.n_threads, n_threads_batch=settings.n_threads,
+                             n_batch=settings.n_batch, n_ubatch=settings.n_ubatch, flash_attn=settings.flash_attn,
+                             type_k=CACHE_TYPES[settings.type_k], type_v=CACHE_TYPES[settings.type_v],
+                             seed=settings.seed, verbose=bool(settings.rpc_servers))
+        if settings.rpc_servers:
+            from llama_cpp._logger import set_verbose
+
+            set_verbose(False)  # the load is logged; the chat itself stays quiet
+            self.placement = self._check_placement(parse_buffers(load_log.getvalue()))
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise UsageError(f"{model_path.name} has no chat template", hint="chat needs an instruct/chat model")
@@ -74,6 +93,16 @@ class ChatSession:
         self.formatter = Jinja2ChatFormatter(template, eos_token=token_text(self.llm.token_eos()),
                                              bos_token=token_text(self.llm.token_bos()))
         self.last_stats: ReplyStats | None = None
+
+    def _check_placement(self, buffers: Any) -> dict[str, int]:
+        """The model bytes per device; an error naming every worker that got none (never a silent local run)."""
+        if self.settings.n_gpu_layers != 0:
+            missing = [e for e in self.settings.rpc_servers if e not in rpc_devices_used(buffers)]
+            if missing:
+                self.llm.close()
+                raise QwenbenchError(f"RPC worker {', '.join(missing)} got no weights: the chat would run without it",
+                                     hint="check the worker and this machine's llama.cpp build")
+        return dict(buffers.model)
 
     def command(self, text: str) -> str | None:
         """Apply a /command; its reply, or None when the text is a message."""

@@ -1111,6 +1111,8 @@ def serve_command(
     cache_type: str | None = typer.Option(None, "-ctk", "--cache-type", callback=_kv_type,
                                           help="KV cache type [the plan's]."),
     threads: int | None = typer.Option(None, "-t", "--threads", help="CPU threads [physical cores]."),
+    rpc: str | None = typer.Option(None, "--rpc", metavar="HOST:PORT[@SIZE],...",
+                                   help="Offload to the devices of these `qwenbench worker`s (-ngl layers go there)."),
     backend: str = typer.Option("auto", "--backend", help="auto (llama-server if on PATH), llama-server, or "
                                                           "llama-cpp-python."),
     force: bool = typer.Option(False, "--force", help="Start even when the memory model says it will not fit."),
@@ -1120,7 +1122,17 @@ def serve_command(
     """Serve a model through an OpenAI-compatible HTTP API (/v1/chat/completions) with the planned settings:
     GPU layers, MoE experts, context, KV type, threads and batch sizes, all pinned and printed, with the exact
     equivalent llama-server command line. Listens on loopback unless --host says otherwise; Ctrl-C stops it."""
-    from .serve import LOOPBACK, ServerError, check_port, find_llama_server, start_server, stop_server, wait_ready
+    from .rpc import parse_endpoints
+    from .serve import (
+        LOOPBACK,
+        ServerError,
+        check_placement,
+        check_port,
+        find_llama_server,
+        start_server,
+        stop_server,
+        wait_ready,
+    )
 
     if backend not in ("auto", "llama-server", "llama-cpp-python"):
         raise UsageError(f"--backend {backend!r}: use auto, llama-server or llama-cpp-python")
@@ -1128,8 +1140,9 @@ def serve_command(
     if ctx < 1:
         raise UsageError("--ctx must be >= 1")
     check_port(host, port)
+    endpoints = parse_endpoints(rpc) if rpc else ()
     plan, notes, _ = _plan_server(gguf, model, quant, synthetic, host, port, ctx, n_gpu_layers, n_cpu_moe,
-                                  cache_type, threads, chosen, force)
+                                  cache_type, threads, chosen, force, endpoints)
     equivalent = " ".join(plan.llama_server_argv())
     if dry_run:
         if as_json:
@@ -1152,6 +1165,10 @@ def serve_command(
         try:
             with err.status(escape(f"loading {plan.model_path.name} into {chosen}")):
                 model_id = wait_ready(plan.url, process, 600, log_path)
+            if plan.rpc_servers:
+                placed = check_placement(plan, log_path)
+                out.print("weights: " + ", ".join(f"{name} {_bytes(size)}" for name, size in placed.items()),
+                          highlight=False, markup=False)
             out.print(f"serving {model_id or plan.alias} at {plan.url}/v1 (OpenAI API) with {chosen}; Ctrl-C stops it",
                       highlight=False, markup=False)
             out.print(f"equivalent: {equivalent}", highlight=False, soft_wrap=True, markup=False)
@@ -1228,9 +1245,11 @@ def _server_log_path(name: str, beside: Path | None = None) -> Path:
 
 def _plan_server(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool, host: str, port: int,
                  ctx: int, n_gpu_layers: int | None, n_cpu_moe: int | None, cache_type: str | None,
-                 threads: int | None, backend: str, force: bool) -> tuple[Any, list[str], ModelFile]:
+                 threads: int | None, backend: str, force: bool,
+                 endpoints: tuple[Endpoint, ...] = ()) -> tuple[Any, list[str], ModelFile]:
     """The server's settings from the plan for this model and machine, with what the user pinned; the notes to
-    show; and the model file."""
+    show; and the model file. RPC workers are probed first (a plain error naming one that fails) and planned as
+    offload devices."""
     from dataclasses import replace
 
     from .calibration import load_calibration
@@ -1242,7 +1261,7 @@ def _plan_server(gguf: Path | None, model: str | None, quant: str | None, synthe
     if n_cpu_moe and backend == "llama-cpp-python":
         raise UsageError("--n-cpu-moe needs llama-server: llama-cpp-python's server cannot keep experts in RAM",
                          hint="install llama.cpp's llama-server, or leave --n-cpu-moe to the plan")
-    machine = describe_machine(bandwidth=True)
+    machine = _with_rpc_devices(describe_machine(bandwidth=True), endpoints)
     pinned = {name for name, value in (("n_gpu_layers", n_gpu_layers), ("n_cpu_moe", n_cpu_moe),
                                        ("type_k", cache_type), ("type_v", cache_type)) if value is not None}
     kv = (cache_type or "f16").lower()
@@ -1266,7 +1285,8 @@ def _plan_server(gguf: Path | None, model: str | None, quant: str | None, synthe
     alias = model_file.model_key or model_file.path.stem
     plan = ServerPlan(model_file.path, f"{alias}-{model_file.quant}".lower() if model_file.model_key else alias,
                       host, port, ctx, chosen.n_gpu_layers, chosen.n_cpu_moe, chosen.n_threads, chosen.n_batch,
-                      chosen.n_ubatch, prepared.config.flash_attn, chosen.type_k, chosen.type_v)
+                      chosen.n_ubatch, prepared.config.flash_attn, chosen.type_k, chosen.type_v,
+                      tuple(e.address for e in endpoints))
     return plan, notes, model_file
 
 
@@ -1396,6 +1416,8 @@ def chat_command(
     max_tokens: int = typer.Option(1024, "--max-tokens", help="Longest reply, in tokens."),
     threads: int | None = typer.Option(None, "-t", "--threads", help="CPU threads [physical cores]."),
     n_gpu_layers: int | None = typer.Option(None, "-ngl", "--n-gpu-layers", help="Layers on the GPU [the plan's]."),
+    rpc: str | None = typer.Option(None, "--rpc", metavar="HOST:PORT[@SIZE],...",
+                                   help="Offload to the devices of these `qwenbench worker`s (-ngl layers go there)."),
     seed: int = typer.Option(0, "--seed", **SEED_RANGE, help="Sampling seed."),
 ) -> None:
     """Chat with a model in the terminal, with the planned settings: its own chat template, streamed replies
@@ -1403,22 +1425,28 @@ def chat_command(
     \"\"\" starts and ends a multi-line message; /think, /no_think, /clear, /bye; Ctrl-C stops a reply,
     Ctrl-D (or Ctrl-C at the prompt) leaves."""
     from .chat import ChatSession, ChatSettings
+    from .rpc import parse_endpoints
 
     if max_tokens < 1 or ctx < 16:
         raise UsageError("--max-tokens must be >= 1 and --ctx >= 16")
     plan, notes, model_file = _plan_server(gguf, model, quant, synthetic, "127.0.0.1", 0, ctx, n_gpu_layers, None,
-                                           None, threads, "llama-cpp-python", False)
+                                           None, threads, "llama-cpp-python", False,
+                                           parse_endpoints(rpc) if rpc else ())
     for note in notes:
         err.print(f"[dim]note: {escape(note)}[/dim]")
     settings = ChatSettings(n_ctx=ctx, n_gpu_layers=plan.n_gpu_layers, n_threads=plan.n_threads,
                             n_batch=plan.n_batch, n_ubatch=plan.n_ubatch, flash_attn=plan.flash_attn,
-                            type_k=plan.type_k, type_v=plan.type_v, max_tokens=max_tokens, seed=seed)
+                            type_k=plan.type_k, type_v=plan.type_v, max_tokens=max_tokens, seed=seed,
+                            rpc_servers=plan.rpc_servers)
     with err.status(escape(f"loading {model_file.path.name}")):
         session = ChatSession(model_file.path, settings, think=think)
     name = model_file.model_key or model_file.path.name
     out.print(f"[bold]{escape(name)}[/bold] {escape(model_file.quant)}: ngl {plan.n_gpu_layers}, "
               f"{plan.n_threads} threads, context {ctx}, KV {plan.type_k}; thinking {'on' if think else 'off'}",
               highlight=False)
+    if session.placement:
+        out.print("weights: " + ", ".join(f"{name} {_bytes(size)}" for name, size in session.placement.items()),
+                  highlight=False, markup=False)
     if model_file.weights == "synthetic":
         out.print("[yellow]synthetic weights: replies are random tokens; the speed is the real model's[/yellow]")
     out.print('[dim]/think /no_think /clear /bye; """ for several lines; Ctrl-D leaves[/dim]')

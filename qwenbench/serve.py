@@ -3,7 +3,9 @@ the user has it, else llama-cpp-python's server; and say the exact equivalent `l
 
 llama-cpp-python's server takes its settings as a typed JSON config file (ConfigFileSettings), so nothing
 is lost in translating flags; it cannot keep MoE experts in RAM (no tensor overrides), so a plan that
-wants that is made again without it, and the caller is told.
+wants that is made again without it, and the caller is told. With RPC workers, llama-server gets --rpc and
+llama-cpp-python's server starts through qwenbench.rpcserve, which registers them first; either way the server
+logs its buffers, and a worker that got no weights stops the server with its name (never a silent local run).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import IO
 
 from .errors import QwenbenchError, UsageError
 from .lifetime import guarded_argv
+from .llamalog import parse_buffers, rpc_devices_used
 from .runspec import CACHE_TYPES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -50,6 +53,7 @@ class ServerPlan:
     flash_attn: bool
     type_k: str
     type_v: str
+    rpc_servers: tuple[str, ...] = ()  # HOST:PORT of the RPC workers whose devices -ngl offloads to
 
     @property
     def url(self) -> str:
@@ -63,6 +67,8 @@ class ServerPlan:
                 "-fa", "on" if self.flash_attn else "off", "-ctk", self.type_k, "-ctv", self.type_v, "--jinja"]
         if self.n_cpu_moe:
             argv[argv.index("-t"):argv.index("-t")] = ["--n-cpu-moe", str(self.n_cpu_moe)]
+        if self.rpc_servers:
+            argv[argv.index("-t"):argv.index("-t")] = ["--rpc", ",".join(self.rpc_servers)]
         return argv
 
     def llama_cpp_python_config(self) -> dict[str, object]:
@@ -73,7 +79,9 @@ class ServerPlan:
             "model": str(self.model_path), "model_alias": self.alias, "n_ctx": self.n_ctx,
             "n_gpu_layers": self.n_gpu_layers, "n_threads": self.n_threads, "n_threads_batch": self.n_threads,
             "n_batch": self.n_batch, "n_ubatch": self.n_ubatch, "flash_attn": self.flash_attn,
-            "type_k": CACHE_TYPES[self.type_k], "type_v": CACHE_TYPES[self.type_v], "verbose": False}]}
+            "type_k": CACHE_TYPES[self.type_k], "type_v": CACHE_TYPES[self.type_v],
+            # with workers, llama.cpp's load log (its buffers per device) is what shows where the weights went
+            "verbose": bool(self.rpc_servers)}]}
 
 
 def find_llama_server() -> str | None:
@@ -118,7 +126,9 @@ def start_server(plan: ServerPlan, backend: str, log: IO[bytes], config_dir: Pat
     else:
         config = config_dir / f"qwenbench-server-{plan.port}.json"
         config.write_text(json.dumps(plan.llama_cpp_python_config(), indent=2))
-        argv = [sys.executable, "-m", "llama_cpp.server", "--config_file", str(config)]
+        entry = ["qwenbench.rpcserve", "--rpc", ",".join(plan.rpc_servers)] if plan.rpc_servers else [
+            "llama_cpp.server"]
+        argv = [sys.executable, "-m", *entry, "--config_file", str(config)]
     # guarded: a server must not outlive qwenbench, even a qwenbench killed without a chance to stop it
     return subprocess.Popen(guarded_argv(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
@@ -137,6 +147,21 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float, log
             return str(models[0].get("id", ""))
         time.sleep(0.2)
     raise ServerError(f"the server did not answer on {url} within {timeout_s:.0f} s", hint=f"its log: {log_path}")
+
+
+def check_placement(plan: ServerPlan, log_path: Path) -> dict[str, int]:
+    """The model bytes llama.cpp put on each device, from the server's load log; a ServerError naming every RPC
+    worker the plan offloads to that got none."""
+    try:
+        buffers = parse_buffers(log_path.read_text(errors="replace"))
+    except OSError as exc:
+        raise ServerError(f"cannot read the server's log {log_path}: {exc.strerror}") from None
+    if plan.rpc_servers and plan.n_gpu_layers != 0:
+        missing = [endpoint for endpoint in plan.rpc_servers if endpoint not in rpc_devices_used(buffers)]
+        if missing:
+            raise ServerError(f"RPC worker {', '.join(missing)} got no weights: the server would run without it",
+                              hint=f"check the worker and this machine's llama.cpp build; the server's log: {log_path}")
+    return dict(buffers.model)
 
 
 def stop_server(process: subprocess.Popen[bytes], grace_s: float = 10) -> None:

@@ -12,6 +12,7 @@ import struct
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from qwenbench.gguf_info import read_model_header
 from qwenbench.results import read_records
 from qwenbench.rpc import RPC_PROTO_VERSION, Endpoint, RpcError, parse_endpoints, parse_size, probe_endpoint
 from qwenbench.rpcworker import Worker, WorkerInfo
+from qwenbench.serve import ServerError, ServerPlan, check_placement
 
 from .conftest import QWENBENCH, run_cli
 
@@ -253,3 +255,50 @@ def test_a_suite_offloads_its_gpu_jobs_to_workers_and_fails_only_those_when_one_
             assert result.returncode == 1
             assert rows[("gpu", "pp16")]["status"] == "failed"
             assert f"RPC worker {dead}: connection refused" in rows[("gpu", "pp16")]["error"]
+
+
+def test_serve_offloads_to_a_worker_and_says_where_the_weights_went(worker: WorkerInfo, tiny_dense: Path,
+                                                                   tmp_path: Path) -> None:
+    port = _free_port()
+    address = worker.endpoint.address
+    process = subprocess.Popen([QWENBENCH, "serve", "--gguf", str(tiny_dense), "--port", str(port), "--ctx", "512",
+                                "--rpc", address, "-ngl", "99", "--backend", "llama-cpp-python", "-t", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals,
+                               env={**os.environ, "COLUMNS": "300", "NO_COLOR": "1",
+                                    "QWENBENCH_CACHE_DIR": str(tmp_path)})
+    try:
+        assert process.stdout is not None
+        weights = process.stdout.readline()
+        assert weights.startswith("weights: ") and f"RPC0[{address}]" in weights, process.stderr.read()
+        assert "serving" in process.stdout.readline()
+        body = json.dumps({"model": "x", "prompt": "Hello", "max_tokens": 4}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert json.loads(response.read())["usage"]["completion_tokens"] >= 1
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    # a worker the plan counts on that the load log shows nothing on stops the server, named
+    dead = f"127.0.0.1:{_free_port()}"
+    plan = ServerPlan(tiny_dense, "x", "127.0.0.1", port, 512, 99, 0, 1, 512, 512, True, "f16", "f16",
+                      (address, dead))
+    with pytest.raises(ServerError, match=f"RPC worker {dead} got no weights"):
+        check_placement(plan, tmp_path / "logs" / f"server-{port}.log")
+
+
+def test_chat_offloads_to_a_worker(worker: WorkerInfo, tiny_dense: Path) -> None:
+    from .test_chat import Terminal
+
+    chat = Terminal([QWENBENCH, "chat", "--gguf", str(tiny_dense), "--rpc", worker.endpoint.address, "-ngl", "99",
+                     "--max-tokens", "4", "--ctx", "512", "-t", "1"])
+    chat.expect(rf"weights: .*RPC0\[{worker.endpoint.address}\]")
+    chat.expect(r">>> ")
+    chat.type("hello\n")
+    chat.expect(r"\d+ tokens, TTFT \d+ ms")
+    chat.expect(r">>> ")
+    chat.type("\x04")
+    assert chat.close() == 0
+    assert "Traceback" not in chat.seen
