@@ -238,9 +238,10 @@ class _Runner:
         if self.config.rpc and job.mode in GPU_MODES:
             # probed for every job: a worker that went away fails only its jobs, one that came back is used again
             try:
-                hardware, _ = hardware_with_workers(hardware, self.config.rpc)
+                hardware, probes = hardware_with_workers(hardware, self.config.rpc)
             except QwenbenchError as exc:
                 return unrun("failed", exc.message)
+            labels = replace(labels, links=tuple((p.endpoint.address, p.rtt_ms, p.upload_mbps) for p in probes))
         if job.mode in GPU_MODES and usable_gpu(hardware) is None:
             backends = ", ".join(hardware.backends) or "none"
             return unrun("skipped", f"{job.mode} mode needs a GPU that this llama.cpp build can use "
@@ -270,7 +271,8 @@ class _Runner:
                          gpu_bandwidth_gbps=prepared.gpu_gbps, predicted_speed=prepared.predicted_speed,
                          unrefined_speed=prepared.unrefined_speed,
                          speed_key=self.speed.key if self.speed is not None else "")
-        report = run_benchmark(prepared.settings, model_file, self.machine, log_dir=self.log_dir,
+        report = run_benchmark(prepared.settings, model_file, replace(self.machine, hardware=hardware),
+                               log_dir=self.log_dir,
                                timeout_s=self.config.timeout_s, predicted=prepared.estimate, labels=labels,
                                on_event=lambda event: self.on_event("run_event", {"event": event}))
         outcome = self._record(job, list(report.records), wall_s=time.monotonic() - started, llama_ns=report.llama_ns)

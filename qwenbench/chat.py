@@ -53,6 +53,7 @@ class ChatSettings:
     temperature: float = 0.6  # Qwen3's recommendation for thinking mode
     seed: int = 0
     rpc_servers: tuple[str, ...] = ()  # HOST:PORT of RPC workers (probed by the caller) that -ngl offloads to
+    tensor_split: tuple[float, ...] = ()  # the offloaded layers' shares across several devices
 
 
 class ChatSession:
@@ -77,7 +78,8 @@ class ChatSession:
                              n_threads=settings.n_threads, n_threads_batch=settings.n_threads,
                              n_batch=settings.n_batch, n_ubatch=settings.n_ubatch, flash_attn=settings.flash_attn,
                              type_k=CACHE_TYPES[settings.type_k], type_v=CACHE_TYPES[settings.type_v],
-                             seed=settings.seed, verbose=bool(settings.rpc_servers))
+                             tensor_split=list(settings.tensor_split) or None, seed=settings.seed,
+                             verbose=bool(settings.rpc_servers))
         if settings.rpc_servers:
             from llama_cpp._logger import set_verbose
 

@@ -323,7 +323,7 @@ def plan_command(
         raise UsageError("give --model or --gguf", hint="e.g. qwenbench plan --model qwen3-30b-a3b")
     if gguf is not None and (repo or revision or quant):
         raise UsageError("--quant, --repo and --revision go with --model; a --gguf file is planned as it is")
-    machine = _with_rpc_devices(describe_machine(bandwidth=True), parse_endpoints(rpc) if rpc else ())
+    machine, _ = _with_rpc_devices(describe_machine(bandwidth=True), parse_endpoints(rpc) if rpc else ())
     calibration = load_calibration(machine.machine_id)
     speed = _speed_calibration(machine, machine.n_cpu_physical, allowed=auto_calibrate)
     wanted = quant.upper() if quant else None
@@ -723,7 +723,7 @@ def run_command(
         raise UsageError("--no-mmap contradicts --load-mode " + str(load_mode))
     machine = describe_machine(bandwidth=True)
     endpoints = parse_endpoints(rpc) if rpc else ()
-    machine = _with_rpc_devices(machine, endpoints)
+    machine, links = _with_rpc_devices(machine, endpoints)
     pinned = {name for name, value in (("n_gpu_layers", n_gpu_layers), ("n_cpu_moe", n_cpu_moe),
                                        ("type_k", cache_type_k), ("type_v", cache_type_v)) if value is not None}
     settings = RunSettings(
@@ -749,14 +749,17 @@ def run_command(
     )
     _execute_run(settings, machine, gguf=gguf, model=model, quant=quant, synthetic=synthetic, timeout=timeout,
                  out_csv=out_csv, as_json=as_json, force=force, pinned=pinned, calibrate=auto_calibrate,
-                 source={"repo": repo, "revision": revision, "offline": offline, "models_dir": models_dir})
+                 source={"repo": repo, "revision": revision, "offline": offline, "models_dir": models_dir},
+                 links=links)
 
 
-def _with_rpc_devices(machine: MachineInfo, endpoints: tuple[Endpoint, ...]) -> MachineInfo:
-    """The machine as the planner sees it with RPC workers: each worker's devices are offload devices with its
-    free memory (or cap). Every endpoint is checked first, with a plain error naming the one that fails."""
+def _with_rpc_devices(machine: MachineInfo, endpoints: tuple[Endpoint, ...]
+                      ) -> tuple[MachineInfo, tuple[tuple[str, float, float], ...]]:
+    """The machine as the planner sees it with RPC workers (each worker's devices are offload devices with its
+    free memory, or cap), and each worker's link (HOST:PORT, round trip ms, upload MB/s). Every endpoint is
+    checked first, with a plain error naming the one that fails."""
     if not endpoints:
-        return machine
+        return machine, ()
     from dataclasses import replace
 
     from .rpc import hardware_with_workers
@@ -767,13 +770,18 @@ def _with_rpc_devices(machine: MachineInfo, endpoints: tuple[Endpoint, ...]) -> 
         err.print(f"RPC worker {probe.endpoint.address}: protocol {'.'.join(map(str, probe.version))}, "
                   f"{len(probe.devices)} device(s), {_bytes(probe.free_bytes)} usable, round trip "
                   f"{probe.rtt_ms:.2f} ms, upload {probe.upload_mbps:.0f} MB/s", markup=False, highlight=False)
-    return replace(machine, hardware=hardware)
+        if probe.endpoint.memory_cap_bytes is None and any(d.free_bytes == d.total_bytes for d in probe.devices):
+            # ggml's CPU device (Linux, macOS) says all of its RAM is free, whatever else the machine runs
+            err.print(f"[yellow]note:[/yellow] RPC worker {probe.endpoint.address} counts all its memory as free "
+                      f"(a CPU device does): cap what goes there with {probe.endpoint.address}@SIZE if that machine "
+                      "is in use", highlight=False)
+    return replace(machine, hardware=hardware), tuple((p.endpoint.address, p.rtt_ms, p.upload_mbps) for p in probes)
 
 
 def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | None, model: str | None,
                  quant: str | None, synthetic: bool, timeout: float, out_csv: Path | None, as_json: bool,
                  force: bool = False, pinned: set[str] | None = None, source: dict[str, Any] | None = None,
-                 calibrate: bool = False) -> None:
+                 calibrate: bool = False, links: tuple[tuple[str, float, float], ...] = ()) -> None:
     from dataclasses import replace
 
     settings.validate()  # before any file is written or hashed
@@ -805,7 +813,8 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
     labels = RunLabels(host_bytes_per_token=prepared.host_bytes_per_token,
                        gpu_bytes_per_token=prepared.gpu_bytes_per_token, ram_bandwidth_gbps=prepared.ram_gbps,
                        gpu_bandwidth_gbps=prepared.gpu_gbps, predicted_speed=prepared.predicted_speed,
-                       unrefined_speed=prepared.unrefined_speed, speed_key=speed.key if speed is not None else "")
+                       unrefined_speed=prepared.unrefined_speed, speed_key=speed.key if speed is not None else "",
+                       links=links)
     report = _run_with_progress(settings, model_file, machine, timeout, csv_path.parent / "logs", prepared.estimate,
                                 labels)
     csv_path = _append(csv_path, list(report.records))
@@ -1261,7 +1270,7 @@ def _plan_server(gguf: Path | None, model: str | None, quant: str | None, synthe
     if n_cpu_moe and backend == "llama-cpp-python":
         raise UsageError("--n-cpu-moe needs llama-server: llama-cpp-python's server cannot keep experts in RAM",
                          hint="install llama.cpp's llama-server, or leave --n-cpu-moe to the plan")
-    machine = _with_rpc_devices(describe_machine(bandwidth=True), endpoints)
+    machine, _ = _with_rpc_devices(describe_machine(bandwidth=True), endpoints)
     pinned = {name for name, value in (("n_gpu_layers", n_gpu_layers), ("n_cpu_moe", n_cpu_moe),
                                        ("type_k", cache_type), ("type_v", cache_type)) if value is not None}
     kv = (cache_type or "f16").lower()
@@ -1286,7 +1295,7 @@ def _plan_server(gguf: Path | None, model: str | None, quant: str | None, synthe
     plan = ServerPlan(model_file.path, f"{alias}-{model_file.quant}".lower() if model_file.model_key else alias,
                       host, port, ctx, chosen.n_gpu_layers, chosen.n_cpu_moe, chosen.n_threads, chosen.n_batch,
                       chosen.n_ubatch, prepared.config.flash_attn, chosen.type_k, chosen.type_v,
-                      tuple(e.address for e in endpoints))
+                      tuple(e.address for e in endpoints), chosen.tensor_split)
     return plan, notes, model_file
 
 
@@ -1437,7 +1446,7 @@ def chat_command(
     settings = ChatSettings(n_ctx=ctx, n_gpu_layers=plan.n_gpu_layers, n_threads=plan.n_threads,
                             n_batch=plan.n_batch, n_ubatch=plan.n_ubatch, flash_attn=plan.flash_attn,
                             type_k=plan.type_k, type_v=plan.type_v, max_tokens=max_tokens, seed=seed,
-                            rpc_servers=plan.rpc_servers)
+                            rpc_servers=plan.rpc_servers, tensor_split=plan.tensor_split)
     with err.status(escape(f"loading {model_file.path.name}")):
         session = ChatSession(model_file.path, settings, think=think)
     name = model_file.model_key or model_file.path.name

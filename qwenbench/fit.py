@@ -9,6 +9,8 @@ fast decode can go (bytes read per token on each device over that device's bandw
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
@@ -63,6 +65,9 @@ class RunConfig:
     # what the offload device is: a GPU ("gpu": a driver context beside the buffers) or a llama.cpp RPC worker's
     # device ("rpc": only the buffers, in the worker's memory)
     offload_kind: str = "gpu"
+    # the offloaded layers' shares across several offload devices, in llama.cpp's device order (its
+    # tensor_split); empty: one device
+    tensor_split: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class MemoryEstimate:
     parts: dict[str, int] = field(default_factory=dict)  # named contributions, to explain a plan
     activation_units: float = 0.0  # n_layer * n_embd * n_ubatch * 4: what host overhead scales with
     host_required_bytes: int = 0  # host_bytes less file pages the kernel may drop (weights that were repacked)
+    device_bytes: tuple[int, ...] = ()  # vram_bytes device by device, in llama.cpp's order (one with no split)
 
 
 def layer_index(name: str, n_layer: int) -> int:
@@ -110,6 +116,22 @@ def first_gpu_layer(n_layer: int, n_gpu_layers: int) -> int:
     if n_gpu_layers < 0:
         return 0
     return max(n_layer + 1 - n_gpu_layers, 0)
+
+
+def layer_devices(shape: ModelShape, config: RunConfig) -> tuple[int, ...]:
+    """The offload device of each layer, the output layer (index n_layer) last; -1 for the host. As llama.cpp's
+    load_tensors assigns them: the offloaded layers in order, cut where the cumulative tensor_split passes each
+    layer's place among them."""
+    n_all = shape.n_layer + 1
+    if not config.gpu:
+        return (-1,) * n_all
+    start = first_gpu_layer(shape.n_layer, config.n_gpu_layers)
+    active = n_all - start
+    shares = config.tensor_split or (1.0,)
+    total = sum(shares) or 1.0
+    cuts = list(itertools.accumulate(share / total for share in shares))
+    return tuple(-1 if layer < start else min(bisect.bisect_right(cuts, (layer - start) / active), len(cuts) - 1)
+                 for layer in range(n_all))
 
 
 def on_gpu(tensor: TensorInfo, shape: ModelShape, config: RunConfig) -> bool:
@@ -194,9 +216,10 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
             repack += tensor.n_bytes
     # with mmap the file pages of repacked weights stay resident beside their copies; without, only copies
     host_resident_weights = host_weights + repack if config.use_mmap else host_weights
-    first = first_gpu_layer(shape.n_layer, config.n_gpu_layers) if config.gpu else shape.n_layer + 1
-    gpu_layers = max(0, shape.n_layer - first)
+    devices = layer_devices(shape, config)
+    n_devices = max(1, len(config.tensor_split))
     per_layer_kv = kv_bytes_per_layer(shape, config.n_ctx, config.type_k, config.type_v)
+    gpu_layers = sum(1 for device in devices[:-1] if device >= 0)
     kv_gpu = gpu_layers * per_layer_kv
     kv_host = (shape.n_layer - gpu_layers) * per_layer_kv
     output_on_gpu = output_layer_on_gpu(shape, config)
@@ -204,8 +227,24 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
     units = activation_units(shape, config)
     activations = calibration.host_activation_factor * units
     host_overhead = int(calibration.host_base_bytes + activations)
-    gpu_compute = gpu_compute_bytes(shape, config, output_on_gpu) if config.gpu and (gpu_layers or output_on_gpu) else 0
-    gpu_overhead = int(calibration.gpu_base_bytes) if gpu_weights and config.offload_kind == "gpu" else 0
+    # device by device: its layers' weights and KV, a compute buffer where it holds any layer, a GPU's context
+    device_bytes = [0] * n_devices
+    for tensor in table.tensors:
+        if on_gpu(tensor, shape, config):
+            device_bytes[devices[layer_index(tensor.name, shape.n_layer)]] += tensor.n_bytes
+    if output_copy:
+        device_bytes[devices[-1]] += next(t.n_bytes for t in table.tensors if t.name == "token_embd.weight")
+    for device in devices[:-1]:
+        if device >= 0:
+            device_bytes[device] += per_layer_kv
+    used = sorted({device for device in devices if device >= 0})
+    context = int(calibration.gpu_base_bytes) if gpu_weights and config.offload_kind == "gpu" else 0
+    gpu_compute = gpu_overhead = 0
+    for device in used:
+        compute = gpu_compute_bytes(shape, config, output_on_gpu and devices[-1] == device)
+        device_bytes[device] += compute + context
+        gpu_compute += compute
+        gpu_overhead += context
     parts = {
         "host_weights": host_weights, "host_repacked_copies": repack if config.use_mmap else 0,
         "host_kv": kv_host, "host_output": output_buffer, "host_overhead": host_overhead,
@@ -215,7 +254,8 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
     vram = gpu_weights + kv_gpu + gpu_compute + gpu_overhead
     # a repacked weight is read through its copy, so its mapped file pages are cache the kernel can reclaim
     required = host - (repack if config.use_mmap else 0)
-    return MemoryEstimate(int(host), int(vram), parts, units, int(required))
+    return MemoryEstimate(int(host), int(vram), parts, units, int(required),
+                          tuple(device_bytes) if vram else ())
 
 
 def has_tied_output(table: TensorTable) -> bool:

@@ -29,6 +29,7 @@ from .machine import MachineInfo
 from .memtrack import ChildOutcome, run_child
 from .metrics import summarize
 from .modelfile import ModelFile, ModelIdentity
+from .planner import offload_devices
 from .probe.bandwidth import cached_bandwidth
 from .results import SCHEMA_VERSION, Record
 from .rpc import unanswering
@@ -55,6 +56,8 @@ class RunLabels:
     # the same from the speed calibration alone, and its key: what the run's measurements refine
     unrefined_speed: dict[str, float] = field(default_factory=dict)
     speed_key: str = ""
+    # each RPC worker's link as the pre-flight check measured it: (HOST:PORT, round trip ms, upload MB/s)
+    links: tuple[tuple[str, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -319,8 +322,43 @@ def unrun_records(settings: RunSettings, model: ModelIdentity, machine: MachineI
                   labels: RunLabels | None = None, predicted: MemoryEstimate | None = None) -> list[Record]:
     """One row per test of a run that never started (skipped, or its model could not be had), with the reason."""
     run_id = new_run_id()
-    return [_record(settings, model, machine, {}, None, run_id, test, None, status, error, predicted,
-                    labels or RunLabels()) for test in settings.tests()]
+    labels = labels or RunLabels()
+    placement = topology_columns(settings, machine, LlamaBuffers(), predicted, labels)
+    return [replace(_record(settings, model, machine, {}, None, run_id, test, None, status, error, predicted,
+                            labels), **placement) for test in settings.tests()]
+
+
+def _is_host_buffer(name: str) -> bool:
+    """llama.cpp's buffers in this machine's RAM: CPU, CPU_REPACK, CPU_Mapped, CUDA_Host, ..."""
+    return name.startswith("CPU") or name.endswith("_Host")
+
+
+def topology_columns(settings: RunSettings, machine: MachineInfo, buffers: LlamaBuffers,
+                     predicted: MemoryEstimate | None, labels: RunLabels) -> dict[str, str]:
+    """A row's topology, devices and links (schema 7): where llama.cpp put buffers beyond this machine's CPU, as
+    its log says, beside the offload devices the planner knew and the workers' links."""
+    hosts = [address.rsplit(":", 1)[0] for address in settings.rpc_servers]
+    known = {gpu.name: gpu for gpu in machine.hardware.gpus}
+    order = [gpu.name for gpu in offload_devices(machine.hardware)]  # llama.cpp's order: the workers' first
+    names = [name for name in dict.fromkeys([*buffers.model, *buffers.kv, *buffers.compute])
+             if not _is_host_buffer(name)]
+    devices = []
+    for index, name in enumerate(names):
+        entry: dict[str, Any] = {"name": name, "model_bytes": buffers.model.get(name, 0),
+                                 "kv_bytes": buffers.kv.get(name, 0), "compute_bytes": buffers.compute.get(name, 0)}
+        gpu = known.get(name)
+        if gpu is not None and gpu.vendor == "rpc":
+            entry |= {"endpoint": name[name.index("[") + 1:-1], "memory_total_bytes": gpu.memory_total_bytes,
+                      "budget_bytes": gpu.budget_bytes}
+        at = order.index(name) if name in order else index  # a local GPU's buffers say CUDA0, not its name
+        if predicted is not None and at < len(predicted.device_bytes):
+            entry["predicted_bytes"] = predicted.device_bytes[at]
+        devices.append(entry)
+    links = [{"endpoint": address, "rtt_ms": round(rtt, 3), "upload_mbps": round(mbps, 1)}
+             for address, rtt, mbps in labels.links]
+    return {"topology": "rpc:" + "+".join(hosts) if hosts else "",
+            "devices": json.dumps(devices, separators=(",", ":")) if devices else "",
+            "links": json.dumps(links, separators=(",", ":")) if links else ""}
 
 
 def _rpc_devices_missing(settings: RunSettings, buffers: LlamaBuffers, loaded: bool) -> list[str]:
@@ -366,6 +404,8 @@ def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo,
         records.append(_record(settings, model.identity, machine, collector.loaded, outcome, run_id, test, result,
                                status, error, predicted, labels))
     buffers = parse_buffers(log_path.read_text(errors="replace"))
+    placement = topology_columns(settings, machine, buffers, predicted, labels)
+    records = [replace(r, **placement) for r in records]
     missing = _rpc_devices_missing(settings, buffers, failure is None)
     if missing:
         failure = ("failed", f"llama.cpp put no weights on RPC worker {', '.join(missing)}: the run was not the "

@@ -32,12 +32,31 @@ HOST_MARGIN_BYTES = 512 * MIB
 GPU_MARGIN_BYTES = 256 * MIB
 
 
+def offload_devices(hardware: Hardware) -> tuple[GpuInfo, ...]:
+    """The devices llama.cpp splits offloaded layers across: every GPU (and RPC worker's device) whose vendor has
+    a backend in this build, in its order (the workers' first)."""
+    return tuple(gpu for gpu in hardware.gpus if set(GPU_BACKENDS.get(gpu.vendor, ())) & set(hardware.backends))
+
+
 def usable_gpu(hardware: Hardware) -> GpuInfo | None:
-    """The GPU llama.cpp will put layers on: the first whose vendor has a backend in this build."""
-    for gpu in hardware.gpus:
-        if set(GPU_BACKENDS.get(gpu.vendor, ())) & set(hardware.backends):
-            return gpu
-    return None
+    """The first device llama.cpp will put layers on (the one whose kind and bandwidth the plan takes)."""
+    devices = offload_devices(hardware)
+    return devices[0] if devices else None
+
+
+def device_budget(gpu: GpuInfo) -> int:
+    """What the plan may place on a device: its budget (an iGPU's cap, a worker's @SIZE) or its free memory."""
+    return gpu.budget_bytes if gpu.budget_bytes is not None else gpu.memory_free_bytes or 0
+
+
+def tensor_split(devices: tuple[GpuInfo, ...]) -> tuple[float, ...]:
+    """The offloaded layers' shares across several devices: in proportion to what each may hold (llama.cpp's own
+    default splits by free memory, which knows no cap and counts all of a CPU worker's RAM free); empty for one."""
+    if len(devices) < 2:
+        return ()
+    budgets = [max(0, device_budget(gpu) - GPU_MARGIN_BYTES) for gpu in devices]
+    total = sum(budgets)
+    return tuple(round(b / total, 4) for b in budgets) if total else ()
 
 
 def offload_kind(gpu: GpuInfo | None) -> str:
@@ -50,6 +69,7 @@ def run_config(settings: RunSettings, shape: ModelShape, hardware: Hardware) -> 
     tests = settings.tests()
     gpu = usable_gpu(hardware)
     n_ctx = settings.n_ctx or max((t.n_ctx_needed for t in tests if t.kind != "ttft"), default=512)
+    offloaded = gpu is not None and settings.n_gpu_layers != 0
     return RunConfig(
         n_ctx=max(n_ctx, 256 if settings.ttft else 1),
         n_gpu_layers=settings.n_gpu_layers,
@@ -60,26 +80,30 @@ def run_config(settings: RunSettings, shape: ModelShape, hardware: Hardware) -> 
         type_v=settings.type_v,
         flash_attn=settings.flash_attn != "off",
         use_mmap=settings.load_mode != "none",
-        gpu=gpu is not None and settings.n_gpu_layers != 0,
+        gpu=offloaded,
         offload_kind=offload_kind(gpu),
+        tensor_split=settings.tensor_split if offloaded else (),
     )
 
 
-def fit_problems(estimate: MemoryEstimate, hardware: Hardware, gpu: GpuInfo | None) -> list[str]:
-    """Why a configuration would not fit, in numbers; empty when it fits."""
+def fit_problems(estimate: MemoryEstimate, hardware: Hardware, devices: tuple[GpuInfo, ...]) -> list[str]:
+    """Why a configuration would not fit, in numbers; empty when it fits. `devices`: the offload devices the
+    configuration uses, in llama.cpp's order (none for a CPU run)."""
     problems = []
     available = hardware.ram.available_bytes - HOST_MARGIN_BYTES
-    shared = gpu is not None and gpu.kind == "integrated"
-    host_need = estimate.host_required_bytes + (estimate.vram_bytes if shared else 0)
+    on_device = estimate.device_bytes or ((estimate.vram_bytes,) if estimate.vram_bytes else ())
+    placed = list(zip(devices, on_device, strict=False))
+    shared = [(gpu, size) for gpu, size in placed if gpu.kind == "integrated"]
+    host_need = estimate.host_required_bytes + sum(size for _, size in shared)
     if host_need > available:
-        what = f"host RAM (shared with {gpu.name})" if shared else "host RAM"
+        what = f"host RAM (shared with {', '.join(gpu.name for gpu, _ in shared)})" if shared else "host RAM"
         problems.append(f"needs {host_need / GIB:.1f} GiB of {what}, {available / GIB:.1f} GiB available "
                         f"(after a {HOST_MARGIN_BYTES // MIB} MiB margin)")
-    # an iGPU's own cap (GTT, Metal's working set) applies on top of the shared RAM pool
-    budget = gpu.budget_bytes - GPU_MARGIN_BYTES if gpu is not None and gpu.budget_bytes is not None else None
-    if estimate.vram_bytes and budget is not None and estimate.vram_bytes > budget:
-        problems.append(f"needs {estimate.vram_bytes / GIB:.1f} GiB on {gpu.name}, "
-                        f"{budget / GIB:.1f} GiB usable there")
+    # each device's own budget (a discrete GPU's memory, an iGPU's cap, a worker's @SIZE) on top of that
+    for gpu, size in placed:
+        budget = gpu.budget_bytes - GPU_MARGIN_BYTES if gpu.budget_bytes is not None else None
+        if size and budget is not None and size > budget:
+            problems.append(f"needs {size / GIB:.1f} GiB on {gpu.name}, {budget / GIB:.1f} GiB usable there")
     return problems
 
 
@@ -149,6 +173,8 @@ class Placement:
     speed_source: str = "copy bandwidth x default efficiency"
     speed_uncertainty: float = 0.5  # relative, one standard deviation
     use_mmap: bool = True  # False: read into memory (--no-mmap), where mapping would not fit
+    tensor_split: tuple[float, ...] = ()  # the offloaded layers' shares across several devices
+    device_bytes: tuple[int, ...] = ()  # predicted_vram_bytes device by device
 
     def to_json(self) -> dict[str, Any]:
         return {"quant": self.quant, "n_gpu_layers": self.n_gpu_layers, "n_cpu_moe": self.n_cpu_moe,
@@ -159,7 +185,8 @@ class Placement:
                 "predicted_pp_ts": None if self.predicted_pp_ts is None else round(self.predicted_pp_ts, 1),
                 "predicted_ttft_ms": None if self.predicted_ttft_ms is None else round(self.predicted_ttft_ms),
                 "speed_source": self.speed_source, "speed_uncertainty": round(self.speed_uncertainty, 3),
-                "use_mmap": self.use_mmap, "problems": list(self.problems)}
+                "use_mmap": self.use_mmap, "tensor_split": list(self.tensor_split),
+                "device_bytes": list(self.device_bytes), "problems": list(self.problems)}
 
 
 @dataclass(frozen=True)
@@ -200,6 +227,8 @@ def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: 
     calibration = calibration or Calibration()
     efficiency = calibration.tg_efficiency(shape.is_moe)
     gpu = usable_gpu(hardware)
+    devices = offload_devices(hardware)
+    split = tensor_split(devices)
     ram_gbps = hardware.bandwidth_gbps.get("ram")
     gpu_gbps = gpu_bandwidth_gbps(gpu, ram_gbps)[0] if gpu else None
     best: Placement | None = None
@@ -207,7 +236,7 @@ def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: 
         for layers, cpu_moe in _placements(shape, gpu, expert_offload):
             config = RunConfig(n_ctx=n_ctx, n_gpu_layers=layers, n_cpu_moe=cpu_moe, type_k=kv, type_v=kv,
                                flash_attn=True, gpu=gpu is not None and layers > 0, use_mmap=use_mmap is not False,
-                               offload_kind=offload_kind(gpu))
+                               offload_kind=offload_kind(gpu), tensor_split=split if layers > 0 else ())
             estimate = estimate_memory(table, shape, config, hardware.cpu.features, calibration)
             if use_mmap is None and estimate.host_bytes > hardware.ram.total_bytes:
                 # mapped, the file's pages of repacked weights stay beside their copies: it fits only while the
@@ -215,9 +244,9 @@ def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: 
                 # 24.9 GB peak mapped, 47 s and 18.8 GB read in, the same speeds)
                 unmapped = replace(config, use_mmap=False)
                 unmapped_estimate = estimate_memory(table, shape, unmapped, hardware.cpu.features, calibration)
-                if not fit_problems(unmapped_estimate, hardware, gpu if config.gpu else None):
+                if not fit_problems(unmapped_estimate, hardware, devices if config.gpu else ()):
                     config, estimate = unmapped, unmapped_estimate
-            problems = fit_problems(estimate, hardware, gpu if config.gpu else None)
+            problems = fit_problems(estimate, hardware, devices if config.gpu else ())
             if speed is not None:
                 predicted = predict_speed(table, shape, config, speed, gpu_gbps=gpu_gbps)
                 figures: dict[str, Any] = {"predicted_tg_ts": predicted.tg_ts, "predicted_pp_ts": predicted.pp_ts,
@@ -234,7 +263,8 @@ def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: 
             candidate = Placement(quant, layers if config.gpu else 0, cpu_moe, kv, kv, True, n_ctx, not problems,
                                   estimate.host_bytes, estimate.vram_bytes, problems=tuple(problems),
                                   predicted_host_required_bytes=estimate.host_required_bytes,
-                                  use_mmap=config.use_mmap, **figures)
+                                  use_mmap=config.use_mmap, tensor_split=config.tensor_split,
+                                  device_bytes=estimate.device_bytes, **figures)
             if best is None or _better(candidate, best):
                 best = candidate
         if best is not None and best.fits:
@@ -344,7 +374,8 @@ def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: Mo
                                speed, pinned_mmap)
     gpu = usable_gpu(hardware)
     planned = {"n_gpu_layers": placement.n_gpu_layers if gpu is not None else -1,
-               "n_cpu_moe": placement.n_cpu_moe, "type_k": placement.type_k, "type_v": placement.type_v}
+               "n_cpu_moe": placement.n_cpu_moe, "type_k": placement.type_k, "type_v": placement.type_v,
+               "tensor_split": tensor_split(offload_devices(hardware))}
     updates = {name: value for name, value in planned.items() if name not in pinned}
     notes = []
     differing = [name for name in ("n_gpu_layers", "n_cpu_moe") if name in pinned and gpu is not None
@@ -360,7 +391,7 @@ def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: Mo
     settings = replace(settings, **updates)
     config = run_config(settings, shape, hardware)
     estimate = estimate_memory(table, shape, config, hardware.cpu.features, calibration)
-    problems = fit_problems(estimate, hardware, gpu if config.gpu else None)
+    problems = fit_problems(estimate, hardware, offload_devices(hardware) if config.gpu else ())
     host_read, gpu_read = bytes_read_per_token(table, shape, config)
     ram_gbps = hardware.bandwidth_gbps.get("ram")
     gpu_gbps = gpu_bandwidth_gbps(gpu, ram_gbps)[0] if gpu is not None and config.gpu else None
@@ -400,6 +431,8 @@ def plan_quants(name: str, tables: dict[str, TensorTable], shape: ModelShape, ha
     placements = [best_placement(q, table, shape, hardware, n_ctx, calibration, speed=speed)
                   for q, table in tables.items()]
     plan = choose(name, placements, min_tg)
+    split = split_reasons(plan.choice, offload_devices(hardware)) if plan.choice is not None else []
+    plan = replace(plan, reasons=(*plan.reasons, *split))
     if plan.choice is None:
         smallest = min(tables, key=lambda q: tables[q].n_bytes)
         hints = what_would_fit(smallest, tables[smallest], shape, hardware, n_ctx, calibration)
@@ -409,6 +442,22 @@ def plan_quants(name: str, tables: dict[str, TensorTable], shape: ModelShape, ha
         return replace(plan, choice=pinned,
                        reasons=(f"{pinned_quant} as asked; the planner would pick {plan.choice.quant}", *plan.reasons))
     return plan
+
+
+def split_reasons(choice: Placement, devices: tuple[GpuInfo, ...]) -> list[str]:
+    """In words, how a placement spreads over several offload devices, and whether any one of them alone could
+    have held what they hold together."""
+    used = [(gpu, size) for gpu, size in zip(devices, choice.device_bytes, strict=False) if size]
+    if len(used) < 2:
+        return []
+    total = sum(size for _, size in used)
+    shares = ", ".join(f"{gpu.name} {size / GIB:.2f} GiB of {max(0, device_budget(gpu) - GPU_MARGIN_BYTES) / GIB:.2f}"
+                       f" GiB usable" for gpu, size in used)
+    largest = max(device_budget(gpu) - GPU_MARGIN_BYTES for gpu, _ in used)
+    alone = ("it fits on none of them alone" if total > largest else "one of them alone could hold it")
+    return [f"{choice.n_gpu_layers} layers split across {len(used)} devices in proportion to what each may hold "
+            f"(tensor split {'/'.join(f'{share:g}' for share in choice.tensor_split)}): {shares}; together "
+            f"{total / GIB:.2f} GiB: {alone}"]
 
 
 def candidate_quants(pinned_quant: str | None) -> list[str]:

@@ -85,6 +85,8 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
     has_gpu = frame["backends"].str.contains("|".join(GPU_BACKEND_NAMES), regex=True)
     derived = pd.Series("gpu", index=frame.index).where(has_gpu & (frame["n_gpu_layers"] != 0), "cpu")
     frame["mode"] = frame["mode"].where(frame["mode"] != "", derived)
+    # a run split across machines is another topology, not the same mode: compare and report keep them apart
+    frame["mode"] = frame["mode"].where(frame["topology"] == "", frame["mode"] + " via " + frame["topology"])
     frame["value"] = frame["avg_ts"].where(frame["test"] != "ttft", frame["ttft_ms"])
     return frame
 

@@ -57,6 +57,14 @@ Schema (one row per test; llama-bench's column names where they overlap):
                        (pp rows: prompt t/s; tg rows: generation t/s at the row's depth; ttft rows: ms) from this
                        machine's `qwenbench calibrate`, empty where it was not calibrated; prediction error reads
                        off any CSV as avg_ts / predicted - 1
+  topology, devices, links (schema 7+) where the run's weights went beyond this machine's CPU: topology is
+                       empty for a run on this machine alone, else `rpc:` and the hosts of its RPC workers
+                       (rpc:127.0.0.1+10.0.0.5; ports left out: a worker's port is not the topology), which
+                       `compare` and `report` keep apart; devices, as JSON, each offload device llama.cpp put
+                       buffers on, with its model, KV and compute bytes as llama.cpp's log gave them and, for a
+                       worker's, its endpoint, memory and budget, and the memory model's prediction for the first
+                       (predicted_bytes); links, as JSON, each worker's endpoint, round trip (ms) and upload MB/s
+                       as the pre-flight check measured them
 """
 
 from __future__ import annotations
@@ -84,8 +92,8 @@ except ImportError:  # pragma: no cover - Windows: appends stay atomic, header c
 
 # 2: predicted_host_bytes, predicted_vram_bytes; 3: model_repo, model_revision; 4: suite, mode, job_key,
 # host_bytes_per_token, gpu_bytes_per_token, ram_bandwidth_gbps, gpu_bandwidth_gbps; 5: server, serve_metrics;
-# 6: predicted_pp_ts, predicted_tg_ts, predicted_ttft_ms
-SCHEMA_VERSION = 6
+# 6: predicted_pp_ts, predicted_tg_ts, predicted_ttft_ms; 7: topology, devices, links
+SCHEMA_VERSION = 7
 STATUSES = ("ok", "failed", "crashed", "oom", "timeout", "interrupted", "skipped")
 
 
@@ -160,6 +168,9 @@ class Record:
     predicted_pp_ts: float | None = None
     predicted_tg_ts: float | None = None
     predicted_ttft_ms: float | None = None
+    topology: str = ""
+    devices: str = ""
+    links: str = ""
 
     def to_row(self) -> list[str]:
         return [_format(value) for value in astuple(self)]

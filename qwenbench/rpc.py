@@ -207,18 +207,19 @@ def probe_endpoint(endpoint: Endpoint, timeout_s: float = 5.0, upload_bytes: int
 
 
 def offload_devices(probes: list[EndpointProbe]) -> tuple[GpuInfo, ...]:
-    """Each worker's devices as offload devices for the planner, in llama.cpp's order (RPC0, RPC1, ...). A worker
+    """Each worker's devices as offload devices for the planner, in llama.cpp's order. A worker
     on loopback holds its buffers in this machine's RAM, so its devices count as sharing it (as an iGPU does)."""
     found = []
     index = 0
     for probe in probes:
         loopback = probe.endpoint.host in LOOPBACK
         share = len(probe.devices)
-        for device in probe.devices:
+        # ggml-rpc names a device by its index on its own worker: RPC0[A], RPC0[B], RPC1[B], ...
+        for number, device in enumerate(probe.devices):
             budget = device.free_bytes
             if probe.endpoint.memory_cap_bytes is not None:
                 budget = min(budget, probe.endpoint.memory_cap_bytes // share)
-            found.append(GpuInfo(vendor="rpc", name=f"RPC{index}[{probe.endpoint.address}]",
+            found.append(GpuInfo(vendor="rpc", name=f"RPC{number}[{probe.endpoint.address}]",
                                  kind="integrated" if loopback else "discrete", memory_total_bytes=device.total_bytes,
                                  memory_free_bytes=device.free_bytes, shared_memory_bytes=None, budget_bytes=budget,
                                  source="rpc", index=index))

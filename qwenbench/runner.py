@@ -124,7 +124,7 @@ def devices(llama_cpp_module: Any) -> list[dict[str, Any]]:
 
 
 def register_rpc_servers(llama_cpp_module: Any, endpoints: tuple[str, ...]) -> None:
-    """Make each worker's devices llama.cpp devices (RPC0, RPC1, ... in this order), as common/arg.cpp's --rpc
+    """Make each worker's devices llama.cpp devices (RPC0[A], RPC0[B], ... in this order), as common/arg.cpp's --rpc
     does. The endpoints were probed by the parent: llama.cpp aborts the process on one it cannot reach."""
     ggml = _ggml(llama_cpp_module)
     add_server = _rpc_function(ggml, "ggml_backend_rpc_add_server",
@@ -231,6 +231,10 @@ class Bench:
         mparams = C.llama_model_default_params()
         mparams.n_gpu_layers = s.n_gpu_layers
         mparams.load_mode = LOAD_MODES[s.load_mode]
+        if s.tensor_split:
+            # the planner's shares per device; llama.cpp's default splits by free memory (no caps known)
+            self._tensor_split = (ctypes.c_float * C.llama_max_devices())(*s.tensor_split)
+            mparams.tensor_split = self._tensor_split
         # on a CPU-only build every tensor is in host RAM already; an override there would only
         # take the experts out of the repacked CPU buffer and change what is measured
         # (llama_supports_gpu_offload is true in any build with RPC compiled in: ask for a device instead)

@@ -32,6 +32,7 @@ class RunSettings:
     n_gpu_layers: int = -1
     n_cpu_moe: int = 0
     rpc_servers: tuple[str, ...] = ()  # HOST:PORT of llama.cpp RPC workers, whose devices -ngl offloads to
+    tensor_split: tuple[float, ...] = ()  # offloaded layers' shares per device (llama.cpp's -ts); empty: its own
     n_batch: int = 2048
     n_ubatch: int = 512
     n_ctx: int = 0  # 0: per test, n_prompt + n_gen + n_depth, as llama-bench sizes it
@@ -52,7 +53,7 @@ class RunSettings:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunSettings:
-        for key in ("n_prompt", "n_gen", "n_depth", "rpc_servers"):
+        for key in ("n_prompt", "n_gen", "n_depth", "rpc_servers", "tensor_split"):
             if key not in data:
                 continue
             data[key] = tuple(data[key])
@@ -68,6 +69,8 @@ class RunSettings:
             (1 <= self.n_threads <= MAX_THREADS, f"-t/--threads must be from 1 to {MAX_THREADS}"),
             (self.n_gpu_layers >= -1, "-ngl/--n-gpu-layers must be >= -1 (-1: all layers)"),
             (self.n_cpu_moe >= 0, "--n-cpu-moe must be >= 0"),
+            (all(share >= 0 for share in self.tensor_split) and (not self.tensor_split or sum(self.tensor_split) > 0),
+             "-ts/--tensor-split shares must be >= 0, not all 0"),
             (self.n_batch >= 1, "-b/--batch-size must be >= 1"),
             (self.n_ubatch >= 1, "-ub/--ubatch-size must be >= 1"),
             (self.n_ctx >= 0, "-c/--ctx-size must be >= 0 (0: sized per test)"),

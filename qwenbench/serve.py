@@ -54,6 +54,7 @@ class ServerPlan:
     type_k: str
     type_v: str
     rpc_servers: tuple[str, ...] = ()  # HOST:PORT of the RPC workers whose devices -ngl offloads to
+    tensor_split: tuple[float, ...] = ()  # the offloaded layers' shares across several devices
 
     @property
     def url(self) -> str:
@@ -69,6 +70,8 @@ class ServerPlan:
             argv[argv.index("-t"):argv.index("-t")] = ["--n-cpu-moe", str(self.n_cpu_moe)]
         if self.rpc_servers:
             argv[argv.index("-t"):argv.index("-t")] = ["--rpc", ",".join(self.rpc_servers)]
+        if self.tensor_split:
+            argv[argv.index("-t"):argv.index("-t")] = ["-ts", ",".join(f"{share:g}" for share in self.tensor_split)]
         return argv
 
     def llama_cpp_python_config(self) -> dict[str, object]:
@@ -80,6 +83,7 @@ class ServerPlan:
             "n_gpu_layers": self.n_gpu_layers, "n_threads": self.n_threads, "n_threads_batch": self.n_threads,
             "n_batch": self.n_batch, "n_ubatch": self.n_ubatch, "flash_attn": self.flash_attn,
             "type_k": CACHE_TYPES[self.type_k], "type_v": CACHE_TYPES[self.type_v],
+            **({"tensor_split": list(self.tensor_split)} if self.tensor_split else {}),
             # with workers, llama.cpp's load log (its buffers per device) is what shows where the weights went
             "verbose": bool(self.rpc_servers)}]}
 

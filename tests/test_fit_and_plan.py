@@ -18,13 +18,14 @@ from qwenbench.fit import (
     estimate_memory,
     first_gpu_layer,
     kv_bytes_per_layer,
+    layer_devices,
     on_gpu,
     repacked_on_cpu,
 )
 from qwenbench.gguf_info import read_header
 from qwenbench.llamalog import parse_buffers
 from qwenbench.modelfile import ensure_synthetic
-from qwenbench.planner import best_placement, choose, prepare_run
+from qwenbench.planner import Placement, best_placement, choose, offload_devices, prepare_run, split_reasons
 from qwenbench.probe import CpuInfo, GpuInfo, Hardware, RamInfo
 from qwenbench.probe.cpu import read_cpu
 from qwenbench.recipe import tensor_table
@@ -306,3 +307,49 @@ def test_the_plan_reads_a_model_in_where_mapping_it_beside_its_repacked_copies_w
     pinned = prepare_run(replace(settings, load_mode="mmap"), "Q4_K_M", table, spec.shape(), machine(24),
                          Calibration(), set(), speed=speed)
     assert pinned.settings.load_mode == "mmap" and not pinned.notes
+
+
+# -------------------------------------------------------------------------------- several offload devices
+
+def test_layers_split_across_devices_as_llama_cpp_assigns_them() -> None:
+    shape = shape_of("qwen3-0.6b")  # 28 layers and the output layer: 29 places
+    even = RunConfig(n_ctx=512, gpu=True, tensor_split=(1.0, 1.0))
+    devices = layer_devices(shape, even)
+    # llama.cpp: upper_bound of (layer / 29) in the cumulative split (0.5, 1.0)
+    assert devices == tuple(0 if layer / 29 < 0.5 else 1 for layer in range(29))
+    partial = layer_devices(shape, RunConfig(n_ctx=512, gpu=True, n_gpu_layers=10, tensor_split=(3.0, 1.0)))
+    assert partial[:19] == (-1,) * 19 and partial[19:] == tuple(0 if (k / 10) < 0.75 else 1 for k in range(10))
+    spec = get_model("qwen3-0.6b")
+    table = tensor_table(spec, "Q4_K_M")
+    one = estimate_memory(table, shape, RunConfig(n_ctx=512, gpu=True, offload_kind="rpc"), X86)
+    two = estimate_memory(table, shape, replace(even, offload_kind="rpc"), X86)
+    # the same weights and KV, in two parts; each device that holds layers has its own compute buffer
+    assert len(two.device_bytes) == 2 and sum(two.device_bytes) == two.vram_bytes
+    assert two.parts["gpu_weights"] == one.parts["gpu_weights"] and two.parts["gpu_kv"] == one.parts["gpu_kv"]
+    assert two.parts["gpu_compute"] > one.parts["gpu_compute"]
+
+
+def _worker(name: str, gib: float, index: int) -> GpuInfo:
+    return GpuInfo("rpc", name, "discrete", int(64 * GIB), int(64 * GIB), None, int(gib * GIB), "rpc", index=index)
+
+
+def test_a_model_that_fits_neither_worker_alone_fits_the_two_together() -> None:
+    key, quant = "qwen3-8b", "Q4_K_M"  # about 5.3 GiB offloaded at 4096 tokens, compute buffers included
+    spec = get_model(key)
+    table = tensor_table(spec, quant)
+
+    def planned(*workers: GpuInfo) -> Placement:
+        hardware = Hardware(CpuInfo("test CPU", 8, 16, X86), RamInfo(int(2 * GIB), int(1.5 * GIB), 0, 0),
+                            workers, ("RPC", "CPU"), {"ram": 60.0})
+        return best_placement(quant, table, shape_of(key), hardware, 4096)
+
+    alone = [planned(_worker("RPC0[a:1]", gib, 0)) for gib in (4.0, 3.0)]
+    assert not any(p.fits and p.n_gpu_layers == 37 for p in alone)  # all layers fit on neither
+    together = planned(_worker("RPC0[a:1]", 4.0, 0), _worker("RPC1[b:1]", 3.0, 1))
+    assert together.fits and together.n_gpu_layers == 37
+    assert together.tensor_split == (round(3.75 / 6.5, 4), round(2.75 / 6.5, 4))  # budgets less the margin
+    assert all(size <= budget * GIB - 256 * MIB for size, budget in zip(together.device_bytes, (4.0, 3.0), strict=True))
+    hardware = Hardware(CpuInfo("test CPU", 8, 16, X86), RamInfo(int(2 * GIB), int(1.5 * GIB), 0, 0),
+                        (_worker("RPC0[a:1]", 4.0, 0), _worker("RPC1[b:1]", 3.0, 1)), ("RPC", "CPU"), {"ram": 60.0})
+    [reason] = split_reasons(together, offload_devices(hardware))
+    assert "split across 2 devices" in reason and "it fits on none of them alone" in reason

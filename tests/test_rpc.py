@@ -159,6 +159,14 @@ def test_offloaded_weights_and_kv_land_on_the_worker_as_planned(worker: WorkerIn
     assert buffers["model"][device] == pytest.approx(expected["gpu_weights"], abs=0.01 * 2**20)
     assert buffers["kv"].get(device, 0) == pytest.approx(expected["gpu_kv"], abs=0.01 * 2**20)
     assert buffers["compute"][device] == pytest.approx(expected["gpu_compute"], rel=0.05)
+    # every row says where its weights went (schema 7): the topology, the device's bytes, the link
+    row = report["rows"][0]
+    assert row["topology"] == "rpc:127.0.0.1"
+    placed = json.loads(row["devices"])
+    assert [d["name"] for d in placed] == [device] and placed[0]["model_bytes"] == buffers["model"][device]
+    assert placed[0]["endpoint"] == worker.endpoint.address and placed[0]["predicted_bytes"] > 0
+    [link] = json.loads(row["links"])
+    assert link["endpoint"] == worker.endpoint.address and link["rtt_ms"] > 0 and link["upload_mbps"] > 0
 
 
 def test_a_worker_missing_from_the_run_is_refused_before_loading(worker: WorkerInfo, tiny_dense: Path) -> None:
@@ -225,6 +233,8 @@ def test_plan_offloads_to_a_worker_within_its_cap(worker: WorkerInfo, tiny_dense
         result = run_cli("plan", "--gguf", str(tiny_dense), "--rpc", endpoint, "--ctx", "512", "--json")
         assert result.returncode == 0, result.stderr
         assert f"RPC worker {worker.endpoint.address}: protocol 7.0.0" in result.stderr
+        # a CPU device counts all its RAM as free: the user hears so, unless a cap says what may go there
+        assert ("counts all its memory as free" in result.stderr) == ("@" not in endpoint)
         return json.loads(result.stdout)
 
     free = plan(worker.endpoint.address)
@@ -246,11 +256,18 @@ def test_a_suite_offloads_its_gpu_jobs_to_workers_and_fails_only_those_when_one_
         assert "Traceback" not in result.stderr
         rows = {(r["mode"], r["test"]): r for r in read_records(tmp_path / f"{name}.csv")}
         assert rows[("cpu", "pp16")]["status"] == "ok" and "RPC[" not in rows[("cpu", "pp16")]["backends"]
+        assert rows[("cpu", "pp16")]["topology"] == "" and rows[("gpu", "pp16")]["topology"] == "rpc:127.0.0.1"
         if name == "live":
             assert result.returncode == 0, result.stderr
             gpu = rows[("gpu", "pp16")]
             assert gpu["status"] == "ok" and gpu["n_gpu_layers"] != 0
             assert f"RPC[{worker.endpoint.address}]" in gpu["backends"]
+            assert json.loads(gpu["links"])[0]["endpoint"] == worker.endpoint.address
+            # compare keeps the split run apart from one on this machine alone
+            compared = run_cli("compare", str(tmp_path / "live.csv"), "--json")
+            assert compared.returncode == 0, compared.stderr
+            modes = {row["mode"] for row in json.loads(compared.stdout)}
+            assert modes == {"cpu", "gpu via rpc:127.0.0.1"}
         else:
             assert result.returncode == 1
             assert rows[("gpu", "pp16")]["status"] == "failed"
@@ -302,3 +319,33 @@ def test_chat_offloads_to_a_worker(worker: WorkerInfo, tiny_dense: Path) -> None
     chat.type("\x04")
     assert chat.close() == 0
     assert "Traceback" not in chat.seen
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path) -> Iterator[tuple[WorkerInfo, WorkerInfo]]:
+    with (tmp_path / "a.log").open("wb") as log_a, (tmp_path / "b.log").open("wb") as log_b, \
+            Worker(Endpoint("127.0.0.1", _free_port()), 1, log_a) as a, \
+            Worker(Endpoint("127.0.0.1", _free_port()), 1, log_b) as b:
+        yield a.start(), b.start()
+
+
+@pytest.mark.parametrize("fixture", ["tiny_dense", "tiny_moe"])
+def test_two_workers_share_the_layers_as_planned(two_workers: tuple[WorkerInfo, WorkerInfo], fixture: str,
+                                                 request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    gguf = request.getfixturevalue(fixture)
+    a, b = (w.endpoint.address for w in two_workers)
+    # the caps make the split uneven: the planner's tensor split follows what each may hold (less a margin)
+    report = _rpc_run(gguf, f"{a}@300MiB,{b}@600MiB", tmp_path / "rows.csv", "-ngl", "99", "-c", "20")
+    assert {row["status"] for row in report["rows"]} == {"ok"}
+    row = report["rows"][0]
+    assert row["topology"] == "rpc:127.0.0.1+127.0.0.1"
+    placed = {d["name"]: d for d in json.loads(row["devices"])}
+    assert set(placed) == {f"RPC0[{a}]", f"RPC0[{b}]"}  # each worker numbers its own devices
+    first, second = placed[f"RPC0[{a}]"], placed[f"RPC0[{b}]"]
+    assert 0 < first["model_bytes"] < second["model_bytes"]  # 44 MiB usable against 344 MiB
+    for device in (first, second):  # each device's weights, KV and compute as the memory model put them (the log
+        # gives 0.01 MiB: a tiny model's compute buffer of 0.1 MiB is within 128 KiB; Qwen3-0.6B's two halves, by
+        # hand, within 0.3 %)
+        measured = device["model_bytes"] + device["kv_bytes"] + device["compute_bytes"]
+        assert measured == pytest.approx(device["predicted_bytes"], rel=0.05, abs=128 * 1024)
+    assert row["predicted_vram_bytes"] == first["predicted_bytes"] + second["predicted_bytes"]
