@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import QwenbenchError, UsageError
-from .llamalog import parse_buffers, rpc_devices_used
+from .llamalog import LlamaBuffers, parse_buffers, workers_without_weights
 from .runspec import CACHE_TYPES
 from .thinking import ThinkSplitter
 
@@ -96,10 +96,10 @@ class ChatSession:
                                              bos_token=token_text(self.llm.token_bos()))
         self.last_stats: ReplyStats | None = None
 
-    def _check_placement(self, buffers: Any) -> dict[str, int]:
+    def _check_placement(self, buffers: LlamaBuffers) -> dict[str, int]:
         """The model bytes per device; an error naming every worker that got none (never a silent local run)."""
         if self.settings.n_gpu_layers != 0:
-            missing = [e for e in self.settings.rpc_servers if e not in rpc_devices_used(buffers)]
+            missing = workers_without_weights(self.settings.rpc_servers, buffers)
             if missing:
                 self.llm.close()
                 raise QwenbenchError(f"RPC worker {', '.join(missing)} got no weights: the chat would run without it",

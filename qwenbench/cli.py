@@ -349,13 +349,15 @@ def plan_command(
         out.print_json(json.dumps({**plan.to_json(), **source}))
         return
     choice = plan.choice
+    offloaded = "on the workers" if any(gpu.vendor == "rpc" for gpu in machine.hardware.gpus) else "VRAM"
     if choice is None:
         out.print(f"[red]{escape(name)}: nothing fits this machine at {ctx} tokens of context[/red]")
     else:
         where = ("CPU" if not choice.n_gpu_layers else f"-ngl {choice.n_gpu_layers}" + (
             f" --n-cpu-moe {choice.n_cpu_moe}" if choice.n_cpu_moe else "")) + ("" if choice.use_mmap else " --no-mmap")
         out.print(f"[bold]{escape(name)}: {escape(choice.quant)}[/bold], {where}, KV {choice.type_k}, context {ctx}: "
-                  f"host {_bytes(choice.predicted_host_required_bytes)}, VRAM {_bytes(choice.predicted_vram_bytes)}, "
+                  f"host {_bytes(choice.predicted_host_required_bytes)}, {offloaded} "
+                  f"{_bytes(choice.predicted_vram_bytes)}, "
                   f"about {choice.predicted_tg_ts:.1f} t/s generation")
         if choice.predicted_pp_ts is not None:
             out.print(f"  predicted: tg {choice.predicted_tg_ts:.1f} t/s, pp512 {choice.predicted_pp_ts:.0f} t/s, "
@@ -374,7 +376,7 @@ def plan_command(
     for note in source.get("notes", ()):
         out.print(f"[dim]note:[/dim] {escape(note)}")
     table = Table(title=f"every quant's best placement on this machine ({calibration.source} calibration)")
-    for column in ("quant", "fits", "placement", "KV", "host need", "peak RSS", "VRAM", "tg t/s", "pp512 t/s"):
+    for column in ("quant", "fits", "placement", "KV", "host need", "peak RSS", offloaded, "tg t/s", "pp512 t/s"):
         table.add_column(column)
     for p in plan.evaluated:
         mark = " ←" if p == choice else ""

@@ -24,7 +24,7 @@ from .calibration import record_efficiency, record_memory, record_speed_observat
 from .errors import QwenbenchError
 from .fit import MIB, MemoryEstimate, RunConfig, bytes_read_per_token
 from .lifetime import stop_reason
-from .llamalog import LlamaBuffers, parse_buffers, rpc_devices_used
+from .llamalog import LlamaBuffers, parse_buffers, workers_without_weights
 from .machine import MachineInfo
 from .memtrack import ChildOutcome, run_child
 from .metrics import summarize
@@ -366,8 +366,7 @@ def _rpc_devices_missing(settings: RunSettings, buffers: LlamaBuffers, loaded: b
     run). Only for a run that loaded and offloaded layers."""
     if not settings.rpc_servers or settings.n_gpu_layers == 0 or not loaded:
         return []
-    used = rpc_devices_used(buffers)
-    return [endpoint for endpoint in settings.rpc_servers if endpoint not in used]
+    return workers_without_weights(settings.rpc_servers, buffers)
 
 
 def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo, *, log_dir: Path,

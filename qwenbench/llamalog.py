@@ -41,3 +41,9 @@ def parse_buffers(log_text: str) -> LlamaBuffers:
 def rpc_devices_used(buffers: LlamaBuffers) -> set[str]:
     """The RPC endpoints llama.cpp put model weights on: its RPC buffers are named `RPC<i>[HOST:PORT]`."""
     return {name[name.index("[") + 1:-1] for name in buffers.model if name.startswith("RPC") and "[" in name}
+
+
+def workers_without_weights(endpoints: tuple[str, ...], buffers: LlamaBuffers) -> list[str]:
+    """The RPC workers among `endpoints` that llama.cpp's log shows no model weights on."""
+    used = rpc_devices_used(buffers)
+    return [endpoint for endpoint in endpoints if endpoint not in used]

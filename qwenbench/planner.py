@@ -285,7 +285,7 @@ def _better(a: Placement, b: Placement) -> bool:
             < b.predicted_host_required_bytes + b.predicted_vram_bytes)
 
 
-def choose(model: str, placements: list[Placement], min_tg: float) -> Plan:
+def choose(model: str, placements: list[Placement], min_tg: float, device: str = "the GPU") -> Plan:
     """Quality first: the best quant that fits at a usable speed, never below Q4-class while one fits."""
     ranked = sorted(placements, key=lambda p: quality_rank(p.quant))
     fitting = [p for p in ranked if p.fits]
@@ -318,10 +318,10 @@ def choose(model: str, placements: list[Placement], min_tg: float) -> Plan:
             reasons.append(f"nothing fits: even {smallest.quant} {'; '.join(smallest.problems)}")
     if choice is not None:
         if choice.n_cpu_moe:
-            reasons.append(f"all layers on the GPU with the experts of the first {choice.n_cpu_moe} layers in RAM: "
-                           "attention and the dense part stay on the GPU, which beats offloading fewer layers")
+            reasons.append(f"all layers on {device} with the experts of the first {choice.n_cpu_moe} layers in RAM: "
+                           f"attention and the dense part stay on {device}, which beats offloading fewer layers")
         elif choice.n_gpu_layers:
-            reasons.append(f"{choice.n_gpu_layers} layers (the output layer first) on the GPU")
+            reasons.append(f"{choice.n_gpu_layers} layers (the output layer first) on {device}")
         if not choice.use_mmap:
             reasons.append("read into memory (--no-mmap): mapped, the file and llama.cpp's repacked copies of its "
                            "weights would exceed RAM together")
@@ -430,7 +430,7 @@ def plan_quants(name: str, tables: dict[str, TensorTable], shape: ModelShape, ha
     """The plan across the given quants' tensor tables; a pinned quant is kept, with what the planner would pick."""
     placements = [best_placement(q, table, shape, hardware, n_ctx, calibration, speed=speed)
                   for q, table in tables.items()]
-    plan = choose(name, placements, min_tg)
+    plan = choose(name, placements, min_tg, offload_words(hardware))
     split = split_reasons(plan.choice, offload_devices(hardware)) if plan.choice is not None else []
     plan = replace(plan, reasons=(*plan.reasons, *split))
     if plan.choice is None:
@@ -442,6 +442,12 @@ def plan_quants(name: str, tables: dict[str, TensorTable], shape: ModelShape, ha
         return replace(plan, choice=pinned,
                        reasons=(f"{pinned_quant} as asked; the planner would pick {plan.choice.quant}", *plan.reasons))
     return plan
+
+
+def offload_words(hardware: Hardware) -> str:
+    """What the plan calls the offload device in words: an RPC worker's is no GPU."""
+    gpu = usable_gpu(hardware)
+    return "the RPC workers' devices" if gpu is not None and gpu.vendor == "rpc" else "the GPU"
 
 
 def split_reasons(choice: Placement, devices: tuple[GpuInfo, ...]) -> list[str]:

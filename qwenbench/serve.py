@@ -26,7 +26,7 @@ from typing import IO
 
 from .errors import QwenbenchError, UsageError
 from .lifetime import guarded_argv
-from .llamalog import parse_buffers, rpc_devices_used
+from .llamalog import parse_buffers, workers_without_weights
 from .runspec import CACHE_TYPES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -161,7 +161,7 @@ def check_placement(plan: ServerPlan, log_path: Path) -> dict[str, int]:
     except OSError as exc:
         raise ServerError(f"cannot read the server's log {log_path}: {exc.strerror}") from None
     if plan.rpc_servers and plan.n_gpu_layers != 0:
-        missing = [endpoint for endpoint in plan.rpc_servers if endpoint not in rpc_devices_used(buffers)]
+        missing = workers_without_weights(plan.rpc_servers, buffers)
         if missing:
             raise ServerError(f"RPC worker {', '.join(missing)} got no weights: the server would run without it",
                               hint=f"check the worker and this machine's llama.cpp build; the server's log: {log_path}")
