@@ -241,7 +241,7 @@ class _Runner:
                 hardware, probes = hardware_with_workers(hardware, self.config.rpc)
             except QwenbenchError as exc:
                 return unrun("failed", exc.message)
-            labels = replace(labels, links=tuple((p.endpoint.address, p.rtt_ms, p.upload_mbps) for p in probes))
+            labels = replace(labels, links=tuple(probe.link for probe in probes))
         if job.mode in GPU_MODES and usable_gpu(hardware) is None:
             backends = ", ".join(hardware.backends) or "none"
             return unrun("skipped", f"{job.mode} mode needs a GPU that this llama.cpp build can use "

@@ -777,7 +777,7 @@ def _with_rpc_devices(machine: MachineInfo, endpoints: tuple[Endpoint, ...]
             err.print(f"[yellow]note:[/yellow] RPC worker {probe.endpoint.address} counts all its memory as free "
                       f"(a CPU device does): cap what goes there with {probe.endpoint.address}@SIZE if that machine "
                       "is in use", highlight=False)
-    return replace(machine, hardware=hardware), tuple((p.endpoint.address, p.rtt_ms, p.upload_mbps) for p in probes)
+    return replace(machine, hardware=hardware), tuple(probe.link for probe in probes)
 
 
 def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | None, model: str | None,

@@ -203,11 +203,16 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
     calibration = calibration or Calibration()
     host_weights = gpu_weights = repack = 0
     output_copy = tied_output_on_gpu(table, shape, config)
+    devices = layer_devices(shape, config)
+    # device by device: its layers' weights and KV, a compute buffer where it holds any layer, a GPU's context
+    device_bytes = [0] * max(1, len(config.tensor_split))
     for tensor in table.tensors:
         if tensor.name == "token_embd.weight" and output_copy:
             gpu_weights += tensor.n_bytes  # the output layer's copy; the input's stays on the host (below)
+            device_bytes[devices[-1]] += tensor.n_bytes
         if on_gpu(tensor, shape, config):
             gpu_weights += tensor.n_bytes
+            device_bytes[devices[layer_index(tensor.name, shape.n_layer)]] += tensor.n_bytes
             continue
         host_weights += tensor.n_bytes
         # experts pinned to host RAM by --n-cpu-moe land in the plain CPU buffer, not the repacked one
@@ -216,8 +221,6 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
             repack += tensor.n_bytes
     # with mmap the file pages of repacked weights stay resident beside their copies; without, only copies
     host_resident_weights = host_weights + repack if config.use_mmap else host_weights
-    devices = layer_devices(shape, config)
-    n_devices = max(1, len(config.tensor_split))
     per_layer_kv = kv_bytes_per_layer(shape, config.n_ctx, config.type_k, config.type_v)
     gpu_layers = sum(1 for device in devices[:-1] if device >= 0)
     kv_gpu = gpu_layers * per_layer_kv
@@ -227,13 +230,6 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
     units = activation_units(shape, config)
     activations = calibration.host_activation_factor * units
     host_overhead = int(calibration.host_base_bytes + activations)
-    # device by device: its layers' weights and KV, a compute buffer where it holds any layer, a GPU's context
-    device_bytes = [0] * n_devices
-    for tensor in table.tensors:
-        if on_gpu(tensor, shape, config):
-            device_bytes[devices[layer_index(tensor.name, shape.n_layer)]] += tensor.n_bytes
-    if output_copy:
-        device_bytes[devices[-1]] += next(t.n_bytes for t in table.tensors if t.name == "token_embd.weight")
     for device in devices[:-1]:
         if device >= 0:
             device_bytes[device] += per_layer_kv

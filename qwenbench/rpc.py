@@ -66,6 +66,11 @@ class EndpointProbe:
     upload_mbps: float  # MB/s of one tensor upload, the way weights travel at load
 
     @property
+    def link(self) -> tuple[str, float, float]:
+        """(HOST:PORT, round trip ms, upload MB/s): what a row records of the link."""
+        return self.endpoint.address, self.rtt_ms, self.upload_mbps
+
+    @property
     def free_bytes(self) -> int:
         free = sum(d.free_bytes for d in self.devices)
         cap = self.endpoint.memory_cap_bytes
