@@ -314,7 +314,7 @@ def plan_command(
     from .hub import offline_mode
     from .hubheader import plan_tables
     from .machine import describe_machine
-    from .planner import candidate_quants, plan_quants
+    from .planner import candidate_quants, offload_devices, plan_quants
     from .rpc import parse_endpoints
 
     if ctx < 1:
@@ -359,6 +359,13 @@ def plan_command(
                   f"host {_bytes(choice.predicted_host_required_bytes)}, {offloaded} "
                   f"{_bytes(choice.predicted_vram_bytes)}, "
                   f"about {choice.predicted_tg_ts:.1f} t/s generation")
+        devices = offload_devices(machine.hardware)
+        if any(gpu.vendor == "rpc" for gpu in devices) and choice.n_gpu_layers:
+            per_device = ", ".join(f"{gpu.name} {_bytes(size)}" for gpu, size in
+                                   zip(devices, choice.device_bytes or (choice.predicted_vram_bytes,), strict=False))
+            out.print(f"  per device: {per_device}; the network about {choice.predicted_network_ms:.2f} ms of each "
+                      "token (a round trip each time the work leaves a worker, and the bytes over each link)",
+                      markup=False)
         if choice.predicted_pp_ts is not None:
             out.print(f"  predicted: tg {choice.predicted_tg_ts:.1f} t/s, pp512 {choice.predicted_pp_ts:.0f} t/s, "
                       f"chat TTFT {choice.predicted_ttft_ms:.0f} ms (± {choice.speed_uncertainty:.0%}; "
@@ -376,7 +383,9 @@ def plan_command(
     for note in source.get("notes", ()):
         out.print(f"[dim]note:[/dim] {escape(note)}")
     table = Table(title=f"every quant's best placement on this machine ({calibration.source} calibration)")
-    for column in ("quant", "fits", "placement", "KV", "host need", "peak RSS", offloaded, "tg t/s", "pp512 t/s"):
+    networked = any(p.predicted_network_ms for p in plan.evaluated)
+    for column in ("quant", "fits", "placement", "KV", "host need", "peak RSS", offloaded, "tg t/s", "pp512 t/s",
+                   *(("network ms/token",) if networked else ())):
         table.add_column(column)
     for p in plan.evaluated:
         mark = " ←" if p == choice else ""
@@ -385,7 +394,8 @@ def plan_command(
         table.add_row(escape(p.quant) + mark, "yes" if p.fits else "[red]no[/red]", placement, p.type_k,
                       _bytes(p.predicted_host_required_bytes), _bytes(p.predicted_host_bytes),
                       _bytes(p.predicted_vram_bytes), f"{p.predicted_tg_ts:.1f}",
-                      "-" if p.predicted_pp_ts is None else f"{p.predicted_pp_ts:.0f}")
+                      "-" if p.predicted_pp_ts is None else f"{p.predicted_pp_ts:.0f}",
+                      *((f"{p.predicted_network_ms:.2f}",) if networked else ()))
     out.print(table)
 
 

@@ -18,6 +18,7 @@ from .fit import (
     estimate_memory,
     predicted_tg_ts,
 )
+from .network import Link
 from .probe import GpuInfo, Hardware
 from .runspec import RunSettings
 from .speed import SpeedCalibration, predict_speed
@@ -57,6 +58,13 @@ def tensor_split(devices: tuple[GpuInfo, ...]) -> tuple[float, ...]:
     budgets = [max(0, device_budget(gpu) - GPU_MARGIN_BYTES) for gpu in devices]
     total = sum(budgets)
     return tuple(round(b / total, 4) for b in budgets) if total else ()
+
+
+def device_links(devices: tuple[GpuInfo, ...]) -> tuple[Link | None, ...]:
+    """The measured link to each offload device, in llama.cpp's order: an RPC worker's endpoint; None for a GPU
+    in this machine."""
+    return tuple(Link(gpu.name, gpu.link_rtt_ms / 1e3, gpu.link_mbps * 1e6)
+                 if gpu.link_rtt_ms is not None and gpu.link_mbps else None for gpu in devices)
 
 
 def offload_kind(gpu: GpuInfo | None) -> str:
@@ -175,6 +183,7 @@ class Placement:
     use_mmap: bool = True  # False: read into memory (--no-mmap), where mapping would not fit
     tensor_split: tuple[float, ...] = ()  # the offloaded layers' shares across several devices
     device_bytes: tuple[int, ...] = ()  # predicted_vram_bytes device by device
+    predicted_network_ms: float = 0.0  # of each decoded token's time, on the links to RPC workers (network.py)
 
     def to_json(self) -> dict[str, Any]:
         return {"quant": self.quant, "n_gpu_layers": self.n_gpu_layers, "n_cpu_moe": self.n_cpu_moe,
@@ -186,7 +195,8 @@ class Placement:
                 "predicted_ttft_ms": None if self.predicted_ttft_ms is None else round(self.predicted_ttft_ms),
                 "speed_source": self.speed_source, "speed_uncertainty": round(self.speed_uncertainty, 3),
                 "use_mmap": self.use_mmap, "tensor_split": list(self.tensor_split),
-                "device_bytes": list(self.device_bytes), "problems": list(self.problems)}
+                "device_bytes": list(self.device_bytes), "predicted_network_ms": round(self.predicted_network_ms, 3),
+                "problems": list(self.problems)}
 
 
 @dataclass(frozen=True)
@@ -231,6 +241,7 @@ def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: 
     split = tensor_split(devices)
     ram_gbps = hardware.bandwidth_gbps.get("ram")
     gpu_gbps = gpu_bandwidth_gbps(gpu, ram_gbps)[0] if gpu else None
+    links = device_links(devices)
     best: Placement | None = None
     for kv in kv_types:
         for layers, cpu_moe in _placements(shape, gpu, expert_offload):
@@ -248,10 +259,11 @@ def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: 
                     config, estimate = unmapped, unmapped_estimate
             problems = fit_problems(estimate, hardware, devices if config.gpu else ())
             if speed is not None:
-                predicted = predict_speed(table, shape, config, speed, gpu_gbps=gpu_gbps)
+                predicted = predict_speed(table, shape, config, speed, gpu_gbps=gpu_gbps, links=links)
                 figures: dict[str, Any] = {"predicted_tg_ts": predicted.tg_ts, "predicted_pp_ts": predicted.pp_ts,
                                            "predicted_ttft_ms": predicted.ttft_ms, "speed_source": predicted.source,
-                                           "speed_uncertainty": predicted.uncertainty}
+                                           "speed_uncertainty": predicted.uncertainty,
+                                           "predicted_network_ms": predicted.parts.get("network", 0.0) * 1e3}
                 if estimate.host_bytes > hardware.ram.total_bytes:
                     figures["speed_source"] += ("; the mapped file and its repacked copies exceed RAM: it loads "
                                                 "slowly while the kernel drops and re-reads pages")
@@ -350,12 +362,13 @@ class PreparedRun:
 
 
 def predicted_by_test(settings: RunSettings, table: TensorTable, shape: ModelShape, config: RunConfig,
-                      speed: SpeedCalibration, gpu_gbps: float | None) -> dict[str, float]:
+                      speed: SpeedCalibration, gpu_gbps: float | None,
+                      links: tuple[Link | None, ...] = ()) -> dict[str, float]:
     """The speed model's figure for every test of a run: pp and tg t/s at the test's depth, TTFT in ms."""
     figures: dict[str, float] = {}
     for test in settings.tests():
         predicted = predict_speed(table, shape, config, speed, depth=test.n_depth, n_prompt=test.n_prompt or 512,
-                                  gpu_gbps=gpu_gbps)
+                                  gpu_gbps=gpu_gbps, links=links)
         figures[test.name] = {"pp": predicted.pp_ts, "tg": predicted.tg_ts}.get(test.kind, predicted.ttft_ms)
     return figures
 
@@ -395,8 +408,9 @@ def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: Mo
     host_read, gpu_read = bytes_read_per_token(table, shape, config)
     ram_gbps = hardware.bandwidth_gbps.get("ram")
     gpu_gbps = gpu_bandwidth_gbps(gpu, ram_gbps)[0] if gpu is not None and config.gpu else None
-    figures = predicted_by_test(settings, table, shape, config, speed, gpu_gbps) if speed is not None else {}
-    unrefined = (predicted_by_test(settings, table, shape, config, replace(speed, refinement=()), gpu_gbps)
+    links = device_links(offload_devices(hardware))
+    figures = predicted_by_test(settings, table, shape, config, speed, gpu_gbps, links) if speed is not None else {}
+    unrefined = (predicted_by_test(settings, table, shape, config, replace(speed, refinement=()), gpu_gbps, links)
                  if speed is not None and speed.refinement else figures)
     return PreparedRun(settings, tuple(notes), config, estimate, tuple(problems), host_read, gpu_read, ram_gbps,
                        gpu_gbps, figures, unrefined)

@@ -227,7 +227,7 @@ def offload_devices(probes: list[EndpointProbe]) -> tuple[GpuInfo, ...]:
             found.append(GpuInfo(vendor="rpc", name=f"RPC{number}[{probe.endpoint.address}]",
                                  kind="integrated" if loopback else "discrete", memory_total_bytes=device.total_bytes,
                                  memory_free_bytes=device.free_bytes, shared_memory_bytes=None, budget_bytes=budget,
-                                 source="rpc", index=index))
+                                 source="rpc", index=index, link_rtt_ms=probe.rtt_ms, link_mbps=probe.upload_mbps))
             index += 1
     return tuple(found)
 

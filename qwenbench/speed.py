@@ -28,10 +28,12 @@ from .fit import (
     first_gpu_layer,
     has_tied_output,
     kv_bytes_per_layer,
+    layer_devices,
     on_gpu,
     tied_output_on_gpu,
     token_read_bytes,
 )
+from .network import NO_COST, Link, NetworkCost, network_cost
 from .tensors import TensorInfo, TensorTable
 
 # the weight types llama-quantize's presets write, which calibration measures
@@ -220,11 +222,30 @@ def prefill_bytes_per_token(table: TensorTable, shape: ModelShape, *, experts: b
                if experts is None or t.is_expert == experts)
 
 
+def _cells(n_tokens: int) -> int:
+    """The KV cells a ubatch attends over with n_tokens in the cache: llama.cpp pads the used cells."""
+    return max(KV_CELL_PAD, -(-n_tokens // KV_CELL_PAD) * KV_CELL_PAD)
+
+
+def wire_cost(shape: ModelShape, config: RunConfig, links: tuple[Link | None, ...], *, n_tokens: int,
+              depth: int) -> NetworkCost:
+    """The network time of one ubatch of n_tokens after depth cached ones, on this configuration's devices."""
+    if not config.gpu or not any(links):
+        return NO_COST
+    return network_cost(shape, layer_devices(shape, config), links, n_tokens=n_tokens, n_outputs=1,
+                        n_kv=_cells(depth + n_tokens), cpu_moe_layers=config.n_cpu_moe)
+
+
 def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, calibration: SpeedCalibration, *,
                   depth: int = 0, n_prompt: int = 512, ttft_prompt_tokens: int = TTFT_PROMPT_TOKENS,
-                  gpu_gbps: float | None = None) -> SpeedPrediction:
-    """Predicted tg and pp tokens/s at `depth` tokens of context, and the chat prompt's TTFT."""
+                  gpu_gbps: float | None = None, links: tuple[Link | None, ...] = ()) -> SpeedPrediction:
+    """Predicted tg and pp tokens/s at `depth` tokens of context, and the chat prompt's TTFT.
+
+    With RPC workers as the offload devices (config.offload_kind "rpc"), their layers are CPU work at this
+    machine's rates (a worker of unknown speed is taken as fast as this one), and each ubatch pays the wire time
+    of `links` (network.py)."""
     tied_output = has_tied_output(table)
+    on_workers = config.offload_kind == "rpc"
     tg_host = tg_gpu = pp_host = pp_gpu = 0.0
     borrowed: set[str] = set()
     borrowed_experts: set[str] = set()  # MoE expert types whose prefill rate was not measured
@@ -233,10 +254,9 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
         rate, measured = calibration.rate(tensor.type_name)
         tg_bytes = token_read_bytes(tensor, shape, tied_output)
         pp_bytes = _prefill_bytes(tensor, shape, tied_output)
-        if tensor.name == "token_embd.weight" and output_copy:
-            tg_gpu += tg_bytes  # the output layer's copy on the device; the host's lookup of a row is nothing
-            pp_gpu += pp_bytes
-        elif on_gpu(tensor, shape, config):
+        copy = tensor.name == "token_embd.weight" and output_copy
+        if (copy or on_gpu(tensor, shape, config)) and not on_workers:
+            # the output layer's copy on the device (the host's lookup of a row is nothing), or a device's tensor
             tg_gpu += tg_bytes
             pp_gpu += pp_bytes
         elif tensor.is_expert and shape.n_expert:
@@ -252,7 +272,7 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
             borrowed.add(tensor.type_name)
     parts = {"weights": tg_host, "fixed": calibration.token_s + calibration.layer_s * shape.n_layer
              + (calibration.moe_layer_s * shape.n_layer if shape.is_moe else 0.0)}
-    first = first_gpu_layer(shape.n_layer, config.n_gpu_layers) if config.gpu else shape.n_layer + 1
+    first = first_gpu_layer(shape.n_layer, config.n_gpu_layers) if config.gpu and not on_workers else shape.n_layer + 1
     gpu_layers = max(0, shape.n_layer - first)
     head_work = (shape.n_layer - gpu_layers) * shape.n_head * shape.head_dim_k  # per cached cell
     if depth:
@@ -268,7 +288,22 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
         attended = at_depth + n_tokens / 2
         return pp_host + max(0.0, attended - PROBE_PROMPT_CELLS) * head_work * calibration.attention_at(attended)[1]
 
+    network = wire_cost(shape, config, links, n_tokens=1, depth=depth)
+    if network.round_trips:
+        parts["network"] = network.seconds
+
+    def prefill_wire_s(n_tokens: int, at_depth: int) -> float:
+        """Wire seconds per prompt token: each ubatch's (network.py)."""
+        if not network.round_trips:
+            return 0.0
+        step = max(1, config.n_ubatch)
+        cost = sum(wire_cost(shape, config, links, n_tokens=min(step, n_tokens - start), depth=at_depth + start)
+                   .seconds for start in range(0, n_tokens, step))
+        return cost / n_tokens
+
     source = "calibrated here"
+    if on_workers and config.gpu:
+        source += ", the workers' CPUs taken as fast as this one's"
     if tg_gpu:
         if not gpu_gbps:
             return SpeedPrediction(0.0, 0.0, 0.0, "no GPU bandwidth known", 1.0, parts)
@@ -277,10 +312,11 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
     tg_seconds = sum(parts.values())
     # a prompt token costs its weights' batch work; a GPU's share of prefill is taken as free beside the host's
     gpu_prefill_s = pp_gpu / (gpu_gbps * 1e9 * 50) if pp_gpu and gpu_gbps else 0.0
-    pp_seconds = prefill_s(n_prompt, depth) + gpu_prefill_s
+    pp_seconds = prefill_s(n_prompt, depth) + gpu_prefill_s + prefill_wire_s(n_prompt, depth)
     pp_ts = 1.0 / pp_seconds if pp_seconds > 0 else 0.0
     tg_ts = 1.0 / tg_seconds if tg_seconds > 0 else 0.0
-    ttft_s = ttft_prompt_tokens * (prefill_s(ttft_prompt_tokens, 0) + gpu_prefill_s) + (1.0 / tg_ts if tg_ts else 0.0)
+    ttft_s = (ttft_prompt_tokens * (prefill_s(ttft_prompt_tokens, 0) + gpu_prefill_s
+                                    + prefill_wire_s(ttft_prompt_tokens, 0)) + (1.0 / tg_ts if tg_ts else 0.0))
     if borrowed:
         source += f" ({', '.join(sorted(borrowed))} from the nearest measured type)"
     if borrowed_experts:
@@ -295,5 +331,5 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
         if models:
             source += f", refined by {models} measured model{'s' if models > 1 else ''}"
     uncertainty = (max(0.05, calibration.spread) + (0.1 if borrowed or borrowed_experts else 0.0)
-                   + (0.15 if tg_gpu else 0.0))
+                   + (0.15 if tg_gpu else 0.0) + (0.1 if on_workers and config.gpu else 0.0))
     return SpeedPrediction(tg_ts, pp_ts, ttft_s * 1e3, source, uncertainty, parts)

@@ -14,9 +14,10 @@ from qwenbench.calibrate import calibrate, calibration_key, load_speed_calibrati
 from qwenbench.calibration import forget_speed_observations, record_speed_observations
 from qwenbench.catalog import get_model
 from qwenbench.errors import QwenbenchError
-from qwenbench.fit import RunConfig
+from qwenbench.fit import RunConfig, layer_devices
 from qwenbench.harness import run_batch
 from qwenbench.machine import describe_machine
+from qwenbench.network import Link, network_cost
 from qwenbench.recipe import tensor_table
 from qwenbench.results import read_records
 from qwenbench.runspec import RunSettings
@@ -239,3 +240,27 @@ def test_the_cache_key_changes_with_the_build_the_backend_and_the_threads(monkey
     assert calibration_key(machine, 4) != key
     monkeypatch.setattr(calibrate_module, "_llama_version", lambda: "0.3.99")
     assert calibration_key(machine, 2) != key and "0.3.99" in calibration_key(machine, 2)
+
+
+def test_rpc_workers_compute_at_this_cpus_rates_and_add_the_wire_time() -> None:
+    spec = get_model("qwen3-0.6b")
+    shape = spec.shape()
+    table = tensor_table(spec, "Q4_K_M")
+    calibration = _calibration(Q4_K=(10, 100), Q6_K=(12, 150), F32=(20, 400), Q8_0=(15, 200))
+    here = predict_speed(table, shape, RunConfig(n_ctx=1024), calibration, depth=100)
+    worker = RunConfig(n_ctx=1024, n_gpu_layers=-1, gpu=True, offload_kind="rpc")
+    # without a link, the same work as on the host: a worker's CPU is taken as this one
+    unlinked = predict_speed(table, shape, worker, calibration, depth=100)
+    assert unlinked.tg_ts == pytest.approx(here.tg_ts, rel=1e-3)
+    assert unlinked.pp_ts == pytest.approx(here.pp_ts, rel=1e-3)
+    assert "workers' CPUs taken as fast as this one's" in unlinked.source
+    link = Link("10.0.0.2:50052", rtt_s=2e-3, bytes_per_s=25e6)
+    linked = predict_speed(table, shape, worker, calibration, depth=100, links=(link,))
+    wire = network_cost(shape, layer_devices(shape, worker), (link,), n_tokens=1, n_outputs=1, n_kv=256)
+    assert wire.round_trips == 1
+    assert linked.parts["network"] == pytest.approx(wire.seconds)
+    assert 1 / linked.tg_ts == pytest.approx(1 / here.tg_ts + wire.seconds, rel=1e-3)
+    # a 512-token prompt is one ubatch: one round trip and its bytes, shared by its tokens (its mask covers the 100
+    # cached cells and its own 512, padded to 768)
+    prompt = network_cost(shape, layer_devices(shape, worker), (link,), n_tokens=512, n_outputs=1, n_kv=768)
+    assert 1 / linked.pp_ts == pytest.approx(1 / here.pp_ts + prompt.seconds / 512, rel=1e-3)

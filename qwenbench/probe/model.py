@@ -38,6 +38,9 @@ class GpuInfo:
     cuda_version: str | None = None
     power_limit_w: float | None = None
     notes: tuple[str, ...] = ()
+    # an RPC worker's device: the measured link to its endpoint (round trip ms, MB/s)
+    link_rtt_ms: float | None = None
+    link_mbps: float | None = None
 
 
 @dataclass(frozen=True)
