@@ -269,7 +269,7 @@ class _Runner:
         labels = replace(labels, host_bytes_per_token=prepared.host_bytes_per_token,
                          gpu_bytes_per_token=prepared.gpu_bytes_per_token, ram_bandwidth_gbps=prepared.ram_gbps,
                          gpu_bandwidth_gbps=prepared.gpu_gbps, predicted_speed=prepared.predicted_speed,
-                         unrefined_speed=prepared.unrefined_speed,
+                         unrefined_speed=prepared.unrefined_speed, predicted_network_ms=prepared.predicted_network_ms,
                          speed_key=self.speed.key if self.speed is not None else "")
         report = run_benchmark(prepared.settings, model_file, replace(self.machine, hardware=hardware),
                                log_dir=self.log_dir,

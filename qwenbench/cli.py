@@ -118,6 +118,25 @@ def _int_list(flag: str, text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+def _shares(text: str | None) -> tuple[float, ...]:
+    """-ts/--tensor-split '3,1': each offload device's share of the offloaded layers, as llama.cpp takes them."""
+    if text is None:
+        return ()
+    shares = []
+    for part in text.split(","):
+        try:
+            share = float(part.strip())
+        except ValueError:
+            share = math.nan
+        if not math.isfinite(share) or share < 0:
+            raise UsageError(f"-ts/--tensor-split: {part.strip()!r} is not a share (a number >= 0)",
+                             hint="one share per offload device, e.g. -ts 3,1 for three quarters on the first")
+        shares.append(share)
+    if not sum(shares):
+        raise UsageError("-ts/--tensor-split: every share is 0", hint="e.g. -ts 3,1")
+    return tuple(shares)
+
+
 def _bytes(n: int | None) -> str:
     if not n:
         return "-"
@@ -698,6 +717,10 @@ def run_command(
     rpc: str | None = typer.Option(None, "--rpc", metavar="HOST:PORT[@SIZE],...",
                                    help="Offload to the devices of these `qwenbench worker`s (-ngl layers go there; "
                                         "@12GiB caps what is placed on one)."),
+    tensor_split: str | None = typer.Option(None, "-ts", "--tensor-split", metavar="SHARE,SHARE,...",
+                                            help="Each offload device's share of the offloaded layers, in the "
+                                                 "order plan lists them (3,1: three quarters on the first) "
+                                                 "[the plan's: by what each may hold]."),
     batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Logical batch size."),
     ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Physical batch size."),
     ctx_size: int = typer.Option(0, "-c", "--ctx-size", help="Context size (0: n_prompt+n_gen+n_depth per test)."),
@@ -733,11 +756,14 @@ def run_command(
     flash = {"1": "on", "0": "off", "true": "on", "false": "off"}.get(flash_attn.lower(), flash_attn.lower())
     if no_mmap and load_mode not in (None, "none"):
         raise UsageError("--no-mmap contradicts --load-mode " + str(load_mode))
+    shares = _shares(tensor_split)
     machine = describe_machine(bandwidth=True)
     endpoints = parse_endpoints(rpc) if rpc else ()
     machine, links = _with_rpc_devices(machine, endpoints)
+    _check_shares(shares, machine)
     pinned = {name for name, value in (("n_gpu_layers", n_gpu_layers), ("n_cpu_moe", n_cpu_moe),
-                                       ("type_k", cache_type_k), ("type_v", cache_type_v)) if value is not None}
+                                       ("type_k", cache_type_k), ("type_v", cache_type_v),
+                                       ("tensor_split", tensor_split)) if value is not None}
     settings = RunSettings(
         model_path="",
         n_prompt=_int_list("-p/--n-prompt", n_prompt),
@@ -748,6 +774,7 @@ def run_command(
         n_gpu_layers=-1 if n_gpu_layers is None else n_gpu_layers,
         n_cpu_moe=n_cpu_moe or 0,
         rpc_servers=tuple(e.address for e in endpoints),
+        tensor_split=shares,
         n_batch=batch_size,
         n_ubatch=ubatch_size,
         n_ctx=ctx_size,
@@ -763,6 +790,21 @@ def run_command(
                  out_csv=out_csv, as_json=as_json, force=force, pinned=pinned, calibrate=auto_calibrate,
                  source={"repo": repo, "revision": revision, "offline": offline, "models_dir": models_dir},
                  links=links)
+
+
+def _check_shares(shares: tuple[float, ...], machine: MachineInfo) -> None:
+    """A tensor split names each offload device once: more shares than devices, or one without any, is a mistake
+    llama.cpp would pass over in silence."""
+    from .planner import offload_devices
+
+    if not shares:
+        return
+    devices = offload_devices(machine.hardware)
+    if len(shares) > len(devices):
+        names = ", ".join(d.name for d in devices) or "none"
+        raise UsageError(f"-ts/--tensor-split has {len(shares)} shares for {len(devices)} offload "
+                         f"device{'s' * (len(devices) != 1)} ({names})",
+                         hint="one share per device, in this order; --rpc adds a worker's devices")
 
 
 def _with_rpc_devices(machine: MachineInfo, endpoints: tuple[Endpoint, ...]
@@ -826,7 +868,7 @@ def _execute_run(settings: RunSettings, machine: MachineInfo, *, gguf: Path | No
                        gpu_bytes_per_token=prepared.gpu_bytes_per_token, ram_bandwidth_gbps=prepared.ram_gbps,
                        gpu_bandwidth_gbps=prepared.gpu_gbps, predicted_speed=prepared.predicted_speed,
                        unrefined_speed=prepared.unrefined_speed, speed_key=speed.key if speed is not None else "",
-                       links=links)
+                       links=links, predicted_network_ms=prepared.predicted_network_ms)
     report = _run_with_progress(settings, model_file, machine, timeout, csv_path.parent / "logs", prepared.estimate,
                                 labels)
     csv_path = _append(csv_path, list(report.records))
@@ -1033,7 +1075,8 @@ def report_command(
 ) -> None:
     """Markdown and self-contained HTML reports with PNG charts: speed per machine by model and device mode,
     dense vs MoE (bytes read per token, effective bandwidth and its share of the machine's), predicted vs
-    measured memory, and every failed or skipped job with its reason."""
+    measured memory, runs split over RPC workers beside the CPU alone with the network's share of their time,
+    and every failed or skipped job with its reason."""
     from .report import write_report
 
     with err.status("building the report"):

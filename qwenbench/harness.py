@@ -58,6 +58,7 @@ class RunLabels:
     speed_key: str = ""
     # each RPC worker's link as the pre-flight check measured it: (HOST:PORT, round trip ms, upload MB/s)
     links: tuple[tuple[str, float, float], ...] = ()
+    predicted_network_ms: dict[str, float] = field(default_factory=dict)  # test name -> the wire's ms (planner)
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,7 @@ def _record(settings: RunSettings, model: ModelIdentity, machine: MachineInfo, l
         predicted_pp_ts=labels.predicted_speed.get(test.name) if test.kind == "pp" else None,
         predicted_tg_ts=labels.predicted_speed.get(test.name) if test.kind == "tg" else None,
         predicted_ttft_ms=labels.predicted_speed.get(test.name) if is_ttft else None,
+        predicted_network_ms=labels.predicted_network_ms.get(test.name),
     )
 
 

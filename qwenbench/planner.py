@@ -21,7 +21,7 @@ from .fit import (
 from .network import Link
 from .probe import GpuInfo, Hardware
 from .runspec import RunSettings
-from .speed import SpeedCalibration, predict_speed
+from .speed import SpeedCalibration, predict_speed, wire_seconds
 from .tensors import TensorTable
 
 GPU_BACKENDS = {"nvidia": ("CUDA", "Vulkan"), "amd": ("HIP", "Vulkan"), "intel": ("Vulkan", "SYCL"),
@@ -359,6 +359,8 @@ class PreparedRun:
     gpu_gbps: float | None
     predicted_speed: dict[str, float] = field(default_factory=dict)  # test name -> t/s (ttft: ms), when calibrated
     unrefined_speed: dict[str, float] = field(default_factory=dict)  # the same from the calibration alone
+    # test name -> the network's ms of it (per generated token, prompt token or request); RPC runs only
+    predicted_network_ms: dict[str, float] = field(default_factory=dict)
 
 
 def predicted_by_test(settings: RunSettings, table: TensorTable, shape: ModelShape, config: RunConfig,
@@ -371,6 +373,15 @@ def predicted_by_test(settings: RunSettings, table: TensorTable, shape: ModelSha
                                   gpu_gbps=gpu_gbps, links=links)
         figures[test.name] = {"pp": predicted.pp_ts, "tg": predicted.tg_ts}.get(test.kind, predicted.ttft_ms)
     return figures
+
+
+def network_by_test(settings: RunSettings, shape: ModelShape, config: RunConfig,
+                    links: tuple[Link | None, ...]) -> dict[str, float]:
+    """The wire's milliseconds of every test of a run split over RPC workers (speed.wire_seconds); none locally."""
+    if not config.gpu or not any(links):
+        return {}
+    return {test.name: 1e3 * wire_seconds(test.kind, shape, config, links, n_prompt=test.n_prompt or 512,
+                                          depth=test.n_depth) for test in settings.tests()}
 
 
 def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: ModelShape, hardware: Hardware,
@@ -413,7 +424,7 @@ def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: Mo
     unrefined = (predicted_by_test(settings, table, shape, config, replace(speed, refinement=()), gpu_gbps, links)
                  if speed is not None and speed.refinement else figures)
     return PreparedRun(settings, tuple(notes), config, estimate, tuple(problems), host_read, gpu_read, ram_gbps,
-                       gpu_gbps, figures, unrefined)
+                       gpu_gbps, figures, unrefined, network_by_test(settings, shape, config, links))
 
 
 def what_would_fit(quant: str, table: TensorTable, shape: ModelShape, hardware: Hardware, n_ctx: int,

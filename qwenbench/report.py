@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
     frame["model"] = frame["model"].where(sizes <= 1, frame["model"] + " [" + (frame["model_size"] / GB).map(
         lambda gb: f"{gb:.2f} GB") + "]")
     has_gpu = frame["backends"].str.contains("|".join(GPU_BACKEND_NAMES), regex=True)
-    derived = pd.Series("gpu", index=frame.index).where(has_gpu & (frame["n_gpu_layers"] != 0), "cpu")
+    offloads = (has_gpu | (frame["topology"] != "")) & (frame["n_gpu_layers"] != 0)
+    derived = pd.Series("gpu", index=frame.index).where(offloads, "cpu")
     frame["mode"] = frame["mode"].where(frame["mode"] != "", derived)
     # a run split across machines is another topology, not the same mode: compare and report keep them apart
     frame["mode"] = frame["mode"].where(frame["topology"] == "", frame["mode"] + " via " + frame["topology"])
@@ -318,6 +320,58 @@ def _memory_section(frame: pd.DataFrame, out_dir: Path) -> _Section | None:
     return section
 
 
+def _link_words(links: str) -> str:
+    """A row's links (schema 7 JSON) in words: each worker's endpoint, round trip and upload rate."""
+    try:
+        parsed = json.loads(links) if links else []
+    except ValueError:
+        return ""
+    return "; ".join(f"{link.get('endpoint', '?')} {link.get('rtt_ms', 0):.2f} ms {link.get('upload_mbps', 0):.0f} MB/s"
+                     for link in parsed if isinstance(link, dict))
+
+
+def network_shares(frame: pd.DataFrame) -> pd.DataFrame:
+    """Runs split over RPC workers, one row per (machine, model, mode, test): the measured speed, its ratio to the
+    same machine, model and test on its CPU alone where the files hold one, the network's milliseconds the speed
+    model gives the test (schema 8: per token for pp and tg, per request for ttft) and their share of the
+    measured time."""
+    ok = _ok(frame)
+    split = ok[ok["topology"] != ""]
+    if split.empty:
+        return pd.DataFrame()
+    split = split.assign(links=split["links"].map(_link_words))
+    is_ttft = split["test"] == "ttft"
+    measured_ms = (1e3 / split["value"]).where(~is_ttft, split["value"])
+    split = split.assign(network_share=(split["predicted_network_ms"] / measured_ms).clip(upper=1.0))
+    table = split.groupby(["machine", "model", "mode", "test"], sort=False).agg(
+        value=("value", "median"), links=("links", "first"), network_ms=("predicted_network_ms", "median"),
+        network_share=("network_share", "median")).reset_index()
+    alone = ok[ok["mode"] == "cpu"].groupby(
+        ["machine", "model", "test"])["value"].median()
+    keys = pd.MultiIndex.from_frame(table[["machine", "model", "test"]])
+    ratio = table["value"].to_numpy() / alone.reindex(keys).to_numpy()
+    table.insert(5, "vs CPU alone", pd.Series(ratio, index=table.index).where(table["test"] != "ttft", 1 / ratio))
+    return table.rename(columns={"value": "t/s (ttft: ms)", "network_ms": "network ms (predicted)",
+                                 "network_share": "network share"})
+
+
+def _split_section(frame: pd.DataFrame) -> _Section | None:
+    table = network_shares(frame)
+    if table.empty:
+        return None
+    section = _Section("Runs split across machines", [
+        "Runs whose layers went to RPC workers (`--rpc`), beside the same model on the machine's CPU alone "
+        "(>1: the split is faster). The network's milliseconds are the speed model's, over each link as the "
+        "pre-flight check measured it (round trip, upload MB/s): a round trip each time the work leaves a "
+        "worker, the hidden state at each boundary, the logits from the output's device. Its share is of the "
+        "measured time per token (per request for ttft)."])
+    shown = table.copy()
+    shown["network share"] = shown["network share"].map(lambda v: f"{v:.0%}" if pd.notna(v) else "")
+    shown["vs CPU alone"] = shown["vs CPU alone"].map(lambda v: f"{v:.2f}x" if pd.notna(v) else "")
+    section.tables.append(("median of runs per test; the links as each run's pre-flight check measured them", shown))
+    return section
+
+
 def _failures_section(frame: pd.DataFrame) -> _Section | None:
     failed = frame[frame["status"] != "ok"]
     if failed.empty:
@@ -422,7 +476,8 @@ def write_report(paths: list[Path], out_dir: Path) -> ReportFiles:
     machines = _machines(frame)
     sections = [_speed_section(ok, machine, out_dir) for machine in _machines(ok)]
     sections += [s for s in (_dense_moe_section(ok, out_dir), _memory_section(frame, out_dir),
-                             _prediction_section(frame), _failures_section(frame)) if s is not None]
+                             _split_section(frame), _prediction_section(frame), _failures_section(frame))
+                 if s is not None]
     title = f"qwenbench report: {len(machines)} machine{'s' * (len(machines) != 1)}, {len(frame)} rows"
     sources = ", ".join(dict.fromkeys(frame["source"]))
     notice = ("Rows marked (synthetic) measured synthetic weights: the real file's tensors and types with random "

@@ -65,6 +65,9 @@ Schema (one row per test; llama-bench's column names where they overlap):
                        worker's, its endpoint, memory and budget, and the memory model's prediction for the first
                        (predicted_bytes); links, as JSON, each worker's endpoint, round trip (ms) and upload MB/s
                        as the pre-flight check measured them
+  predicted_network_ms (schema 8+) what the speed model gives the network of a run split over RPC workers: ms per
+                       generated token (tg rows), per prompt token (pp rows), per request (ttft rows), over the
+                       links as measured; empty on one machine. `report` shows it as a share of the measured time
 """
 
 from __future__ import annotations
@@ -92,8 +95,8 @@ except ImportError:  # pragma: no cover - Windows: appends stay atomic, header c
 
 # 2: predicted_host_bytes, predicted_vram_bytes; 3: model_repo, model_revision; 4: suite, mode, job_key,
 # host_bytes_per_token, gpu_bytes_per_token, ram_bandwidth_gbps, gpu_bandwidth_gbps; 5: server, serve_metrics;
-# 6: predicted_pp_ts, predicted_tg_ts, predicted_ttft_ms; 7: topology, devices, links
-SCHEMA_VERSION = 7
+# 6: predicted_pp_ts, predicted_tg_ts, predicted_ttft_ms; 7: topology, devices, links; 8: predicted_network_ms
+SCHEMA_VERSION = 8
 STATUSES = ("ok", "failed", "crashed", "oom", "timeout", "interrupted", "skipped")
 
 
@@ -171,6 +174,7 @@ class Record:
     topology: str = ""
     devices: str = ""
     links: str = ""
+    predicted_network_ms: float | None = None
 
     def to_row(self) -> list[str]:
         return [_format(value) for value in astuple(self)]

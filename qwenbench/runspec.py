@@ -70,7 +70,7 @@ class RunSettings:
             (self.n_gpu_layers >= -1, "-ngl/--n-gpu-layers must be >= -1 (-1: all layers)"),
             (self.n_cpu_moe >= 0, "--n-cpu-moe must be >= 0"),
             (all(share >= 0 for share in self.tensor_split) and (not self.tensor_split or sum(self.tensor_split) > 0),
-             "tensor_split shares must be >= 0, not all 0"),
+             "-ts/--tensor-split shares must be >= 0, not all 0"),
             (self.n_batch >= 1, "-b/--batch-size must be >= 1"),
             (self.n_ubatch >= 1, "-ub/--ubatch-size must be >= 1"),
             (self.n_ctx >= 0, "-c/--ctx-size must be >= 0 (0: sized per test)"),

@@ -236,6 +236,27 @@ def wire_cost(shape: ModelShape, config: RunConfig, links: tuple[Link | None, ..
                         n_kv=_cells(depth + n_tokens), cpu_moe_layers=config.n_cpu_moe)
 
 
+def prefill_wire_seconds(shape: ModelShape, config: RunConfig, links: tuple[Link | None, ...], *, n_tokens: int,
+                         depth: int) -> float:
+    """Wire seconds per prompt token of a prompt of n_tokens after depth cached ones: each ubatch's."""
+    step = max(1, config.n_ubatch)
+    cost = sum(wire_cost(shape, config, links, n_tokens=min(step, n_tokens - start), depth=depth + start).seconds
+               for start in range(0, n_tokens, step))
+    return cost / n_tokens if n_tokens else 0.0
+
+
+def wire_seconds(kind: str, shape: ModelShape, config: RunConfig, links: tuple[Link | None, ...], *,
+                 n_prompt: int = 512, depth: int = 0, ttft_prompt_tokens: int = TTFT_PROMPT_TOKENS) -> float:
+    """The network's part of a test as predict_speed prices it: seconds per generated token (tg), per prompt
+    token (pp), per request (ttft: the chat prompt and its first token)."""
+    if kind == "tg":
+        return wire_cost(shape, config, links, n_tokens=1, depth=depth).seconds
+    if kind == "pp":
+        return prefill_wire_seconds(shape, config, links, n_tokens=n_prompt, depth=depth)
+    return (ttft_prompt_tokens * prefill_wire_seconds(shape, config, links, n_tokens=ttft_prompt_tokens, depth=0)
+            + wire_cost(shape, config, links, n_tokens=1, depth=depth).seconds)
+
+
 def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, calibration: SpeedCalibration, *,
                   depth: int = 0, n_prompt: int = 512, ttft_prompt_tokens: int = TTFT_PROMPT_TOKENS,
                   gpu_gbps: float | None = None, links: tuple[Link | None, ...] = ()) -> SpeedPrediction:
@@ -293,13 +314,9 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
         parts["network"] = network.seconds
 
     def prefill_wire_s(n_tokens: int, at_depth: int) -> float:
-        """Wire seconds per prompt token: each ubatch's (network.py)."""
         if not network.round_trips:
             return 0.0
-        step = max(1, config.n_ubatch)
-        cost = sum(wire_cost(shape, config, links, n_tokens=min(step, n_tokens - start), depth=at_depth + start)
-                   .seconds for start in range(0, n_tokens, step))
-        return cost / n_tokens
+        return prefill_wire_seconds(shape, config, links, n_tokens=n_tokens, depth=at_depth)
 
     source = "calibrated here"
     if on_workers and config.gpu:

@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from qwenbench import report
@@ -182,3 +183,24 @@ def test_the_prediction_error_per_machine(tmp_path: Path) -> None:
     assert errors.loc["ttft", "median error"] == pytest.approx(-0.2)
     written = report.write_report([path], tmp_path / "out")
     assert "How far to trust a plan" in written.markdown.read_text()
+
+
+def test_split_runs_beside_the_cpu_alone_with_the_networks_share(tmp_path: Path) -> None:
+    path = tmp_path / "split.csv"
+    links = json.dumps([{"endpoint": "10.0.0.5:50052", "rtt_ms": 0.5, "upload_mbps": 110.0}])
+    split = {**LAPTOP, **QWEN3_4B, "mode": "gpu", "topology": "rpc:10.0.0.5", "links": links, "n_gpu_layers": 99}
+    append_records(path, [
+        make_record(**LAPTOP, **QWEN3_4B, mode="cpu", run_id="a", test="tg128", avg_ts=10.0),
+        make_record(**split, run_id="b", test="tg128", avg_ts=8.0, predicted_network_ms=25.0),
+        make_record(**split, run_id="b", test="ttft", avg_ts=None, ttft_ms=500.0, predicted_network_ms=50.0),
+    ])
+    frame = load_results([path])
+    table = report.network_shares(frame).set_index("test")
+    assert list(table["mode"]) == ["gpu via rpc:10.0.0.5"] * 2
+    assert table.loc["tg128", "network share"] == pytest.approx(0.2)  # 25 ms of the 125 ms each token took
+    assert table.loc["tg128", "vs CPU alone"] == pytest.approx(0.8)
+    assert table.loc["ttft", "network share"] == pytest.approx(0.1)
+    assert pd.isna(table.loc["ttft", "vs CPU alone"])  # no TTFT was measured on the CPU alone
+    assert table.loc["tg128", "links"] == "10.0.0.5:50052 0.50 ms 110 MB/s"
+    markdown = report.write_report([path], tmp_path / "out").markdown.read_text()
+    assert "Runs split across machines" in markdown and "| 20% " in markdown and "0.80x" in markdown

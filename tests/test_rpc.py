@@ -269,6 +269,13 @@ def test_a_suite_offloads_its_gpu_jobs_to_workers_and_fails_only_those_when_one_
             assert compared.returncode == 0, compared.stderr
             modes = {row["mode"] for row in json.loads(compared.stdout)}
             assert modes == {"cpu", "gpu via rpc:127.0.0.1"}
+            # the wire's share of each split test as the speed model prices it over the measured link: a prompt's
+            # ubatch pays the round trips and the logits once for all its tokens, a generated token for itself
+            assert rows[("cpu", "pp16")]["predicted_network_ms"] is None
+            assert 0 < gpu["predicted_network_ms"] < rows[("gpu", "tg4")]["predicted_network_ms"]
+            written = run_cli("report", str(tmp_path / "live.csv"), "--out", str(tmp_path / "report"))
+            assert written.returncode == 0, written.stderr
+            assert "Runs split across machines" in (tmp_path / "report" / "report.md").read_text()
         else:
             assert result.returncode == 1
             assert rows[("gpu", "pp16")]["status"] == "failed"
@@ -350,3 +357,23 @@ def test_two_workers_share_the_layers_as_planned(two_workers: tuple[WorkerInfo, 
         measured = device["model_bytes"] + device["kv_bytes"] + device["compute_bytes"]
         assert measured == pytest.approx(device["predicted_bytes"], rel=0.05, abs=128 * 1024)
     assert row["predicted_vram_bytes"] == first["predicted_bytes"] + second["predicted_bytes"]
+
+
+def test_a_tensor_split_given_is_the_one_llama_cpp_uses(two_workers: tuple[WorkerInfo, WorkerInfo],
+                                                        tiny_dense: Path, tmp_path: Path) -> None:
+    a, b = (w.endpoint.address for w in two_workers)
+    on_first = {}
+    for split in ("2,1", "1,2"):  # the tiny model offloads three layers: its two and the output
+        report = _rpc_run(tiny_dense, f"{a},{b}", tmp_path / "rows.csv", "-ngl", "99", "-c", "20", "-ts", split)
+        row = report["rows"][0]
+        assert row["status"] == "ok"
+        placed = {d["name"]: d for d in json.loads(row["devices"])}
+        for device in placed.values():  # as the memory model put them for that split
+            measured = device["model_bytes"] + device["kv_bytes"] + device["compute_bytes"]
+            assert measured == pytest.approx(device["predicted_bytes"], rel=0.05, abs=128 * 1024)
+        on_first[split] = placed[f"RPC0[{a}]"]["model_bytes"]
+    assert on_first["2,1"] > on_first["1,2"]
+    too_many = run_cli("run", "--gguf", str(tiny_dense), "--rpc", f"{a},{b}", "-ts", "1,1,1", "-p", "16", "-n", "4",
+                       "--no-ttft", "--out", str(tmp_path / "rows.csv"))
+    assert too_many.returncode == 2 and "3 shares for 2 offload devices" in too_many.stderr
+    assert "Traceback" not in too_many.stderr
