@@ -457,7 +457,7 @@ def plan_quants(name: str, tables: dict[str, TensorTable], shape: ModelShape, ha
                   for q, table in tables.items()]
     plan = choose(name, placements, min_tg, offload_words(hardware))
     split = split_reasons(plan.choice, offload_devices(hardware)) if plan.choice is not None else []
-    plan = replace(plan, reasons=(*plan.reasons, *split))
+    plan = replace(plan, reasons=(*plan.reasons, *split, *colocation_note(offload_devices(hardware))))
     if plan.choice is None:
         smallest = min(tables, key=lambda q: tables[q].n_bytes)
         hints = what_would_fit(smallest, tables[smallest], shape, hardware, n_ctx, calibration)
@@ -473,6 +473,17 @@ def offload_words(hardware: Hardware) -> str:
     """What the plan calls the offload device in words: an RPC worker's is no GPU."""
     gpu = usable_gpu(hardware)
     return "the RPC workers' devices" if gpu is not None and gpu.vendor == "rpc" else "the GPU"
+
+
+def colocation_note(devices: tuple[GpuInfo, ...]) -> list[str]:
+    """What a plan cannot see of workers on this machine: they share its cores (and ggml's threads spin-wait at
+    each barrier), so a split over them runs slower than the speed model, which gives each worker cores of its own."""
+    local = [gpu.name for gpu in devices if gpu.vendor == "rpc" and gpu.kind == "integrated"]
+    if not local:
+        return []
+    return [f"{', '.join(local)} run{'s' * (len(local) == 1)} on this machine's cores: speeds on "
+            f"{'them are' if len(local) > 1 else 'it is'} predicted as if each worker had cores of its own, and a "
+            "split over them measures slower (benchmarks/rpc_sweep.py); they add memory, not speed"]
 
 
 def split_reasons(choice: Placement, devices: tuple[GpuInfo, ...]) -> list[str]:

@@ -240,6 +240,8 @@ def test_plan_offloads_to_a_worker_within_its_cap(worker: WorkerInfo, tiny_dense
     free = plan(worker.endpoint.address)
     assert free["fits"] and free["n_gpu_layers"] != 0 and free["predicted_vram_bytes"] > 0
     assert any("on the RPC workers' devices" in reason for reason in free["reasons"])  # no GPU is claimed
+    # a worker on loopback competes with this machine for its cores: the plan says its speeds cannot see that
+    assert any(f"RPC0[{worker.endpoint.address}] runs on this machine's cores" in r for r in free["reasons"])
     capped = plan(f"{worker.endpoint.address}@64KiB")  # less than any layer with its share of the compute buffer
     assert capped["fits"] and capped["predicted_vram_bytes"] <= 64 * 1024
 
