@@ -121,6 +121,8 @@ def job_key(config: BenchConfig, job: Job) -> str:
     settings = {name: getattr(config, name) for name in (
         "n_prompt", "n_gen", "n_depth", "repetitions", "ttft", "think", "n_ctx", "n_batch", "n_ubatch",
         "flash_attn", "type_k", "type_v", "threads", "load_mode")}
+    if config.repack is not None:  # as above: suites that leave it to the plan keep their keys
+        settings["repack"] = config.repack
     if config.rpc:  # another topology is another measurement; suites without workers keep their keys
         settings["rpc"] = [(e.address, e.memory_cap_bytes) for e in config.rpc]
     blob = json.dumps({"model": model, "mode": job.mode, "weights": job.weights, "settings": settings},
@@ -140,12 +142,15 @@ def job_settings(config: BenchConfig, job: Job, machine: MachineInfo, n_layer: i
     pinned |= set(placement)
     if config.type_k or config.type_v:
         pinned |= {"type_k", "type_v"}
+    if config.repack is not None:
+        pinned.add("repack")
     settings = RunSettings(
         model_path="", n_prompt=config.n_prompt, n_gen=config.n_gen, n_depth=config.n_depth,
         repetitions=config.repetitions, n_threads=config.threads or machine.n_cpu_physical,
         n_batch=config.n_batch, n_ubatch=config.n_ubatch, n_ctx=config.n_ctx, flash_attn=config.flash_attn,
         type_k=(config.type_k or config.type_v or "f16"), type_v=(config.type_v or config.type_k or "f16"),
         load_mode=config.load_mode, ttft=config.ttft, think=config.think,
+        repack=config.repack is not False,
         # only where layers go to devices: with workers registered, llama.cpp would offload big batches' matmuls
         rpc_servers=tuple(e.address for e in config.rpc) if job.mode in GPU_MODES else (),
         **placement)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .calibration import forget_speed_observations, speed_observations
 from .catalog import ModelSpec, get_model
-from .fit import has_tied_output, token_read_bytes
+from .fit import has_tied_output, repacked_on_cpu, token_read_bytes
 from .harness import run_batch
 from .machine import MachineInfo
 from .modelfile import ensure_synthetic_table
@@ -84,8 +84,9 @@ ROUNDS = 2
 # (480 MiB on the Xeon of issue 10): eight times that took 4 to 28 s of a calibration, page faults and all
 BANDWIDTH_BYTES, BANDWIDTH_TRIALS = (512 << 20, 1 << 30), 7
 SOLVE_ITERATIONS = 4
-CALIBRATION_FORMAT = "f4"  # what the probes measure and how: a calibration of another format is not this one
+CALIBRATION_FORMAT = "f5"  # what the probes measure and how: a calibration of another format is not this one
 OnProgress = Callable[[str, int, int], None]  # (what, done, total)
+PLAIN_SUFFIX = "-no-repack"
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,11 @@ class _Probe:
     precise: bool = False
     moe_type: str = ""  # an expert prefill probe of this weight type
     once: bool = False  # measured in the first round only (attention at depth: long, and far above the noise)
+    plain: bool = False  # run with the CPU backend's repacking off (its file is the repacked probe's)
 
     @property
     def path(self) -> Path:
-        return cache_dir() / "probes" / f"{self.name}.gguf"
+        return cache_dir() / "probes" / f"{self.name.removesuffix(PLAIN_SUFFIX)}.gguf"
 
 
 def _uniform_table(spec: ModelSpec, type_name: str) -> TensorTable:
@@ -218,7 +220,14 @@ def _probe_settings(probe: _Probe, n_threads: int, depths: tuple[int, ...] = (0,
     # no warm-up: each probe is measured repetitions x rounds times and keeps its fastest, so the first
     # (cold) repetition never counts unless nothing else did better
     return RunSettings(model_path=str(probe.path), n_prompt=(PROBE_PROMPT,), n_gen=(n_gen,), n_depth=depths,
-                       repetitions=repetitions, n_threads=n_threads, n_gpu_layers=0, ttft=False, warmup=False)
+                       repetitions=repetitions, n_threads=n_threads, n_gpu_layers=0, ttft=False, warmup=False,
+                       repack=not probe.plain)
+
+
+def _repacked_here(probe: _Probe, cpu_features: tuple[str, ...]) -> bool:
+    """Whether this CPU backend repacks a type probe's matrices (then its rate without repacking is measured too:
+    llama.cpp's -nr, and what an RPC worker runs)."""
+    return any(repacked_on_cpu(t, cpu_features) for t in probe.table.tensors if t.layer is not None)
 
 
 def _test_key(test: TestSpec) -> str:
@@ -266,14 +275,19 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     log_dir = logs_dir()
     probe_bytes = probe_bytes or probe_bytes_for(machine.hardware.cpu.last_level_cache_bytes)
     type_probes = [_type_probe(t, probe_shape or PROBE_SHAPE, probe_bytes) for t in types]
+    features = machine.hardware.cpu.features
+    plain_probes = {t: replace(p, name=p.name + PLAIN_SUFFIX, plain=True)
+                    for t, p in zip(types, type_probes, strict=True) if _repacked_here(p, features)}
     tiny = [_tiny_probe(2, False), _tiny_probe(TINY_LAYERS, False), _tiny_probe(TINY_LAYERS, True)]
     moe_types = tuple(t for t in MOE_TYPES if t in types) if moe_types is None else moe_types
     moe_probes = [_moe_probe(t, moe_shape or MOE_PROBE_SHAPE) for t in moe_types]
     attention = _attention_probe()
-    probes = [*type_probes, *tiny, *moe_probes, attention]
+    probes = [*type_probes, *plain_probes.values(), *tiny, *moe_probes, attention]
     runs = [(probe, (0, *attention_depths) if probe is attention else (0,)) for probe in probes]
     total = len(runs) * rounds - sum(rounds - 1 for probe, _ in runs if probe.once)
     for probe in probes:  # sparse files of zero weights (the kernels' speed does not depend on the values), kept
+        if probe.plain:
+            continue  # its repacked twin's file
         progress(f"writing probe {probe.name}", 0, total)
         ensure_synthetic_table(probe.spec, "Q8_0", probe.table, probe.path, zero_weights=True)
     seen: dict[str, list[dict[str, float]]] = {p.name: [] for p, _ in runs}
@@ -311,6 +325,10 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
         moe_layer_s = max(0.0, (moe_many - many) / TINY_LAYERS)
     moe_pp_rates = {probe.moe_type: _expert_pp_rate(probe, best[probe.name][1], rates, reference)
                     for probe in moe_probes}
+    plain_rates = {t: TypeRate(decode_bytes_per_token(p.table, p.spec.shape())
+                               / max(best[p.name][0] - token_s - layer_s * p.spec.n_layer, 0.5 * best[p.name][0]),
+                               prefill_bytes_per_token(p.table, p.spec.shape()) / best[p.name][1])
+                   for t, p in plain_probes.items()}
     spec = attention.spec
     head_work = spec.n_layer * spec.n_head * spec.head_dim
     shallow = best[attention.name]
@@ -328,7 +346,8 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
                                    tuple(points), statistics.median(spreads) if spreads else 0.0,
                                    ram_gbps, (max(bandwidth) - min(bandwidth)) / ram_gbps,
                                    datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                   round(time.monotonic() - started, 1), moe_pp_rates=moe_pp_rates)
+                                   round(time.monotonic() - started, 1), moe_pp_rates=moe_pp_rates,
+                                   plain_rates=plain_rates)
     data = read_json(_path())
     data[calibration.key] = calibration.to_json()
     write_json(_path(), data)

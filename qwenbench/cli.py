@@ -282,11 +282,17 @@ def calibrate_command(
         return
     table = Table(title=f"speed calibration, {n_threads} threads ({calibration.measured_at}, "
                         f"{calibration.wall_s:.0f} s, rounds disagree by {calibration.spread:.0%})")
-    for column in ("type", "bits/weight", "decode GB/s", "prefill GB·tok/s"):
+    plain = calibration.plain_rates  # the types this CPU repacks, measured without (llama.cpp's -nr) as well
+    columns = ("type", "bits/weight", "decode GB/s", "prefill GB·tok/s",
+               *(("no-repack decode", "no-repack prefill") if plain else ()))
+    for column in columns:
         table.add_column(column, justify="left" if column == "type" else "right")
     for name, rate in calibration.rates.items():
+        unpacked = plain.get(name)
         table.add_row(name, f"{bits_per_weight(name):.2f}", f"{rate.tg_bytes_per_s / 1e9:.2f}",
-                      f"{rate.pp_bytes_per_s / 1e9:.1f}")
+                      f"{rate.pp_bytes_per_s / 1e9:.1f}",
+                      *((f"{unpacked.tg_bytes_per_s / 1e9:.2f}" if unpacked else "",
+                         f"{unpacked.pp_bytes_per_s / 1e9:.1f}" if unpacked else "") if plain else ()))
     out.print(table)
     if calibration.ram_gbps:
         out.print(f"RAM copy bandwidth: {calibration.ram_gbps:.1f} GB/s (median of {BANDWIDTH_TRIALS} trials, spread "
@@ -373,7 +379,8 @@ def plan_command(
         out.print(f"[red]{escape(name)}: nothing fits this machine at {ctx} tokens of context[/red]")
     else:
         where = ("CPU" if not choice.n_gpu_layers else f"-ngl {choice.n_gpu_layers}" + (
-            f" --n-cpu-moe {choice.n_cpu_moe}" if choice.n_cpu_moe else "")) + ("" if choice.use_mmap else " --no-mmap")
+            f" --n-cpu-moe {choice.n_cpu_moe}" if choice.n_cpu_moe else "")) \
+            + ("" if choice.use_mmap else " --no-mmap") + ("" if choice.repack else " --no-repack")
         out.print(f"[bold]{escape(name)}: {escape(choice.quant)}[/bold], {where}, KV {choice.type_k}, context {ctx}: "
                   f"host {_bytes(choice.predicted_host_required_bytes)}, {offloaded} "
                   f"{_bytes(choice.predicted_vram_bytes)}, "
@@ -409,7 +416,8 @@ def plan_command(
     for p in plan.evaluated:
         mark = " ←" if p == choice else ""
         placement = ("CPU" if not p.n_gpu_layers else f"ngl {p.n_gpu_layers}" + (
-            f", cpu-moe {p.n_cpu_moe}" if p.n_cpu_moe else "")) + ("" if p.use_mmap else ", no-mmap")
+            f", cpu-moe {p.n_cpu_moe}" if p.n_cpu_moe else "")) + ("" if p.use_mmap else ", no-mmap") \
+            + ("" if p.repack else ", no-repack")
         table.add_row(escape(p.quant) + mark, "yes" if p.fits else "[red]no[/red]", placement, p.type_k,
                       _bytes(p.predicted_host_required_bytes), _bytes(p.predicted_host_bytes),
                       _bytes(p.predicted_vram_bytes), f"{p.predicted_tg_ts:.1f}",
@@ -732,6 +740,9 @@ def run_command(
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Read the model into memory instead of mapping it."),
     load_mode: str | None = typer.Option(None, "--load-mode", help="llama.cpp load mode (auto, none, mmap, "
                                                                        "mlock, mmap+mlock, dio)."),
+    repack: bool | None = typer.Option(None, "--repack/--no-repack", " /-nr",
+                                       help="The CPU backend's repacked weight copies (llama.cpp's default; "
+                                            "--no-repack is llama-bench's -nr) [the plan's: the faster here]."),
     ttft: bool = typer.Option(True, "--ttft/--no-ttft", help="Also time a chat prompt's first token."),
     think: bool = typer.Option(False, "--think/--no-think", help="Chat template with Qwen3 thinking on."),
     refill_depth: bool = typer.Option(False, "--refill-depth",
@@ -763,7 +774,7 @@ def run_command(
     _check_shares(shares, machine)
     pinned = {name for name, value in (("n_gpu_layers", n_gpu_layers), ("n_cpu_moe", n_cpu_moe),
                                        ("type_k", cache_type_k), ("type_v", cache_type_v),
-                                       ("tensor_split", tensor_split)) if value is not None}
+                                       ("tensor_split", tensor_split), ("repack", repack)) if value is not None}
     settings = RunSettings(
         model_path="",
         n_prompt=_int_list("-p/--n-prompt", n_prompt),
@@ -782,6 +793,7 @@ def run_command(
         type_k=(cache_type_k or cache_type_v or "f16").lower(),
         type_v=(cache_type_v or cache_type_k or "f16").lower(),
         load_mode="none" if no_mmap else (load_mode or "auto"),
+        repack=True if repack is None else repack,
         ttft=ttft,
         think=think,
         refill_depth=refill_depth,
@@ -1328,6 +1340,7 @@ def _plan_server(gguf: Path | None, model: str | None, quant: str | None, synthe
     machine, _ = _with_rpc_devices(describe_machine(bandwidth=True), endpoints)
     pinned = {name for name, value in (("n_gpu_layers", n_gpu_layers), ("n_cpu_moe", n_cpu_moe),
                                        ("type_k", cache_type), ("type_v", cache_type)) if value is not None}
+    pinned.add("repack")  # a server keeps llama.cpp's repacked weights: its command line does not pass -nr
     kv = (cache_type or "f16").lower()
     settings = RunSettings(model_path="", n_ctx=ctx, ttft=False, type_k=kv, type_v=kv,
                            n_threads=threads if threads is not None else machine.n_cpu_physical,

@@ -42,7 +42,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
 MODES = ("cpu", "gpu", "gpu-experts-cpu")
 _SUITE_KEYS = {"name", "description", "modes", "n_prompt", "n_gen", "n_depth", "repetitions", "ttft", "think",
                "timeout_s", "n_ctx", "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "threads", "load_mode",
-               "rpc"}
+               "rpc", "repack"}
 _MODEL_KEYS = {"key", "quant", "modes", "repo", "revision", "gguf"}
 
 
@@ -83,6 +83,7 @@ class BenchConfig:
     threads: int | None = None  # None: the machine's physical cores
     load_mode: str = "auto"
     rpc: tuple[Endpoint, ...] = ()  # `qwenbench worker`s: the gpu modes offload to their devices
+    repack: bool | None = None  # the CPU backend's repacked weights; None: the plan's choice
 
 
 class _Fields:
@@ -237,6 +238,7 @@ def parse_config(data: dict[str, Any], path: Path) -> BenchConfig:
         threads=suite.integer("threads", None, 1),
         load_mode=suite.text("load_mode", "auto", tuple(LOAD_MODES)) or "auto",
         rpc=suite.endpoints("rpc"),
+        repack=suite.flag("repack", True) if "repack" in suite_table else None,
     )
     if not any(config.n_prompt) and not any(config.n_gen) and not config.ttft:
         raise ConfigError(f"{where}: suite measures nothing (n_prompt and n_gen are 0, ttft is false)")

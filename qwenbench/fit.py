@@ -68,6 +68,8 @@ class RunConfig:
     # the offloaded layers' shares across several offload devices, in llama.cpp's device order (its
     # tensor_split); empty: one device
     tensor_split: tuple[float, ...] = ()
+    # the CPU backend's repacked copies of weights it has kernels for (llama.cpp's use_extra_bufts; off: -nr)
+    repack: bool = True
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
         host_weights += tensor.n_bytes
         # experts pinned to host RAM by --n-cpu-moe land in the plain CPU buffer, not the repacked one
         pinned = config.gpu and tensor.is_expert and layer_index(tensor.name, shape.n_layer) < config.n_cpu_moe
-        if not pinned and repacked_on_cpu(tensor, cpu_features):
+        if not pinned and config.repack and repacked_on_cpu(tensor, cpu_features):
             repack += tensor.n_bytes
     # with mmap the file pages of repacked weights stay resident beside their copies; without, only copies
     host_resident_weights = host_weights + repack if config.use_mmap else host_weights

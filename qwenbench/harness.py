@@ -233,6 +233,7 @@ def _record(settings: RunSettings, model: ModelIdentity, machine: MachineInfo, l
         predicted_tg_ts=labels.predicted_speed.get(test.name) if test.kind == "tg" else None,
         predicted_ttft_ms=labels.predicted_speed.get(test.name) if is_ttft else None,
         predicted_network_ms=labels.predicted_network_ms.get(test.name),
+        repack="on" if settings.repack else "off",
     )
 
 

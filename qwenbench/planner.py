@@ -6,6 +6,7 @@ Glue between the probe (Hardware), the GGUF header or catalog recipe, and the pu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -91,6 +92,7 @@ def run_config(settings: RunSettings, shape: ModelShape, hardware: Hardware) -> 
         gpu=offloaded,
         offload_kind=offload_kind(gpu),
         tensor_split=settings.tensor_split if offloaded else (),
+        repack=settings.repack,
     )
 
 
@@ -184,6 +186,7 @@ class Placement:
     tensor_split: tuple[float, ...] = ()  # the offloaded layers' shares across several devices
     device_bytes: tuple[int, ...] = ()  # predicted_vram_bytes device by device
     predicted_network_ms: float = 0.0  # of each decoded token's time, on the links to RPC workers (network.py)
+    repack: bool = True  # the CPU backend's repacked weight copies; False: without them (-nr), where that is faster
 
     def to_json(self) -> dict[str, Any]:
         return {"quant": self.quant, "n_gpu_layers": self.n_gpu_layers, "n_cpu_moe": self.n_cpu_moe,
@@ -196,7 +199,7 @@ class Placement:
                 "speed_source": self.speed_source, "speed_uncertainty": round(self.speed_uncertainty, 3),
                 "use_mmap": self.use_mmap, "tensor_split": list(self.tensor_split),
                 "device_bytes": list(self.device_bytes), "predicted_network_ms": round(self.predicted_network_ms, 3),
-                "problems": list(self.problems)}
+                "repack": self.repack, "problems": list(self.problems)}
 
 
 @dataclass(frozen=True)
@@ -228,12 +231,13 @@ def _placements(shape: ModelShape, gpu: GpuInfo | None, expert_offload: bool) ->
 def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: Hardware, n_ctx: int,
                    calibration: Calibration | None = None, kv_types: tuple[str, ...] = ("f16", "q8_0"),
                    expert_offload: bool = True, speed: SpeedCalibration | None = None,
-                   use_mmap: bool | None = None) -> Placement:
+                   use_mmap: bool | None = None, repack: bool | None = None) -> Placement:
     """The fastest placement of one quant that fits, or the least-bad one with its problems.
 
     expert_offload=False leaves out the MoE placements with experts in RAM (to compare against them);
     use_mmap=None lets the plan read the model into memory where the mapped file and llama.cpp's repacked copies
-    of its weights would exceed RAM together (True or False: as the user pinned)."""
+    of its weights would exceed RAM together (True or False: as the user pinned); repack=None lets it run without
+    the CPU backend's repacked copies where the calibration measured that faster (True or False: as pinned)."""
     calibration = calibration or Calibration()
     efficiency = calibration.tg_efficiency(shape.is_moe)
     gpu = usable_gpu(hardware)
@@ -242,47 +246,69 @@ def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: 
     ram_gbps = hardware.bandwidth_gbps.get("ram")
     gpu_gbps = gpu_bandwidth_gbps(gpu, ram_gbps)[0] if gpu else None
     links = device_links(devices)
-    best: Placement | None = None
+    def evaluate(config: RunConfig) -> tuple[Placement, RunConfig]:
+        estimate = estimate_memory(table, shape, config, hardware.cpu.features, calibration)
+        if use_mmap is None and estimate.host_bytes > hardware.ram.total_bytes:
+            # mapped, the file's pages of repacked weights stay beside their copies: it fits only while the
+            # kernel drops them, and it loads slowly (measured: Qwen3-30B-A3B Q4_K_M on 24 GiB, 78 s and a
+            # 24.9 GB peak mapped, 47 s and 18.8 GB read in, the same speeds)
+            unmapped = replace(config, use_mmap=False)
+            unmapped_estimate = estimate_memory(table, shape, unmapped, hardware.cpu.features, calibration)
+            if not fit_problems(unmapped_estimate, hardware, devices if config.gpu else ()):
+                config, estimate = unmapped, unmapped_estimate
+        problems = fit_problems(estimate, hardware, devices if config.gpu else ())
+        if speed is not None:
+            predicted = predict_speed(table, shape, config, speed, gpu_gbps=gpu_gbps, links=links)
+            figures: dict[str, Any] = {"predicted_tg_ts": predicted.tg_ts, "predicted_pp_ts": predicted.pp_ts,
+                                       "predicted_ttft_ms": predicted.ttft_ms, "speed_source": predicted.source,
+                                       "speed_uncertainty": predicted.uncertainty,
+                                       "predicted_network_ms": predicted.parts.get("network", 0.0) * 1e3}
+            if estimate.host_bytes > hardware.ram.total_bytes:
+                figures["speed_source"] += ("; the mapped file and its repacked copies exceed RAM: it loads "
+                                            "slowly while the kernel drops and re-reads pages")
+                figures["speed_uncertainty"] += 0.1
+        else:
+            host_read, gpu_read = bytes_read_per_token(table, shape, config)
+            figures = {"predicted_tg_ts": predicted_tg_ts(host_read, gpu_read, ram_gbps or 20.0, gpu_gbps,
+                                                          efficiency)}
+        placement = Placement(quant, config.n_gpu_layers if config.gpu else 0, config.n_cpu_moe, config.type_k,
+                              config.type_v, True, n_ctx, not problems, estimate.host_bytes, estimate.vram_bytes,
+                              problems=tuple(problems), predicted_host_required_bytes=estimate.host_required_bytes,
+                              use_mmap=config.use_mmap, tensor_split=config.tensor_split,
+                              device_bytes=estimate.device_bytes, repack=config.repack, **figures)
+        return placement, config
+
+    best: tuple[Placement, RunConfig] | None = None
     for kv in kv_types:
         for layers, cpu_moe in _placements(shape, gpu, expert_offload):
-            config = RunConfig(n_ctx=n_ctx, n_gpu_layers=layers, n_cpu_moe=cpu_moe, type_k=kv, type_v=kv,
-                               flash_attn=True, gpu=gpu is not None and layers > 0, use_mmap=use_mmap is not False,
-                               offload_kind=offload_kind(gpu), tensor_split=split if layers > 0 else ())
-            estimate = estimate_memory(table, shape, config, hardware.cpu.features, calibration)
-            if use_mmap is None and estimate.host_bytes > hardware.ram.total_bytes:
-                # mapped, the file's pages of repacked weights stay beside their copies: it fits only while the
-                # kernel drops them, and it loads slowly (measured: Qwen3-30B-A3B Q4_K_M on 24 GiB, 78 s and a
-                # 24.9 GB peak mapped, 47 s and 18.8 GB read in, the same speeds)
-                unmapped = replace(config, use_mmap=False)
-                unmapped_estimate = estimate_memory(table, shape, unmapped, hardware.cpu.features, calibration)
-                if not fit_problems(unmapped_estimate, hardware, devices if config.gpu else ()):
-                    config, estimate = unmapped, unmapped_estimate
-            problems = fit_problems(estimate, hardware, devices if config.gpu else ())
-            if speed is not None:
-                predicted = predict_speed(table, shape, config, speed, gpu_gbps=gpu_gbps, links=links)
-                figures: dict[str, Any] = {"predicted_tg_ts": predicted.tg_ts, "predicted_pp_ts": predicted.pp_ts,
-                                           "predicted_ttft_ms": predicted.ttft_ms, "speed_source": predicted.source,
-                                           "speed_uncertainty": predicted.uncertainty,
-                                           "predicted_network_ms": predicted.parts.get("network", 0.0) * 1e3}
-                if estimate.host_bytes > hardware.ram.total_bytes:
-                    figures["speed_source"] += ("; the mapped file and its repacked copies exceed RAM: it loads "
-                                                "slowly while the kernel drops and re-reads pages")
-                    figures["speed_uncertainty"] += 0.1
-            else:
-                host_read, gpu_read = bytes_read_per_token(table, shape, config)
-                figures = {"predicted_tg_ts": predicted_tg_ts(host_read, gpu_read, ram_gbps or 20.0, gpu_gbps,
-                                                              efficiency)}
-            candidate = Placement(quant, layers if config.gpu else 0, cpu_moe, kv, kv, True, n_ctx, not problems,
-                                  estimate.host_bytes, estimate.vram_bytes, problems=tuple(problems),
-                                  predicted_host_required_bytes=estimate.host_required_bytes,
-                                  use_mmap=config.use_mmap, tensor_split=config.tensor_split,
-                                  device_bytes=estimate.device_bytes, **figures)
-            if best is None or _better(candidate, best):
+            candidate = evaluate(RunConfig(n_ctx=n_ctx, n_gpu_layers=layers, n_cpu_moe=cpu_moe, type_k=kv, type_v=kv,
+                                           flash_attn=True, gpu=gpu is not None and layers > 0,
+                                           use_mmap=use_mmap is not False, offload_kind=offload_kind(gpu),
+                                           tensor_split=split if layers > 0 else (), repack=repack is not False))
+            if best is None or _better(candidate[0], best[0]):
                 best = candidate
-        if best is not None and best.fits:
+        if best is not None and best[0].fits:
             break  # a smaller KV type only when full precision does not fit
     assert best is not None
-    return best
+    chosen, config = best
+    if repack is None and speed is not None and speed.plain_rates:
+        plain, _ = evaluate(replace(config, repack=False))
+        if plain.fits and _chat_seconds(plain) < CHOOSE_WITHOUT_REPACK * _chat_seconds(chosen):
+            return plain
+    return chosen
+
+
+# without the repacked copies only where the calibration says a chat turn runs clearly faster so: llama.cpp's
+# default stays where the two are within the noise
+CHOOSE_WITHOUT_REPACK = 0.97
+CHAT_TURN = (512, 128)  # prompt tokens, generated tokens: what "faster" weighs prefill and decode by
+
+
+def _chat_seconds(placement: Placement) -> float:
+    """A chat turn's seconds at a placement's predicted speeds: CHAT_TURN's prompt prefilled, its answer decoded."""
+    prompt, answer = CHAT_TURN
+    prefill = prompt / placement.predicted_pp_ts if placement.predicted_pp_ts else 0.0
+    return prefill + answer / placement.predicted_tg_ts if placement.predicted_tg_ts else math.inf
 
 
 def _better(a: Placement, b: Placement) -> bool:
@@ -395,11 +421,11 @@ def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: Mo
     # load mode auto is the plan's to choose; any other was asked for
     pinned_mmap = None if settings.load_mode == "auto" else settings.load_mode != "none"
     placement = best_placement(quant, table, shape, hardware, config.n_ctx, calibration, kv_types, expert_offload,
-                               speed, pinned_mmap)
+                               speed, pinned_mmap, settings.repack if "repack" in pinned else None)
     gpu = usable_gpu(hardware)
     planned = {"n_gpu_layers": placement.n_gpu_layers if gpu is not None else -1,
                "n_cpu_moe": placement.n_cpu_moe, "type_k": placement.type_k, "type_v": placement.type_v,
-               "tensor_split": tensor_split(offload_devices(hardware))}
+               "tensor_split": tensor_split(offload_devices(hardware)), "repack": placement.repack}
     updates = {name: value for name, value in planned.items() if name not in pinned}
     notes = []
     differing = [name for name in ("n_gpu_layers", "n_cpu_moe") if name in pinned and gpu is not None
@@ -412,6 +438,10 @@ def prepare_run(settings: RunSettings, quant: str, table: TensorTable, shape: Mo
         updates["load_mode"] = "none"
         notes.append("reading the model into memory (--no-mmap): mapped, the file and llama.cpp's repacked copies "
                      "of its weights would not fit in RAM together")
+    if not updates.get("repack", True):
+        notes.append("without the CPU backend's repacked weights (-nr): measured faster on this machine by the "
+                     f"calibration (about {placement.predicted_pp_ts or 0:.0f} t/s prefill, "
+                     f"{placement.predicted_tg_ts:.1f} t/s generation); --repack keeps llama.cpp's default")
     settings = replace(settings, **updates)
     config = run_config(settings, shape, hardware)
     estimate = estimate_memory(table, shape, config, hardware.cpu.features, calibration)

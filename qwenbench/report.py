@@ -89,6 +89,8 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
     frame["mode"] = frame["mode"].where(frame["mode"] != "", derived)
     # a run split across machines is another topology, not the same mode: compare and report keep them apart
     frame["mode"] = frame["mode"].where(frame["topology"] == "", frame["mode"] + " via " + frame["topology"])
+    # without the repacked weights the CPU runs other kernels: another configuration, not the same mode
+    frame["mode"] = frame["mode"].where(frame["repack"] != "off", frame["mode"] + " no-repack")
     frame["value"] = frame["avg_ts"].where(frame["test"] != "ttft", frame["ttft_ms"])
     return frame
 

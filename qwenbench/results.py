@@ -68,6 +68,9 @@ Schema (one row per test; llama-bench's column names where they overlap):
   predicted_network_ms (schema 8+) what the speed model gives the network of a run split over RPC workers: ms per
                        generated token (tg rows), per prompt token (pp rows), per request (ttft rows), over the
                        links as measured; empty on one machine. `report` shows it as a share of the measured time
+  repack               (schema 9+) on | off: whether llama.cpp's CPU backend used repacked copies of the weights it
+                       has kernels for (its use_extra_bufts; llama-bench -nr is off). Older rows ran with it on.
+                       `compare` and `report` keep runs without it apart
 """
 
 from __future__ import annotations
@@ -95,8 +98,9 @@ except ImportError:  # pragma: no cover - Windows: appends stay atomic, header c
 
 # 2: predicted_host_bytes, predicted_vram_bytes; 3: model_repo, model_revision; 4: suite, mode, job_key,
 # host_bytes_per_token, gpu_bytes_per_token, ram_bandwidth_gbps, gpu_bandwidth_gbps; 5: server, serve_metrics;
-# 6: predicted_pp_ts, predicted_tg_ts, predicted_ttft_ms; 7: topology, devices, links; 8: predicted_network_ms
-SCHEMA_VERSION = 8
+# 6: predicted_pp_ts, predicted_tg_ts, predicted_ttft_ms; 7: topology, devices, links; 8: predicted_network_ms;
+# 9: repack
+SCHEMA_VERSION = 9
 STATUSES = ("ok", "failed", "crashed", "oom", "timeout", "interrupted", "skipped")
 
 
@@ -175,6 +179,7 @@ class Record:
     devices: str = ""
     links: str = ""
     predicted_network_ms: float | None = None
+    repack: str = ""
 
     def to_row(self) -> list[str]:
         return [_format(value) for value in astuple(self)]

@@ -231,6 +231,7 @@ class Bench:
         mparams = C.llama_model_default_params()
         mparams.n_gpu_layers = s.n_gpu_layers
         mparams.load_mode = LOAD_MODES[s.load_mode]
+        mparams.use_extra_bufts = s.repack
         if s.tensor_split:
             # the planner's shares per device; llama.cpp's default splits by free memory (no caps known)
             self._tensor_split = (ctypes.c_float * C.llama_max_devices())(*s.tensor_split)

@@ -40,6 +40,8 @@ class RunSettings:
     type_k: str = "f16"
     type_v: str = "f16"
     load_mode: str = "auto"  # llama.cpp's: auto, none (no mmap), mmap, mlock, mmap+mlock, dio
+    # the CPU backend's repacked weight copies (llama.cpp's use_extra_bufts; llama-bench -nr turns them off)
+    repack: bool = True
     ttft: bool = True
     think: bool = False
     warmup: bool = True

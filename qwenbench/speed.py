@@ -29,6 +29,7 @@ from .fit import (
     has_tied_output,
     kv_bytes_per_layer,
     layer_devices,
+    layer_index,
     on_gpu,
     tied_output_on_gpu,
     token_read_bytes,
@@ -88,6 +89,9 @@ class SpeedCalibration:
     # MoE experts' prefill rate per weight type (expert bytes x prompt tokens per second): their batched kernels
     # are not a dense matrix's. Empty in a calibration that did not measure them (the dense rate stands in).
     moe_pp_rates: dict[str, float] = field(default_factory=dict)
+    # the rates of the types this CPU backend repacks, measured with repacking off (llama.cpp's -nr): what their
+    # weights run at without the repacked copies, and on an RPC worker, which never repacks
+    plain_rates: dict[str, TypeRate] = field(default_factory=dict)
 
     def refined(self, kind: str, moe: bool) -> tuple[float, int]:
         """(factor, measured models) for predictions of this kind (tg, tg-deep, pp, pp-deep, ttft) and model kind."""
@@ -96,18 +100,25 @@ class SpeedCalibration:
                 return factor, models
         return 1.0, 0
 
-    def rate(self, type_name: str) -> tuple[TypeRate, bool]:
-        """(rate, measured here) for a weight type; unmeasured ones borrow the closest measured one in bits."""
+    def rate(self, type_name: str, repacked: bool = True) -> tuple[TypeRate, bool]:
+        """(rate, measured here) for a weight type; unmeasured ones borrow the closest measured one in bits.
+        repacked=False: as it runs without the repacked copies, where this CPU repacks it."""
+        if not repacked and type_name in self.plain_rates:
+            return self.plain_rates[type_name], True
         if type_name in self.rates:
             return self.rates[type_name], True
         bits = bits_per_weight(type_name)
         nearest = min(self.rates, key=lambda name: abs(bits_per_weight(name) - bits))
         return self.rates[nearest], False
 
-    def expert_pp_rate(self, type_name: str) -> tuple[float, bool]:
+    def expert_pp_rate(self, type_name: str, repacked: bool = True) -> tuple[float, bool]:
         """(prefill rate, measured here) for MoE experts of a weight type. An unmeasured type takes its dense rate
-        scaled as the measured types' experts are on the median; without any measured, its dense rate."""
+        scaled as the measured types' experts are on the median; without any measured, its dense rate.
+        repacked=False: the measured (repacked) experts' rate scaled as the type's dense rate is without repacking."""
         if type_name in self.moe_pp_rates:
+            if not repacked and type_name in self.plain_rates and type_name in self.rates:
+                scale = self.plain_rates[type_name].pp_bytes_per_s / self.rates[type_name].pp_bytes_per_s
+                return self.moe_pp_rates[type_name] * scale, True
             return self.moe_pp_rates[type_name], True
         rate, _ = self.rate(type_name)
         ratios = [expert / self.rates[name].pp_bytes_per_s for name, expert in self.moe_pp_rates.items()
@@ -135,13 +146,16 @@ class SpeedCalibration:
                 "notes": list(self.notes),
                 "rates": {name: {"tg_bytes_per_s": r.tg_bytes_per_s, "pp_bytes_per_s": r.pp_bytes_per_s}
                           for name, r in self.rates.items()},
-                "moe_pp_rates": dict(self.moe_pp_rates)}
+                "moe_pp_rates": dict(self.moe_pp_rates),
+                "plain_rates": {name: {"tg_bytes_per_s": r.tg_bytes_per_s, "pp_bytes_per_s": r.pp_bytes_per_s}
+                                for name, r in self.plain_rates.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SpeedCalibration:
-        rates = {name: TypeRate(float(r["tg_bytes_per_s"]), float(r["pp_bytes_per_s"]))
-                 for name, r in data["rates"].items()}
-        if not rates or any(r.tg_bytes_per_s <= 0 or r.pp_bytes_per_s <= 0 for r in rates.values()):
+        rates, plain_rates = ({name: TypeRate(float(r["tg_bytes_per_s"]), float(r["pp_bytes_per_s"]))
+                               for name, r in data.get(key, {}).items()} for key in ("rates", "plain_rates"))
+        if not rates or any(r.tg_bytes_per_s <= 0 or r.pp_bytes_per_s <= 0
+                            for r in (*rates.values(), *plain_rates.values())):
             raise ValueError("a calibration without positive rates")
         attention = tuple((int(depth), float(tg), float(pp)) for depth, tg, pp in data.get("attention", ()))
         moe_pp_rates = {str(name): float(rate) for name, rate in data.get("moe_pp_rates", {}).items()}
@@ -151,7 +165,7 @@ class SpeedCalibration:
                    float(data.get("moe_layer_s", 0.0)), attention, float(data.get("spread", 0.0)),
                    float(data.get("ram_gbps", 0.0)), float(data.get("ram_spread", 0.0)),
                    str(data.get("measured_at", "")), float(data.get("wall_s", 0.0)), tuple(data.get("notes", ())),
-                   moe_pp_rates=moe_pp_rates)
+                   moe_pp_rates=moe_pp_rates, plain_rates=plain_rates)
 
 
 @dataclass(frozen=True)
@@ -272,16 +286,20 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
     borrowed_experts: set[str] = set()  # MoE expert types whose prefill rate was not measured
     output_copy = tied_output_on_gpu(table, shape, config)
     for tensor in table.tensors:
-        rate, measured = calibration.rate(tensor.type_name)
+        offloaded = on_gpu(tensor, shape, config)
+        # an RPC worker never repacks; experts --n-cpu-moe keeps here land in the plain CPU buffer (fit.py)
+        kept_experts = config.gpu and tensor.is_expert and layer_index(tensor.name, shape.n_layer) < config.n_cpu_moe
+        repacked = config.repack and not (on_workers and offloaded) and not kept_experts
+        rate, measured = calibration.rate(tensor.type_name, repacked)
         tg_bytes = token_read_bytes(tensor, shape, tied_output)
         pp_bytes = _prefill_bytes(tensor, shape, tied_output)
         copy = tensor.name == "token_embd.weight" and output_copy
-        if (copy or on_gpu(tensor, shape, config)) and not on_workers:
+        if (copy or offloaded) and not on_workers:
             # the output layer's copy on the device (the host's lookup of a row is nothing), or a device's tensor
             tg_gpu += tg_bytes
             pp_gpu += pp_bytes
         elif tensor.is_expert and shape.n_expert:
-            expert_rate, expert_measured = calibration.expert_pp_rate(tensor.type_name)
+            expert_rate, expert_measured = calibration.expert_pp_rate(tensor.type_name, repacked)
             if not expert_measured:
                 borrowed_experts.add(tensor.type_name)
             tg_host += tg_bytes / rate.tg_bytes_per_s

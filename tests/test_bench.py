@@ -169,6 +169,7 @@ def test_ctrl_c_stops_the_suite_with_the_csv_valid(suite: Path) -> None:
     ("[suite\n", "not valid TOML"),
     ('[suite]\nrpc = "127.0.0.1:50052"\n[[model]]\nkey = "qwen3-4b"\n', 'suite.rpc: must be a list of "HOST:PORT"'),
     ('[suite]\nrpc = ["127.0.0.1"]\n[[model]]\nkey = "qwen3-4b"\n', "suite.rpc: not an RPC endpoint"),
+    ('[suite]\nrepack = "no"\n[[model]]\nkey = "qwen3-4b"\n', "suite.repack: must be true or false"),
 ])
 def test_config_errors_name_the_field(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"
@@ -189,3 +190,20 @@ def test_bundled_suites_validate_and_expand(tmp_path: Path) -> None:
     assert [job.label for job in quick] == ["qwen3-0.6b Q4_K_M cpu [synthetic]", "qwen3-0.6b Q4_K_M gpu [synthetic]"]
     result = run_cli("bench", "--config", str(root / "quick.toml"), "--only", "nothing-like-this")
     assert result.returncode == 2 and "--dry-run lists the jobs" in result.stderr
+
+
+def test_a_suite_that_pins_repacking_keeps_it_and_is_another_job(tmp_path: Path) -> None:
+    from qwenbench.bench import expand_jobs, job_key, job_settings
+    from qwenbench.machine import describe_machine
+
+    keys, pins = [], []
+    for extra in ("", "repack = false\n"):
+        path = tmp_path / "suite.toml"
+        path.write_text(f'[suite]\nmodes = ["cpu"]\n{extra}[[model]]\nkey = "qwen3-4b"\n')
+        config = load_config(path)
+        [job] = expand_jobs(config)
+        keys.append(job_key(config, job))
+        settings, pinned = job_settings(config, job, describe_machine(), 36)
+        pins.append(("repack" in pinned, settings.repack))
+    assert keys[0] != keys[1]  # measured without the repacked copies: not the same job
+    assert pins == [(False, True), (True, False)]  # left to the plan, or pinned off

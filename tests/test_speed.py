@@ -14,7 +14,7 @@ from qwenbench.calibrate import calibrate, calibration_key, load_speed_calibrati
 from qwenbench.calibration import forget_speed_observations, record_speed_observations
 from qwenbench.catalog import get_model
 from qwenbench.errors import QwenbenchError
-from qwenbench.fit import RunConfig, layer_devices
+from qwenbench.fit import RunConfig, layer_devices, repacked_on_cpu
 from qwenbench.harness import run_batch
 from qwenbench.machine import describe_machine
 from qwenbench.network import Link, network_cost
@@ -22,6 +22,7 @@ from qwenbench.recipe import tensor_table
 from qwenbench.results import read_records
 from qwenbench.runspec import RunSettings
 from qwenbench.speed import SpeedCalibration, SpeedObservation, TypeRate, predict_speed, refine_from
+from qwenbench.tensors import TensorInfo
 
 from .conftest import run_cli
 
@@ -119,12 +120,16 @@ def test_calibration_through_llama_cpp_is_cached_per_key(tmp_path: Path, tiny_de
     seen: list[str] = []
     moe = {"n_layer": 1, "n_embd": 256, "n_ff_exp": 256, "n_expert": 8, "n_expert_used": 2, "n_head": 4,
            "n_head_kv": 1, "head_dim": 64}
-    calibration = calibrate(machine, 1, types=("Q8_0", "F16"), rounds=1, probe_shape=small, probe_bytes=1 << 20,
+    calibration = calibrate(machine, 1, types=("Q4_0", "F16"), rounds=1, probe_shape=small, probe_bytes=1 << 20,
                             attention_depths=(32, 64), moe_shape=moe,
                             on_progress=lambda what, done, total: seen.append(what))
-    assert set(calibration.rates) == {"Q8_0", "F16"}
+    assert set(calibration.rates) == {"Q4_0", "F16"}
+    # a type this CPU backend repacks (Q4_0: AVX2, Arm) is measured without its repacked copies too
+    repacks = repacked_on_cpu(TensorInfo("blk.0.ffn_up.weight", 2, (256, 512)), machine.hardware.cpu.features)
+    assert set(calibration.plain_rates) == ({"Q4_0"} if repacks else set())
+    assert all(r.tg_bytes_per_s > 1e8 and r.pp_bytes_per_s > 1e8 for r in calibration.plain_rates.values())
     # experts measured for the quantized type only; 16-bit experts borrow (see the arithmetic test)
-    assert set(calibration.moe_pp_rates) == {"Q8_0"} and calibration.moe_pp_rates["Q8_0"] > 1e8
+    assert set(calibration.moe_pp_rates) == {"Q4_0"} and calibration.moe_pp_rates["Q4_0"] > 1e8
     assert all(r.tg_bytes_per_s > 1e8 and r.pp_bytes_per_s > 1e8 for r in calibration.rates.values())
     assert calibration.token_s >= 0 and calibration.layer_s >= 0 and seen[-1] == "done"
     assert [depth for depth, _, _ in calibration.attention] == [32, 64]
@@ -264,3 +269,24 @@ def test_rpc_workers_compute_at_this_cpus_rates_and_add_the_wire_time() -> None:
     # cached cells and its own 512, padded to 768)
     prompt = network_cost(shape, layer_devices(shape, worker), (link,), n_tokens=512, n_outputs=1, n_kv=768)
     assert 1 / linked.pp_ts == pytest.approx(1 / here.pp_ts + prompt.seconds / 512, rel=1e-3)
+
+
+def test_without_repacking_and_on_rpc_workers_the_types_plain_rates_apply() -> None:
+    spec = get_model("qwen3-0.6b")
+    table = tensor_table(spec, "Q4_K_M")
+    calibration = replace(_calibration(Q4_K=(10, 100), Q6_K=(12, 150), F32=(20, 400)),
+                          plain_rates={"Q4_K": TypeRate(5 * GB, 200 * GB)})
+    repacked = predict_speed(table, spec.shape(), RunConfig(n_ctx=1024), calibration)
+    plain = predict_speed(table, spec.shape(), RunConfig(n_ctx=1024, repack=False), calibration)
+    q4k = sum(t.n_bytes for t in table.tensors if t.type_name == "Q4_K")
+    assert plain.parts["weights"] - repacked.parts["weights"] == pytest.approx(q4k / 5e9 - q4k / 10e9)
+    assert plain.pp_ts > repacked.pp_ts
+    # a worker never repacks: its layers run at the plain rates, whatever this machine's own setting
+    worker = predict_speed(table, spec.shape(), RunConfig(n_ctx=1024, n_gpu_layers=-1, gpu=True, offload_kind="rpc"),
+                           calibration)
+    assert worker.tg_ts == pytest.approx(plain.tg_ts, rel=1e-3)
+    # MoE experts without repacking: their measured rate scaled as the type's dense rate is
+    assert calibration.expert_pp_rate("Q4_K", repacked=False) == calibration.expert_pp_rate("Q4_K")
+    moe = replace(calibration, moe_pp_rates={"Q4_K": 60 * GB})
+    assert moe.expert_pp_rate("Q4_K", repacked=False) == (pytest.approx(120 * GB), True)
+    assert SpeedCalibration.from_json(calibration.to_json()).plain_rates == calibration.plain_rates
