@@ -44,6 +44,16 @@ def _measure(gguf: Path, flags: list[str], args: argparse.Namespace, out: Path) 
     return figures
 
 
+def start_workers(stack: ExitStack, scratch: Path, threads: int, count: int = 2) -> list[Worker]:
+    """`count` RPC workers on loopback, each logging under scratch, stopped when the stack closes."""
+    logs = [stack.enter_context((scratch / f"worker{i}.log").open("wb")) for i in range(count)]
+    workers = [Worker(Endpoint("127.0.0.1", free_port()), threads, log) for log in logs]
+    for worker in workers:
+        worker.start()
+        stack.callback(worker.stop)
+    return workers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gguf", type=Path, required=True)
@@ -58,11 +68,7 @@ def main() -> None:
     links = args.links.split(",")
     results: dict[str, list[dict[str, float]]] = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory() as scratch:
-        logs = [stack.enter_context(open(Path(scratch) / f"worker{i}.log", "wb")) for i in range(2)]
-        workers = [Worker(Endpoint("127.0.0.1", free_port()), args.threads, log) for log in logs]
-        for worker in workers:
-            worker.start()
-            stack.callback(worker.stop)
+        workers = start_workers(stack, Path(scratch), args.threads)
         addresses: dict[str, list[str]] = {}
         for name in links:
             if LINKS[name] is None:

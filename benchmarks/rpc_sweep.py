@@ -22,13 +22,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from linkproxy import LinkProxy
+from rpc_network import LINKS, start_workers
 
 from qwenbench.gguf_info import read_model_header
-from qwenbench.rpc import Endpoint
-from qwenbench.rpcworker import Worker
-from qwenbench.serve import free_port
-
-LINKS = {"loopback": None, "lan": (0.25, 1000.0), "wifi": (1.5, 200.0)}  # one-way ms, Mbit/s
 
 
 def _run(gguf: Path, flags: list[str], args: argparse.Namespace, out: Path) -> dict:
@@ -75,11 +71,7 @@ def main() -> None:
     shape = read_model_header(args.gguf).shape()
     results: dict[str, list[dict]] = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory() as scratch:
-        logs = [stack.enter_context(open(Path(scratch) / f"worker{i}.log", "wb")) for i in range(2)]
-        workers = [Worker(Endpoint("127.0.0.1", free_port()), args.threads, log) for log in logs]
-        for worker in workers:
-            worker.start()
-            stack.callback(worker.stop)
+        workers = start_workers(stack, Path(scratch), args.threads)
         addresses = [w.endpoint.address for w in workers]
         if LINKS[args.link] is not None:
             one_way_ms, mbit_s = LINKS[args.link]

@@ -97,8 +97,11 @@ class _Probe:
     # what it measures is a small difference between probes (fixed costs): decode it longer, more often
     precise: bool = False
     moe_type: str = ""  # an expert prefill probe of this weight type
+    attention: bool = False  # attention's probe: decoded at depth, fewer tokens
     once: bool = False  # measured in the first round only (attention at depth: long, and far above the noise)
-    plain: bool = False  # run with the CPU backend's repacking off (its file is the repacked probe's)
+    # run with the CPU backend's repacking off (its file is the repacked probe's); first round only: what it decides
+    # (the plan drops the copies where they are clearly slower) errs towards llama.cpp's default when disturbed
+    plain: bool = False
 
     @property
     def path(self) -> Path:
@@ -163,7 +166,7 @@ def _dense_prefill_s(probe: _Probe, rates: dict[str, TypeRate], fallback: TypeRa
 
 def _attention_probe() -> _Probe:
     spec = get_model("qwen3-0.6b").with_overrides(**ATTENTION_SHAPE)
-    return _Probe(f"attention-l{spec.n_layer}-h32-kv8", spec, _uniform_table(spec, "Q8_0"), once=True)
+    return _Probe(f"attention-l{spec.n_layer}-h32-kv8", spec, _uniform_table(spec, "Q8_0"), once=True, attention=True)
 
 
 def probe_bytes_for(last_level_cache_bytes: int) -> int:
@@ -213,7 +216,7 @@ def _fastest_s(samples_ns: tuple[int, ...], n_tokens: int) -> float:
 
 def _probe_settings(probe: _Probe, n_threads: int, depths: tuple[int, ...] = (0,)) -> RunSettings:
     n_gen, repetitions = (PRECISE_GEN, PRECISE_REPS) if probe.precise else (PROBE_GEN, PROBE_REPS)
-    if probe.once:
+    if probe.attention:
         n_gen, repetitions = ATTENTION_GEN, ATTENTION_REPS
     if probe.moe_type:
         n_gen = 0
@@ -276,7 +279,7 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     probe_bytes = probe_bytes or probe_bytes_for(machine.hardware.cpu.last_level_cache_bytes)
     type_probes = [_type_probe(t, probe_shape or PROBE_SHAPE, probe_bytes) for t in types]
     features = machine.hardware.cpu.features
-    plain_probes = {t: replace(p, name=p.name + PLAIN_SUFFIX, plain=True)
+    plain_probes = {t: replace(p, name=p.name + PLAIN_SUFFIX, plain=True, once=True)
                     for t, p in zip(types, type_probes, strict=True) if _repacked_here(p, features)}
     tiny = [_tiny_probe(2, False), _tiny_probe(TINY_LAYERS, False), _tiny_probe(TINY_LAYERS, True)]
     moe_types = tuple(t for t in MOE_TYPES if t in types) if moe_types is None else moe_types

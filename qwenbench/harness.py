@@ -305,6 +305,8 @@ def _learn_speed(labels: RunLabels, model: ModelFile, records: list[Record]) -> 
     (speed.refine_from); runs that cannot be trusted teach nothing."""
     if not labels.speed_key or labels.gpu_bytes_per_token or not _trustworthy(model, records):
         return
+    if any(record.repack == "off" for record in records):
+        return  # other kernels than the repacked ones most runs use: their lesson would be another's
     observations = []
     for record in records:
         predicted = labels.unrefined_speed.get(record.test)

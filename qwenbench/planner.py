@@ -246,6 +246,7 @@ def best_placement(quant: str, table: TensorTable, shape: ModelShape, hardware: 
     ram_gbps = hardware.bandwidth_gbps.get("ram")
     gpu_gbps = gpu_bandwidth_gbps(gpu, ram_gbps)[0] if gpu else None
     links = device_links(devices)
+
     def evaluate(config: RunConfig) -> tuple[Placement, RunConfig]:
         estimate = estimate_memory(table, shape, config, hardware.cpu.features, calibration)
         if use_mmap is None and estimate.host_bytes > hardware.ram.total_bytes:
