@@ -33,6 +33,7 @@ from .modelfile import (
     ensure_synthetic,
     header_identity,
     open_model_file,
+    remember_sha256,
 )
 from .planner import prepare_run, usable_gpu
 from .recipe import tensor_table
@@ -199,7 +200,9 @@ class _Runner:
     def _model_file(self, job: Job) -> ModelFile:
         entry = job.entry
         if entry.gguf is not None:
-            return open_model_file(entry.gguf)
+            if entry.ollama:  # its name is its digest: the blob is not read again to hash it
+                remember_sha256(entry.gguf, entry.gguf.name.removeprefix("sha256-"))
+            return open_model_file(entry.gguf, filename=entry.filename if entry.ollama else "")
         spec = get_model(entry.key)
         if job.weights == "synthetic":
             self._say(f"writing synthetic {spec.name} {entry.quant} (once, then cached)")
@@ -215,9 +218,9 @@ class _Runner:
         entry = job.entry
         if entry.gguf is not None:
             try:
-                return header_identity(read_model_header(entry.gguf), entry.gguf.name, model_key=entry.key)
+                return header_identity(read_model_header(entry.gguf), entry.filename, model_key=entry.key)
             except QwenbenchError:
-                return ModelIdentity(entry.key, entry.gguf.name, "", 0, 0, 0, False, "real")
+                return ModelIdentity(entry.key, entry.filename, "", 0, 0, 0, False, "real")
         spec = get_model(entry.key)
         return catalog_identity(spec, entry.quant, tensor_table(spec, entry.quant), job.weights)
 

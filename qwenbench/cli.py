@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .hub import Resolved
     from .machine import MachineInfo
     from .modelfile import ModelFile
+    from .ollama import OllamaModel
     from .rpc import Endpoint
     from .runspec import RunSettings
 
@@ -314,6 +315,8 @@ def plan_command(
     quant: str | None = typer.Option(None, "--quant", "-q", callback=_quant_option,
                                      help="Plan only this quant (and show neighbours)."),
     gguf: Path | None = typer.Option(None, "--gguf", help="Plan a local GGUF file from its header."),
+    ollama: str | None = typer.Option(None, "--ollama", metavar="NAME[:TAG]",
+                                      help="A model Ollama has pulled (as `ollama list` names it), used in place."),
     ctx: int = typer.Option(4096, "--ctx", "-c", help="Context size to plan for."),
     min_tg: float = typer.Option(5.0, "--min-tg", callback=_finite(0, strict=False),
                                  help="Slowest generation speed (t/s) still usable."),
@@ -344,10 +347,14 @@ def plan_command(
 
     if ctx < 1:
         raise UsageError("--ctx must be >= 1")
+    label = ""
+    if ollama is not None:
+        found = _ollama_model(ollama, gguf, model)
+        gguf, label = found.blob, f"ollama:{found.reference}"
     if (model is None) == (gguf is None):
-        raise UsageError("give --model or --gguf", hint="e.g. qwenbench plan --model qwen3-30b-a3b")
+        raise UsageError("give --model, --gguf or --ollama", hint="e.g. qwenbench plan --model qwen3-30b-a3b")
     if gguf is not None and (repo or revision or quant):
-        raise UsageError("--quant, --repo and --revision go with --model; a --gguf file is planned as it is")
+        raise UsageError("--quant, --repo and --revision go with --model; a local file is planned as it is")
     machine, _ = _with_rpc_devices(describe_machine(bandwidth=True), parse_endpoints(rpc) if rpc else ())
     calibration = load_calibration(machine.machine_id)
     speed = _speed_calibration(machine, machine.n_cpu_physical, allowed=auto_calibrate)
@@ -355,7 +362,7 @@ def plan_command(
     source: dict[str, Any] = {"source": "file"}
     if gguf is not None:
         header = read_model_header(gguf)
-        name, shape, tables = gguf.name, header.shape(), {header.quant: header.table}
+        name, shape, tables = label or gguf.name, header.shape(), {header.quant: header.table}
     else:
         spec = get_model(model or "")
         with err.status("reading GGUF headers from the Hub") as status:
@@ -608,19 +615,35 @@ def pull_command(
     out.print(f"{quant.upper()} of {model} ready{' and verified' if resolved else ''}: {path}", markup=False)
 
 
+def _ollama_model(ollama: str, gguf: Path | None, model: str | None) -> OllamaModel:
+    """The GGUF behind an Ollama model name (--ollama), which stands instead of --gguf or --model."""
+    from .modelfile import remember_sha256
+    from .ollama import find_model
+
+    if gguf is not None or model is not None:
+        raise UsageError("give one of --gguf, --model or --ollama")
+    found = find_model(ollama)
+    remember_sha256(found.blob, found.sha256)  # its name is its digest: a 20 GB blob is not read to hash it
+    return found
+
+
 def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool,
                         repo: str | None = None, revision: str | None = None, offline: bool = False,
-                        models_dir: list[Path] | None = None) -> ModelFile:
+                        models_dir: list[Path] | None = None, ollama: str | None = None) -> ModelFile:
     from .catalog import get_model
     from .modelfile import ensure_synthetic, open_model_file
 
     if gguf is not None and model is not None:
         raise UsageError("give either --gguf or --model, not both")
-    if gguf is not None and (quant is not None or synthetic or repo or revision or offline):
+    local = "an --ollama model" if ollama is not None else "a --gguf file"
+    if (gguf is not None or ollama is not None) and (quant is not None or synthetic or repo or revision or offline):
         raise UsageError("--quant, --synthetic, --repo, --revision and --offline go with --model; "
-                         "a --gguf file is measured as it is")
+                         f"{local} is measured as it is")
     origin: dict[str, str] = {}
-    if gguf is not None:
+    if ollama is not None:
+        found = _ollama_model(ollama, gguf, model)
+        path, origin = found.blob, {"filename": f"ollama:{found.reference}"}
+    elif gguf is not None:
         path = gguf
     elif model is not None and not synthetic:
         path, resolved = _fetch(model, quant or "Q4_K_M", repo, revision, offline, models_dir)
@@ -632,7 +655,8 @@ def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None,
             path, _ = ensure_synthetic(spec, quant or "Q4_K_M",
                                        on_progress=lambda d, t: progress.update(task, completed=d, total=t))
     else:
-        raise UsageError("no model given", hint="use --gguf PATH, or --model M --quant Q --synthetic")
+        raise UsageError("no model given",
+                         hint="use --gguf PATH, --ollama NAME, or --model M --quant Q --synthetic")
     with _progress_bytes() as progress:
         task = progress.add_task(f"hashing {path.name}", total=None)
         return open_model_file(path, on_hash_progress=lambda d, t: progress.update(task, completed=d, total=t),
@@ -704,6 +728,8 @@ def _print_report(report: RunReport, csv_path: Path) -> None:
 @app.command("run", context_settings={"ignore_unknown_options": False})
 def run_command(
     gguf: Path | None = typer.Option(None, "--gguf", help="A GGUF file to measure."),
+    ollama: str | None = typer.Option(None, "--ollama", metavar="NAME[:TAG]",
+                                      help="A model Ollama has pulled (as `ollama list` names it), used in place."),
     model: str | None = typer.Option(None, "--model", "-m", help="Catalog model key (qwenbench models)."),
     quant: str | None = typer.Option(None, "--quant", "-q", callback=_quant_option,
                                      help="Quant preset with --model [Q4_K_M]."),
@@ -800,7 +826,8 @@ def run_command(
     )
     _execute_run(settings, machine, gguf=gguf, model=model, quant=quant, synthetic=synthetic, timeout=timeout,
                  out_csv=out_csv, as_json=as_json, force=force, pinned=pinned, calibrate=auto_calibrate,
-                 source={"repo": repo, "revision": revision, "offline": offline, "models_dir": models_dir},
+                 source={"repo": repo, "revision": revision, "offline": offline, "models_dir": models_dir,
+                         "ollama": ollama},
                  links=links)
 
 
@@ -1177,6 +1204,8 @@ def serve_command(
     quant: str | None = typer.Option(None, "--quant", "-q", callback=_quant_option,
                                      help="Quant with --model [Q4_K_M]."),
     gguf: Path | None = typer.Option(None, "--gguf", help="A GGUF file to serve."),
+    ollama: str | None = typer.Option(None, "--ollama", metavar="NAME[:TAG]",
+                                      help="A model Ollama has pulled (as `ollama list` names it), used in place."),
     synthetic: bool = typer.Option(False, "--synthetic", help="With --model: a synthetic twin (random weights)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback unless you say so)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
@@ -1218,7 +1247,7 @@ def serve_command(
     check_port(host, port)
     endpoints = parse_endpoints(rpc) if rpc else ()
     plan, notes, _ = _plan_server(gguf, model, quant, synthetic, host, port, ctx, n_gpu_layers, n_cpu_moe,
-                                  cache_type, threads, chosen, force, endpoints)
+                                  cache_type, threads, chosen, force, endpoints, ollama)
     equivalent = " ".join(plan.llama_server_argv())
     if dry_run:
         if as_json:
@@ -1322,7 +1351,7 @@ def _server_log_path(name: str, beside: Path | None = None) -> Path:
 def _plan_server(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool, host: str, port: int,
                  ctx: int, n_gpu_layers: int | None, n_cpu_moe: int | None, cache_type: str | None,
                  threads: int | None, backend: str, force: bool,
-                 endpoints: tuple[Endpoint, ...] = ()) -> tuple[Any, list[str], ModelFile]:
+                 endpoints: tuple[Endpoint, ...] = (), ollama: str | None = None) -> tuple[Any, list[str], ModelFile]:
     """The server's settings from the plan for this model and machine, with what the user pinned; the notes to
     show; and the model file. RPC workers are probed first (a plain error naming one that fails) and planned as
     offload devices."""
@@ -1346,7 +1375,7 @@ def _plan_server(gguf: Path | None, model: str | None, quant: str | None, synthe
                            n_threads=threads if threads is not None else machine.n_cpu_physical,
                            n_gpu_layers=-1 if n_gpu_layers is None else n_gpu_layers, n_cpu_moe=n_cpu_moe or 0)
     settings.validate()  # the same checks as `run`, before a model is fetched or loaded
-    model_file = _resolve_model_file(gguf, model, quant, synthetic)
+    model_file = _resolve_model_file(gguf, model, quant, synthetic, ollama=ollama)
     header = model_file.header
     prepared = prepare_run(replace(settings, model_path=str(model_file.path)), header.quant, header.table,
                            header.shape(), machine.hardware, load_calibration(machine.machine_id), pinned,
@@ -1486,6 +1515,8 @@ def chat_command(
     quant: str | None = typer.Option(None, "--quant", "-q", callback=_quant_option,
                                      help="Quant with --model [Q4_K_M]."),
     gguf: Path | None = typer.Option(None, "--gguf", help="A GGUF file to chat with."),
+    ollama: str | None = typer.Option(None, "--ollama", metavar="NAME[:TAG]",
+                                      help="A model Ollama has pulled (as `ollama list` names it), used in place."),
     synthetic: bool = typer.Option(False, "--synthetic", help="With --model: a synthetic twin (random weights: "
                                                               "the text is noise, the speed is real)."),
     think: bool = typer.Option(True, "--think/--no-think", help="Qwen3 thinking (switch with /think, /no_think)."),
@@ -1508,7 +1539,7 @@ def chat_command(
         raise UsageError("--max-tokens must be >= 1 and --ctx >= 16")
     plan, notes, model_file = _plan_server(gguf, model, quant, synthetic, "127.0.0.1", 0, ctx, n_gpu_layers, None,
                                            None, threads, "llama-cpp-python", False,
-                                           parse_endpoints(rpc) if rpc else ())
+                                           parse_endpoints(rpc) if rpc else (), ollama)
     for note in notes:
         err.print(f"[dim]note: {escape(note)}[/dim]")
     settings = ChatSettings(n_ctx=ctx, n_gpu_layers=plan.n_gpu_layers, n_threads=plan.n_threads,

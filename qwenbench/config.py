@@ -43,7 +43,7 @@ MODES = ("cpu", "gpu", "gpu-experts-cpu")
 _SUITE_KEYS = {"name", "description", "modes", "n_prompt", "n_gen", "n_depth", "repetitions", "ttft", "think",
                "timeout_s", "n_ctx", "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "threads", "load_mode",
                "rpc", "repack"}
-_MODEL_KEYS = {"key", "quant", "modes", "repo", "revision", "gguf"}
+_MODEL_KEYS = {"key", "quant", "modes", "repo", "revision", "gguf", "ollama"}
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,16 @@ class ModelEntry:
     repo: str | None = None
     revision: str | None = None
     gguf: Path | None = None  # a local file instead of the catalog and the Hub
+    ollama: str = ""  # the Ollama model the gguf is the blob of (qwen3:8b), as rows name it
 
     @property
     def label(self) -> str:
-        return f"{self.key} {self.quant}" if self.gguf is None else self.gguf.name
+        return f"{self.key} {self.quant}" if self.gguf is None else self.filename
+
+    @property
+    def filename(self) -> str:
+        """What rows call a local entry's file: its name, or the Ollama model it is the blob of."""
+        return f"ollama:{self.ollama}" if self.ollama else self.gguf.name if self.gguf else ""
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,20 @@ def _model_entry(table: Any, where: str, base: Path) -> ModelEntry:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: must be a table with key and quant (or gguf)")
     fields = _Fields(table, where, _MODEL_KEYS)
+    ollama = fields.text("ollama")
+    if ollama is not None:
+        from .errors import QwenbenchError
+        from .ollama import find_model
+
+        if {"quant", "repo", "revision", "gguf"} & set(table):
+            raise ConfigError(f"{where}.ollama: a model Ollama pulled is measured as it is; drop quant, repo, "
+                              "revision and gguf")
+        try:
+            found = find_model(ollama)
+        except QwenbenchError as exc:
+            raise ConfigError(f"{where}.ollama: {exc.message}", hint=exc.hint) from None
+        return ModelEntry(fields.text("key") or "", "", fields.modes("modes", None), gguf=found.blob,
+                          ollama=found.reference)
     gguf = fields.text("gguf")
     if gguf is not None:
         if {"quant", "repo", "revision"} & set(table):

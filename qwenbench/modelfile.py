@@ -53,6 +53,7 @@ class ModelFile:
     sha256: str
     repo: str = ""  # Hugging Face repo and commit it came from, when it did
     revision: str = ""
+    filename: str = ""  # what rows call the file where its own name says nothing (an Ollama blob); else its name
 
     @property
     def is_moe(self) -> bool:
@@ -64,8 +65,8 @@ class ModelFile:
 
     @property
     def identity(self) -> ModelIdentity:
-        return header_identity(self.header, self.path.name, model_key=self.model_key, sha256=self.sha256,
-                               repo=self.repo, revision=self.revision)
+        return header_identity(self.header, self.filename or self.path.name, model_key=self.model_key,
+                               sha256=self.sha256, repo=self.repo, revision=self.revision)
 
 
 def header_identity(header: GGUFHeader, filename: str, *, model_key: str = "", sha256: str = "", repo: str = "",
@@ -131,18 +132,20 @@ def file_sha256(path: Path, on_progress: Callable[[int, int], None] | None = Non
 
 
 def open_model_file(path: Path, on_hash_progress: Callable[[int, int], None] | None = None, *, repo: str = "",
-                    revision: str = "") -> ModelFile:
-    """Validate a GGUF (rejecting non-GGUF and truncated files) and identify it."""
+                    revision: str = "", filename: str = "") -> ModelFile:
+    """Validate a GGUF (rejecting non-GGUF and truncated files) and identify it; `filename` names it in rows where
+    its own name says nothing."""
     header = read_model_header(Path(path))
     return ModelFile(
         path=Path(path),
         header=header,
-        model_key=guess_model_key(header, Path(path).name),
+        model_key=guess_model_key(header, filename or Path(path).name),
         quant=header.quant,
         weights="synthetic" if header.is_synthetic else "real",
         sha256=file_sha256(Path(path), on_hash_progress),
         repo=repo,
         revision=revision,
+        filename=filename,
     )
 
 
