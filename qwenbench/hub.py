@@ -344,6 +344,22 @@ def find_local_copy(resolved: Resolved, dirs: list[Path], on_progress: Progress 
     return found if len({p.parent for p in found}) == 1 else None
 
 
+def ollama_copy(resolved: Resolved, roots: list[Path] | None = None) -> Path | None:
+    """The resolved file in Ollama's store, where Ollama pulled that very file (from hf.co): its blobs are named
+    by their SHA-256, so the Hub's LFS digest finds it without reading a byte. A split file is never there."""
+    from .ollama import store_roots
+
+    if len(resolved.files) != 1 or resolved.files[0].sha256 is None:
+        return None
+    remote = resolved.files[0]
+    for root in store_roots() if roots is None else roots:
+        blob = root / "blobs" / f"sha256-{remote.sha256}"
+        if blob.is_file() and blob.stat().st_size == remote.size:
+            remember_sha256(blob, remote.sha256)
+            return blob
+    return None
+
+
 def resolve_local(spec: ModelSpec, quant: str, dirs: list[Path], *, repo: str | None = None) -> list[Path] | None:
     """Offline, from LM Studio-style folders (<publisher>/<repo>/<file>): the quant's files, by name only."""
     for folder in dirs:
@@ -391,4 +407,8 @@ def fetch_model(spec: ModelSpec, quant: str, *, repo: str | None = None, revisio
         if local is not None:
             say(f"already on disk, verified: {local[0]} (nothing to download)")
             return Fetched(local[0], resolved)
+    in_ollama = ollama_copy(resolved)
+    if in_ollama is not None:
+        say(f"already in Ollama's store, the same file by its SHA-256: {in_ollama} (nothing to download)")
+        return Fetched(in_ollama, resolved)
     return Fetched(download(resolved, offline=offline, on_progress=on_progress)[0], resolved)

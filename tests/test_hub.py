@@ -56,6 +56,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
         monkeypatch.delenv("HF_TOKEN", raising=False)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no LM Studio folders but the test's own
+        monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama"))  # nor an Ollama store
         yield fake
 
 
@@ -217,6 +218,19 @@ def test_pull_uses_a_models_dir_copy_without_downloading(hub: FakeHub, tmp_path:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["local_path"] == str(folder / "Qwen3-0.6B-Q8_0.gguf")
     assert "nothing to download" in result.stderr
+    assert not [p for method, p, _ in hub.requests if method == "GET" and "/resolve/" in p]
+
+
+def test_pull_finds_the_very_file_in_ollamas_store_by_its_digest(hub: FakeHub, tmp_path: Path) -> None:
+    repo, name = "Qwen/Qwen3-0.6B-GGUF", "Qwen3-0.6B-Q8_0.gguf"
+    blobs = tmp_path / "ollama" / "blobs"
+    blobs.mkdir(parents=True)
+    blob = blobs / f"sha256-{hub.sha256(repo, name)}"  # Ollama names a blob by its SHA-256
+    blob.write_bytes(hub.repos[repo].files[name])
+    result = run_cli("pull", "--model", "qwen3-0.6b", "--quant", "Q8_0", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["local_path"] == str(blob)
+    assert "already in Ollama's store" in result.stderr
     assert not [p for method, p, _ in hub.requests if method == "GET" and "/resolve/" in p]
 
 
