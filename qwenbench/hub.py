@@ -398,7 +398,7 @@ def fetch_model(spec: ModelSpec, quant: str, *, repo: str | None = None, revisio
             say(f"using {local[0]} (found offline by name; not checked against the Hub)")
             return Fetched(local[0], None)
     else:
-        say(f"finding {spec.name} {quant.upper()} on the Hub")
+        say(f"finding {spec.name} {quant.upper()} on the Hub at {endpoint()}")  # a mirror (HF_ENDPOINT) says so
         resolved = resolve(spec, quant, repo=repo, revision=revision)
     say(f"{resolved.repo}@{resolved.revision[:10]}: {', '.join(f.path for f in resolved.files)} "
         f"({resolved.size / 1e9:.2f} GB)")

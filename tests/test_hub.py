@@ -231,6 +231,7 @@ def test_pull_finds_the_very_file_in_ollamas_store_by_its_digest(hub: FakeHub, t
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["local_path"] == str(blob)
     assert "already in Ollama's store" in result.stderr
+    assert f"on the Hub at {os.environ['HF_ENDPOINT']}" in result.stderr  # the endpoint (a mirror) is named
     assert not [p for method, p, _ in hub.requests if method == "GET" and "/resolve/" in p]
 
 
