@@ -326,6 +326,11 @@ def plan_command(
     rpc: str | None = typer.Option(None, "--rpc", metavar="HOST:PORT[@SIZE],...",
                                    help="Plan with the devices of these `qwenbench worker`s as offload devices."),
     auto_calibrate: bool = CALIBRATE_OPTION,
+    export: str | None = typer.Option(None, "--export", metavar="llama-server|ollama|lmstudio",
+                                      help="Write the plan for that tool instead: llama-server's command line, an "
+                                           "Ollama Modelfile, LM Studio's `lms load` command."),
+    export_out: Path | None = typer.Option(None, "--export-out", dir_okay=False,
+                                           help="With --export: write it to this file [standard output]."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Choose the quant and GPU offload (layers, MoE experts in RAM, KV type) that fit this machine and
@@ -347,6 +352,12 @@ def plan_command(
 
     if ctx < 1:
         raise UsageError("--ctx must be >= 1")
+    from .export import TARGETS
+
+    if export is not None and export not in TARGETS:
+        raise UsageError(f"--export {export!r}: not a tool it writes for", hint=f"one of {', '.join(TARGETS)}")
+    if export_out is not None and export is None:
+        raise UsageError("--export-out goes with --export", hint="e.g. --export ollama --export-out Modelfile")
     label = ""
     if ollama is not None:
         found = _ollama_model(ollama, gguf, model)
@@ -377,6 +388,9 @@ def plan_command(
                                 "header_bytes_fetched": h.fetched_bytes} for q, h in found.remote.items()}}
     plan = plan_quants(name, tables, shape, machine.hardware, ctx, calibration, min_tg,
                        wanted if gguf is None else None, speed=speed)
+    if export is not None:
+        _export_plan(export, export_out, plan, gguf, model, source, shape.n_layer, machine.n_cpu_physical)
+        return
     if as_json:
         out.print_json(json.dumps({**plan.to_json(), **source}))
         return
@@ -625,6 +639,37 @@ def _ollama_model(ollama: str, gguf: Path | None, model: str | None) -> OllamaMo
     found = find_model(ollama)
     remember_sha256(found.blob, found.sha256)  # its name is its digest: a 20 GB blob is not read to hash it
     return found
+
+
+def _export_plan(target: str, path: Path | None, plan: Any, gguf: Path | None, model: str | None,
+                 source: dict[str, Any], n_layer: int, n_threads: int) -> None:
+    """The plan's choice written for another tool (export.py), to a file or standard output."""
+    from .catalog import get_model
+    from .export import ModelSource, render
+
+    choice = plan.choice
+    if choice is None:
+        raise UsageError(f"{plan.model}: nothing fits this machine, so there is no plan to export",
+                         hint="`qwenbench plan` without --export says what would fit")
+    if gguf is not None:
+        where = ModelSource(path=str(gguf))
+    else:
+        files = source.get("files", {})
+        repo = files[choice.quant]["repo"] if choice.quant in files else next(iter(get_model(model or "").hub), "")
+        if not repo:
+            raise UsageError(f"no Hub repo is known for {model}: nothing for the tool to fetch",
+                             hint="plan the file itself: --gguf PATH --export ...")
+        where = ModelSource(repo=repo, quant=choice.quant)
+    text = render(target, where, choice, n_threads, n_layer)
+    if path is None:
+        out.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+        return
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}", hint="give --export-out a writable file") \
+            from None
+    err.print(f"wrote the {target} export of {plan.model} ({choice.quant}) to {path}", markup=False)
 
 
 def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool,
