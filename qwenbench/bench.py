@@ -112,8 +112,23 @@ def _gguf_is_moe(path: Path) -> bool:
         return False  # the job will fail on the file and say why
 
 
-def job_key(config: BenchConfig, job: Job) -> str:
-    """A stable key for resume: what the job measures and every setting it is measured with."""
+def build_key() -> str:
+    """The llama.cpp build rows are measured with: llama-cpp-python's version (which pins the llama.cpp commit it
+    vendors) and the backends compiled in. An upgrade or a rebuild for a GPU is another measurement."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .probe.backends import read_backends
+
+    try:
+        package = version("llama-cpp-python")
+    except PackageNotFoundError:
+        package = "missing"
+    return f"llama-cpp-python {package}|{','.join(read_backends()[0])}"
+
+
+def job_key(config: BenchConfig, job: Job, build: str = "") -> str:
+    """A stable key for resume: what the job measures, every setting it is measured with, and the llama.cpp
+    build (build_key) where given."""
     entry = job.entry
     model: dict[str, Any] = {"key": entry.key, "quant": entry.quant, "repo": entry.repo, "revision": entry.revision}
     if entry.gguf is not None:
@@ -126,8 +141,10 @@ def job_key(config: BenchConfig, job: Job) -> str:
         settings["repack"] = config.repack
     if config.rpc:  # another topology is another measurement; suites without workers keep their keys
         settings["rpc"] = [(e.address, e.memory_cap_bytes) for e in config.rpc]
-    blob = json.dumps({"model": model, "mode": job.mode, "weights": job.weights, "settings": settings},
-                      sort_keys=True, default=str)
+    identity: dict[str, Any] = {"model": model, "mode": job.mode, "weights": job.weights, "settings": settings}
+    if build:
+        identity["build"] = build
+    blob = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -305,10 +322,11 @@ def run_suite(config: BenchConfig, jobs: list[Job], machine: MachineInfo, *, out
     emit = on_event or (lambda kind, data: None)
     runner = _Runner(config, machine, out_csv, out_csv.parent / "logs", emit, offline, models_dirs)
     done = done_jobs(out_csv, machine.machine_id) if resume else {}
+    build = build_key()
     started = time.monotonic()
     outcomes: list[JobOutcome] = []
     for number, job in enumerate(jobs, start=1):
-        key = job_key(config, job)
+        key = job_key(config, job, build)
         emit("job_started", {"job": job, "number": number, "total": len(jobs)})
         tests = {t.name for t in job_settings(config, job, machine, 0)[0].tests()}
         if resume and tests <= done.get(key, set()):

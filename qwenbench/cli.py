@@ -1000,7 +1000,7 @@ def bench_command(
     own process, rows appended as each job ends. A job that cannot fit or has no GPU is skipped with the
     reason; one that crashes, is killed or times out, or whose model fails to download or verify, becomes
     rows with that status, and the suite goes on. Ctrl-C stops it with the CSV valid; --resume continues."""
-    from .bench import expand_jobs, job_key, run_suite
+    from .bench import build_key, expand_jobs, job_key, run_suite
     from .config import load_config
     from .machine import describe_machine
 
@@ -1018,7 +1018,8 @@ def bench_command(
     if dry_run:
         if as_json:
             out.print_json(json.dumps([{"label": j.label, "model": j.entry.key, "quant": j.entry.quant,
-                                        "mode": j.mode, "weights": j.weights, "job_key": job_key(config, j)}
+                                        "mode": j.mode, "weights": j.weights,
+                                        "job_key": job_key(config, j, build_key())}
                                        for j in jobs]))
         else:
             for number, job in enumerate(jobs, start=1):

@@ -207,3 +207,18 @@ def test_a_suite_that_pins_repacking_keeps_it_and_is_another_job(tmp_path: Path)
         pins.append(("repack" in pinned, settings.repack))
     assert keys[0] != keys[1]  # measured without the repacked copies: not the same job
     assert pins == [(False, True), (True, False)]  # left to the plan, or pinned off
+
+
+def test_another_llama_cpp_build_is_another_job(tmp_path: Path) -> None:
+    from qwenbench.bench import build_key, expand_jobs, job_key
+
+    path = tmp_path / "suite.toml"
+    path.write_text('[[model]]\nkey = "qwen3-4b"\n')
+    config = load_config(path)
+    job = expand_jobs(config)[0]
+    # resume must not keep an old build's numbers: an upgrade or a rebuild with a GPU backend measures anew
+    keys = {job_key(config, job, build) for build in ("llama-cpp-python 0.3.36|CPU,RPC",
+                                                      "llama-cpp-python 0.3.37|CPU,RPC",
+                                                      "llama-cpp-python 0.3.36|CPU,CUDA,RPC")}
+    assert len(keys) == 3
+    assert build_key().startswith("llama-cpp-python ") and "CPU" in build_key()

@@ -222,13 +222,18 @@ def test_probe_json_with_injected_roots(tmp_path: Path, monkeypatch: pytest.Monk
     proc = tmp_path / "proc"
     proc.mkdir()
     (proc / "cpuinfo").write_text("model name\t: AMD Ryzen AI 9 HX 370\nflags\t: sse2 avx avx2 avx512f\n")
+    # the recorded machine's RAM, not this one's: 32 GiB, 20 GiB available, 8 GiB of swap
+    (proc / "meminfo").write_text("MemTotal:       33554432 kB\nMemFree:         1048576 kB\n"
+                                  "MemAvailable:   20971520 kB\nSwapTotal:       8388608 kB\n"
+                                  "SwapFree:        8388608 kB\n")
     monkeypatch.setenv("QWENBENCH_SYSFS_ROOT", str(sysfs))
     monkeypatch.setenv("QWENBENCH_PROC_ROOT", str(proc))
     result = run_cli("probe", "--json", "--no-bandwidth")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["cpu"]["model"] == "AMD Ryzen AI 9 HX 370" and "AVX512" in data["cpu"]["features"]
-    assert {"total_bytes", "available_bytes"} <= set(data["ram"])
+    assert data["ram"]["total_bytes"] == 32 * GIB and data["ram"]["available_bytes"] == 20 * GIB
+    assert data["ram"]["swap_total_bytes"] == 8 * GIB
     (gpu,) = [g for g in data["gpus"] if g["vendor"] == "amd"]
     assert gpu["kind"] == "integrated" and gpu["memory_total_bytes"] == 512 * MIB and gpu["source"] == "sysfs"
     assert {"vendor", "name", "kind", "memory_total_bytes", "memory_free_bytes", "shared_memory_bytes",

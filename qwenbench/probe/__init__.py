@@ -8,6 +8,7 @@ a note, never a crash.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import psutil
 
@@ -15,7 +16,7 @@ from ..paths import cache_dir
 from .apple import read_apple
 from .backends import missing_backend_hint, read_backends
 from .bandwidth import cached_bandwidth, measure_ram_bandwidth_gbps, store_bandwidth
-from .cpu import read_cpu
+from .cpu import proc_root, read_cpu
 from .model import CpuInfo, GpuInfo, Hardware, RamInfo
 from .nvidia import read_nvidia
 from .sysfs_drm import read_drm_gpus
@@ -24,7 +25,33 @@ from .windows import read_windows
 __all__ = ["CpuInfo", "GpuInfo", "Hardware", "RamInfo", "probe_hardware"]
 
 
+def ram_from_meminfo(text: str) -> RamInfo | None:
+    """RAM and swap from /proc/meminfo text (kB figures); None without MemTotal."""
+    figures = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if parts and parts[0].isdigit():
+            figures[key.strip()] = int(parts[0]) * 1024
+    if "MemTotal" not in figures:
+        return None
+    total = figures["MemTotal"]
+    # kernels before 3.14 have no MemAvailable: free and page cache are what could be had
+    available = figures.get("MemAvailable", figures.get("MemFree", 0) + figures.get("Cached", 0))
+    return RamInfo(total, min(available, total), figures.get("SwapTotal", 0), figures.get("SwapFree", 0))
+
+
 def read_ram() -> RamInfo:
+    """This machine's RAM; from QWENBENCH_PROC_ROOT's meminfo where that root is set, so a recorded machine
+    replays whole (psutil reads the real /proc whatever the root)."""
+    root = proc_root()
+    if root != Path("/proc"):
+        try:
+            recorded = ram_from_meminfo((root / "meminfo").read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            recorded = None
+        if recorded is not None:
+            return recorded
     memory, swap = psutil.virtual_memory(), psutil.swap_memory()
     return RamInfo(memory.total, memory.available, swap.total, swap.free)
 
