@@ -326,6 +326,9 @@ def plan_command(
     rpc: str | None = typer.Option(None, "--rpc", metavar="HOST:PORT[@SIZE],...",
                                    help="Plan with the devices of these `qwenbench worker`s as offload devices."),
     auto_calibrate: bool = CALIBRATE_OPTION,
+    backend: str | None = typer.Option(None, "--backend", metavar="cuda|vulkan|metal|hip|cpu",
+                                       help="Plan as if llama-cpp-python were built for this backend [the one "
+                                            "installed; a GPU it cannot drive gets a second plan]."),
     export: str | None = typer.Option(None, "--export", metavar="llama-server|ollama|lmstudio",
                                       help="Write the plan for that tool instead: llama-server's command line, an "
                                            "Ollama Modelfile, LM Studio's `lms load` command."),
@@ -366,7 +369,19 @@ def plan_command(
         raise UsageError("give --model, --gguf or --ollama", hint="e.g. qwenbench plan --model qwen3-30b-a3b")
     if gguf is not None and (repo or revision or quant):
         raise UsageError("--quant, --repo and --revision go with --model; a local file is planned as it is")
+    from dataclasses import replace
+
+    from .planner import BACKEND_BUILDS, as_if_built_for, idle_gpu_build, usable_gpu
+    from .probe.backends import install_command
+
+    if backend is not None and backend not in BACKEND_BUILDS:
+        raise UsageError(f"--backend {backend!r}: not a build it plans for", hint=f"one of {', '.join(BACKEND_BUILDS)}")
     machine, _ = _with_rpc_devices(describe_machine(bandwidth=True), parse_endpoints(rpc) if rpc else ())
+    as_if: dict[str, Any] = {}
+    if backend is not None:
+        as_if = {"as_if_backend": backend, "installed_backends": list(machine.hardware.backends),
+                 "install": install_command(backend)}
+        machine = replace(machine, hardware=as_if_built_for(machine.hardware, backend))
     calibration = load_calibration(machine.machine_id)
     speed = _speed_calibration(machine, machine.n_cpu_physical, allowed=auto_calibrate)
     wanted = quant.upper() if quant else None
@@ -391,9 +406,19 @@ def plan_command(
     if export is not None:
         _export_plan(export, export_out, plan, gguf, model, source, shape.n_layer, machine.n_cpu_physical)
         return
+    # a GPU this install cannot drive: the plan its build would give, beside this install's
+    other = idle_gpu_build(machine.hardware) if backend is None else None
+    alternative = (plan_quants(name, tables, shape, as_if_built_for(machine.hardware, other), ctx, calibration,
+                               min_tg, wanted if gguf is None else None, speed=speed) if other else None)
     if as_json:
-        out.print_json(json.dumps({**plan.to_json(), **source}))
+        extra = ({"with_backend": {"backend": other, "install": install_command(other), **alternative.to_json()}}
+                 if other and alternative is not None else {})
+        out.print_json(json.dumps({**plan.to_json(), **source, **as_if, **extra}))
         return
+    if as_if:
+        out.print(f"planned as if llama-cpp-python were built for {backend} (this one is built for "
+                  f"{', '.join(as_if['installed_backends']) or 'nothing usable'}); that build: {as_if['install']}",
+                  markup=False, highlight=False)
     choice = plan.choice
     offloaded = "on the workers" if any(gpu.vendor == "rpc" for gpu in machine.hardware.gpus) else "VRAM"
     if choice is None:
@@ -422,6 +447,15 @@ def plan_command(
                       "`qwenbench calibrate` measures this machine", markup=False)
     for reason in plan.reasons:
         out.print(f"  - {reason}", markup=False)
+    if other and alternative is not None and alternative.choice is not None:
+        gpu_choice = alternative.choice
+        card = usable_gpu(as_if_built_for(machine.hardware, other))
+        out.print(f"  with a {other} build, the {card.name if card else 'GPU'} would take "
+                  f"{gpu_choice.quant}, -ngl {gpu_choice.n_gpu_layers}"
+                  + (f" --n-cpu-moe {gpu_choice.n_cpu_moe}" if gpu_choice.n_cpu_moe else "")
+                  + f": about {gpu_choice.predicted_tg_ts:.1f} t/s generation ({gpu_choice.speed_source}); "
+                  f"that build: {install_command(other)} (`plan --backend {other}` for its whole plan)",
+                  markup=False, highlight=False)
     if source["source"] == "hub":
         fetched, size = source["header_bytes_fetched"], sum(f["size"] for f in source["files"].values())
         out.print(f"[dim]tensor tables from the published files' headers ({_bytes(fetched) if fetched else 'cached'}"

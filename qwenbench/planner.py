@@ -40,6 +40,31 @@ def offload_devices(hardware: Hardware) -> tuple[GpuInfo, ...]:
     return tuple(gpu for gpu in hardware.gpus if set(GPU_BACKENDS.get(gpu.vendor, ())) & set(hardware.backends))
 
 
+# `plan --backend`: the ggml backend each build choice brings (cpu: none beyond the CPU's)
+BACKEND_BUILDS = {"cuda": "CUDA", "vulkan": "Vulkan", "metal": "Metal", "hip": "HIP", "cpu": ""}
+_GPU_BACKEND_NAMES = {"CUDA", "Vulkan", "Metal", "HIP", "SYCL"}
+
+
+def as_if_built_for(hardware: Hardware, build: str) -> Hardware:
+    """This machine as a llama-cpp-python built for `build` (a key of BACKEND_BUILDS) would see it: its GPU
+    backends replaced by that one (RPC, the CPU and others kept)."""
+    kept = tuple(name for name in hardware.backends if name not in _GPU_BACKEND_NAMES)
+    return replace(hardware, backends=(*kept, BACKEND_BUILDS[build]) if BACKEND_BUILDS[build] else kept)
+
+
+def idle_gpu_build(hardware: Hardware) -> str | None:
+    """The build that would drive a GPU this install cannot use (the first such), or None: CUDA for NVIDIA,
+    Metal for Apple, HIP for a discrete AMD card, Vulkan for an AMD APU or an Intel GPU."""
+    if usable_gpu(hardware) is not None:
+        return None
+    for gpu in hardware.gpus:
+        build = {"nvidia": "cuda", "apple": "metal", "intel": "vulkan",
+                 "amd": "hip" if gpu.kind == "discrete" else "vulkan"}.get(gpu.vendor)
+        if build is not None:
+            return build
+    return None
+
+
 def usable_gpu(hardware: Hardware) -> GpuInfo | None:
     """The first device llama.cpp will put layers on (the one whose kind and bandwidth the plan takes)."""
     devices = offload_devices(hardware)

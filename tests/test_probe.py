@@ -275,3 +275,32 @@ def test_last_level_cache_from_a_sysfs_tree(tmp_path: Path, monkeypatch: pytest.
     (cpu0 / "cache/index3/size").write_text("garbage")
     assert last_level_cache_bytes(cpu0) == 1 << 20
     assert last_level_cache_bytes(tmp_path / "nowhere") == 0  # a VM without cache entries: unknown
+
+
+def test_plan_shows_what_a_gpu_this_install_cannot_drive_would_give(tmp_path: Path) -> None:
+    """A CPU-only wheel on a machine with an RTX 4090 (nvidia-smi as recorded): this install's plan, and the one a
+    CUDA build would give with the command to get it; --backend plans as if."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\ncat {DATA / 'nvidia-smi-one-gpu.txt'}\n")
+    smi.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+    def plan(*extra: str) -> dict:
+        result = run_cli("plan", "--model", "qwen3-8b", "--offline", "--no-calibrate", "--json", *extra, env=env)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    here = plan()
+    assert here["n_gpu_layers"] == 0 and here["predicted_vram_bytes"] == 0  # this wheel cannot use the card
+    cuda = here["with_backend"]
+    assert cuda["backend"] == "cuda" and cuda["n_gpu_layers"] == 37  # all 36 layers and the output, on 24 GiB
+    assert cuda["predicted_tg_ts"] > here["predicted_tg_ts"]
+    assert "-DGGML_CUDA=on -DGGML_RPC=ON" in cuda["install"] and "--no-cache-dir" in cuda["install"]
+    as_if = plan("--backend", "cuda")
+    assert as_if["as_if_backend"] == "cuda" and as_if["n_gpu_layers"] == cuda["n_gpu_layers"]
+    assert "with_backend" not in as_if
+    assert plan("--backend", "cpu")["n_gpu_layers"] == 0
+    refused = run_cli("plan", "--model", "qwen3-8b", "--offline", "--backend", "rocm", env=env)
+    assert refused.returncode == 2 and "not a build it plans for" in refused.stderr

@@ -12,13 +12,23 @@ from pathlib import Path
 
 _BACKEND_LIBS = {"cuda": "CUDA", "metal": "Metal", "vulkan": "Vulkan", "hip": "HIP", "sycl": "SYCL",
                  "opencl": "OpenCL", "blas": "BLAS", "rpc": "RPC", "cpu": "CPU"}
-REINSTALL = {
-    "nvidia": 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python',
-    "amd": 'CMAKE_ARGS="-DGGML_HIPBLAS=on" pip install --force-reinstall --no-cache-dir llama-cpp-python '
-           '(or -DGGML_VULKAN=on for APUs)',
-    "intel": 'CMAKE_ARGS="-DGGML_VULKAN=on" pip install --force-reinstall --no-cache-dir llama-cpp-python',
-    "apple": 'CMAKE_ARGS="-DGGML_METAL=on" pip install --force-reinstall --no-cache-dir llama-cpp-python',
-}
+_BUILD_FLAGS = {"cuda": "-DGGML_CUDA=on", "vulkan": "-DGGML_VULKAN=on", "metal": "-DGGML_METAL=on",
+                "hip": "-DGGML_HIP=on", "cpu": ""}
+
+
+def install_command(build: str) -> str:
+    """The command that rebuilds this llama-cpp-python for `build` (cuda, vulkan, metal, hip, cpu), RPC kept on
+    (qwenbench worker, --rpc) and pip's wheel cache bypassed (it ignores CMAKE_ARGS)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pinned = f"=={version('llama-cpp-python')}"
+    except PackageNotFoundError:
+        pinned = ""
+    flags = " ".join(f for f in (_BUILD_FLAGS[build], "-DGGML_RPC=ON") if f)
+    return f'CMAKE_ARGS="{flags}" pip install --force-reinstall --no-cache-dir "llama-cpp-python{pinned}"'
+
+
 GPU_BACKEND_FOR_VENDOR = {"nvidia": {"CUDA", "Vulkan"}, "amd": {"HIP", "Vulkan"}, "intel": {"Vulkan", "SYCL"},
                           "apple": {"Metal"}}
 
@@ -56,7 +66,9 @@ def missing_backend_hint(vendors: set[str], backends: tuple[str, ...]) -> list[s
     """For each GPU vendor present whose backend this build lacks, the reinstall command."""
     hints = []
     for vendor in sorted(vendors):
+        build = {"nvidia": "cuda", "amd": "hip", "intel": "vulkan", "apple": "metal"}.get(vendor, "")
         if vendor in GPU_BACKEND_FOR_VENDOR and not GPU_BACKEND_FOR_VENDOR[vendor] & set(backends):
             hints.append(f"a {vendor} GPU is present but this llama-cpp-python is built for "
-                         f"{', '.join(backends) or 'nothing usable'}: reinstall with {REINSTALL[vendor]}")
+                         f"{', '.join(backends) or 'nothing usable'}: reinstall with {install_command(build)}"
+                         + (" (or vulkan for an APU)" if vendor == "amd" else ""))
     return hints
