@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import types
@@ -62,6 +63,13 @@ def tiny_dense(model_dir: Path) -> Path:
 def tiny_moe(model_dir: Path) -> Path:
     path, _ = ensure_synthetic(tiny_spec("qwen3-30b-a3b", TINY_MOE), "Q4_K_M", model_dir / "tiny-moe.gguf")
     return path
+
+
+def default_signals() -> None:
+    """In a child the test will interrupt: the default SIGINT, SIGTERM and SIGHUP handlers, whatever the shell
+    that started the tests passed down (a background job or a CI runner starts it with SIGINT ignored)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None,

@@ -20,7 +20,7 @@ from qwenbench.config import load_config
 from qwenbench.errors import ConfigError
 from qwenbench.results import read_records
 
-from .conftest import QWENBENCH, run_cli
+from .conftest import QWENBENCH, default_signals, run_cli
 from .fakehub import FakeHub, FakeHubServer, FakeRepo
 
 SUITE = """
@@ -143,7 +143,7 @@ def test_ctrl_c_stops_the_suite_with_the_csv_valid(suite: Path) -> None:
     suite.write_text(config)
     bench = subprocess.Popen([QWENBENCH, "bench", "--config", str(suite), "--out", str(out), "--only", "dense"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+                             env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}, preexec_fn=default_signals)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(
             "qwenbench.runner" in " ".join(c.cmdline()) for c in psutil.Process(bench.pid).children(recursive=True)):

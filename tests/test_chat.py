@@ -17,11 +17,13 @@ import pytest
 from qwenbench.chat import ChatSession, ChatSettings
 from qwenbench.thinking import ThinkSplitter
 
-from .conftest import QWENBENCH
+from .conftest import QWENBENCH, default_signals
 
 
 def _own_terminal() -> None:
-    """In the child: a session of its own with the pty as its controlling terminal, so ^C is SIGINT."""
+    """In the child: a session of its own with the pty as its controlling terminal, so ^C is SIGINT (with its
+    default handler, whatever the shell that started the tests passed down)."""
+    default_signals()
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 

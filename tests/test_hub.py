@@ -26,7 +26,7 @@ from qwenbench.hub import (
     resolve_offline,
 )
 
-from .conftest import QWENBENCH, run_cli
+from .conftest import QWENBENCH, default_signals, run_cli
 from .fakehub import FakeHub, FakeHubServer, FakeRepo
 
 
@@ -240,7 +240,7 @@ def test_ctrl_c_during_a_pull_keeps_the_bytes_and_the_next_pull_continues(hub: F
     hub.rate_bytes_per_s = 100_000  # 3 s for the 300 kB file: time to interrupt it
     env = {**os.environ, "NO_COLOR": "1"}
     pull = subprocess.Popen([QWENBENCH, "pull", "--model", "qwen3-0.6b", "--quant", "Q4_K_M"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
     partial = tmp_path / "hf" / "models--lmstudio-community--Qwen3-0.6B-GGUF" / "blobs" / \
         f"{hub.sha256(repo, name)}.incomplete"
     deadline = time.monotonic() + 60

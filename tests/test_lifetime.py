@@ -18,13 +18,7 @@ import pytest
 from qwenbench.memtrack import run_child
 from qwenbench.results import read_records
 
-from .conftest import QWENBENCH
-
-
-def _with_default_signals() -> None:
-    # a shell may start us with SIGINT/SIGHUP ignored (CI, background jobs); the command under test must not be
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
+from .conftest import QWENBENCH, default_signals
 
 
 def _long_run(gguf: Path, out: Path) -> subprocess.Popen[str]:
@@ -32,7 +26,7 @@ def _long_run(gguf: Path, out: Path) -> subprocess.Popen[str]:
     argv = [QWENBENCH, "run", "--gguf", str(gguf), "-p", "0", "-n", "256", "-r", "2000", "--no-ttft", "-t", "1",
             "--out", str(out)]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}, preexec_fn=_with_default_signals)
+                            env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}, preexec_fn=default_signals)
 
 
 def _runner_of(parent: subprocess.Popen[str], timeout_s: float = 120) -> psutil.Process:

@@ -28,7 +28,7 @@ from qwenbench.rpc import RPC_PROTO_VERSION, Endpoint, RpcError, parse_endpoints
 from qwenbench.rpcworker import Worker, WorkerInfo
 from qwenbench.serve import ServerError, ServerPlan, check_placement
 
-from .conftest import QWENBENCH, run_cli
+from .conftest import QWENBENCH, default_signals, run_cli
 
 
 def test_endpoints_parse_with_caps_and_ipv6() -> None:
@@ -106,12 +106,6 @@ def test_a_peer_that_is_not_an_rpc_server_is_named() -> None:
 
 # ------------------------------------------------------------------------------- real workers on loopback
 
-def _default_signals() -> None:
-    # a shell may start us with SIGINT ignored (CI, background jobs): the worker under test must not be
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_DFL)
-
-
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[WorkerInfo]:
     with (tmp_path / "worker.log").open("wb") as log, Worker(Endpoint("127.0.0.1", _free_port()), 1, log) as running:
@@ -181,7 +175,7 @@ def test_a_worker_missing_from_the_run_is_refused_before_loading(worker: WorkerI
 def test_the_worker_command_prints_what_it_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = _free_port()
     process = subprocess.Popen([QWENBENCH, "worker", "--port", str(port), "-t", "1"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals,
+                               stderr=subprocess.PIPE, text=True, preexec_fn=default_signals,
                                env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
     try:
         assert process.stdout is not None
@@ -290,7 +284,7 @@ def test_serve_offloads_to_a_worker_and_says_where_the_weights_went(worker: Work
     address = worker.endpoint.address
     process = subprocess.Popen([QWENBENCH, "serve", "--gguf", str(tiny_dense), "--port", str(port), "--ctx", "512",
                                 "--rpc", address, "-ngl", "99", "--backend", "llama-cpp-python", "-t", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals,
                                env={**os.environ, "COLUMNS": "300", "NO_COLOR": "1",
                                     "QWENBENCH_CACHE_DIR": str(tmp_path)})
     try:

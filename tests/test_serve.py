@@ -18,7 +18,7 @@ import pytest
 from qwenbench.serve import free_port
 from qwenbench.servebench import _Stream, percentile
 
-from .conftest import QWENBENCH, run_cli
+from .conftest import QWENBENCH, default_signals, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,8 @@ def server(tiny_dense: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     cache = tmp_path_factory.mktemp("serve-cache")
     process = subprocess.Popen([QWENBENCH, "serve", "--gguf", str(tiny_dense), "--port", str(port), "--ctx", "1024"],
                                cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "COLUMNS": "300", "NO_COLOR": "1", "QWENBENCH_CACHE_DIR": str(cache)})
+                               env={**os.environ, "COLUMNS": "300", "NO_COLOR": "1", "QWENBENCH_CACHE_DIR": str(cache)},
+                               preexec_fn=default_signals)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:

@@ -13,8 +13,8 @@ from rich.markup import escape
 from ..errors import UsageError
 
 if TYPE_CHECKING:
-
     from ..machine import MachineInfo
+
 from .common import CALIBRATE_OPTION, EXISTING_FOLDER, _default_results, _speed_calibration, app, err, out
 
 

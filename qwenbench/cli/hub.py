@@ -12,8 +12,8 @@ from rich.markup import escape
 from ..errors import UsageError
 
 if TYPE_CHECKING:
-
     from ..catalog import ModelSpec
+
 from .common import EXISTING_FOLDER, SEED_RANGE, _bytes, _fetch, _progress_bytes, _quant_option, app, err, out
 
 

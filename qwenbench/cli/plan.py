@@ -13,7 +13,6 @@ from ..errors import UsageError
 from ..runspec import MAX_THREADS
 
 if TYPE_CHECKING:
-
     pass
 from .common import (
     CALIBRATE_OPTION,

@@ -13,12 +13,12 @@ from .. import lifetime
 from ..errors import UsageError
 
 if TYPE_CHECKING:
-
     from ..fit import MemoryEstimate
     from ..harness import RunLabels, RunReport
     from ..machine import MachineInfo
     from ..modelfile import ModelFile
     from ..runspec import RunSettings
+
 from .common import (
     CALIBRATE_OPTION,
     EXISTING_FOLDER,

@@ -13,9 +13,9 @@ from rich.markup import escape
 from ..errors import UsageError
 
 if TYPE_CHECKING:
-
     from ..modelfile import ModelFile
     from ..rpc import Endpoint
+
 from .common import (
     SEED_RANGE,
     _append,

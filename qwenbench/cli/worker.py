@@ -11,7 +11,6 @@ from ..errors import QwenbenchError
 from ..runspec import MAX_THREADS
 
 if TYPE_CHECKING:
-
     pass
 from .common import _bytes, _server_log_path, app, err, out
 
