@@ -31,7 +31,17 @@ endif
 LLAMA_CMAKE_ARGS ?= -DGGML_RPC=ON $(BACKEND_FLAG_$(BACKEND)) $(AMX_FLAGS) $(CMAKE_ARGS)
 WHEELHOUSE ?= $(HOME)/.cache/qwenbench/wheels/$(shell echo '$(LLAMA_CPP_PYTHON) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 
-$(STAMP): pyproject.toml Makefile
+# a build asked for on the command line (make install BACKEND=cuda, CMAKE_ARGS=...) that differs from the one
+# installed reinstalls; a plain `make test` keeps whatever is installed
+ifneq ($(filter command line environment,$(origin BACKEND) $(origin CMAKE_ARGS)),)
+BUILD_FLAGS := $(VENV)/.llama-cmake-args
+.PHONY: FORCE
+$(BUILD_FLAGS): FORCE
+	@mkdir -p $(VENV)
+	@echo '$(LLAMA_CMAKE_ARGS)' | cmp -s - $@ || echo '$(LLAMA_CMAKE_ARGS)' > $@
+endif
+
+$(STAMP): pyproject.toml Makefile $(BUILD_FLAGS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@if ! ls $(WHEELHOUSE)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
