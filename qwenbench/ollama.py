@@ -18,6 +18,7 @@ MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 DEFAULT_REGISTRY, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
 GGUF_MAGIC = b"GGUF"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,8 @@ def find_model(reference: str, roots: list[Path] | None = None) -> OllamaModel:
     roots = store_roots() if roots is None else roots
     registry, namespace, name, tag = parse_reference(reference)
     label = _label(registry, namespace, name, tag)
-    manifest = next((root / "manifests" / registry / namespace / name / tag for root in roots
-                     if (root / "manifests" / registry / namespace / name / tag).is_file()), None)
+    candidates = [root / "manifests" / registry / namespace / name / tag for root in roots]
+    manifest = next((path for path in candidates if path.is_file()), None)
     if manifest is None:
         have = installed(roots)
         same_name = [m for m in have if m.rsplit(":", 1)[0] == label.rsplit(":", 1)[0]]
@@ -96,9 +97,10 @@ def find_model(reference: str, roots: list[Path] | None = None) -> OllamaModel:
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
         raise InvalidModelFileError(f"Ollama's manifest of {label} ({manifest}) cannot be read: {exc}",
                                     hint=f"`ollama pull {label}` rewrites it") from None
+    # a digest is 64 hex digits: anything else in a manifest must not name a path
     model_layers = [layer for layer in layers if isinstance(layer, dict)
-                    and layer.get("mediaType") == MODEL_MEDIA_TYPE and str(layer.get("digest", "")).startswith(
-                        "sha256:")]
+                    and layer.get("mediaType") == MODEL_MEDIA_TYPE
+                    and _DIGEST.fullmatch(str(layer.get("digest", "")))]
     if not model_layers:
         raise InvalidModelFileError(f"Ollama's manifest of {label} has no model layer ({MODEL_MEDIA_TYPE})",
                                     hint="an adapter or a projector alone is not a model to run")

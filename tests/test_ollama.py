@@ -48,6 +48,7 @@ def store(tmp_path: Path, tiny_dense: Path) -> Path:
     _put_manifest(root, "gone", "1b", [{"mediaType": MODEL_MEDIA_TYPE, "digest": "sha256:" + "0" * 64}])
     _put_manifest(root, "adapter-only", "latest", [{"mediaType": "application/vnd.ollama.image.adapter",
                                                      "digest": f"sha256:{template}"}])
+    _put_manifest(root, "escape", "latest", [{"mediaType": MODEL_MEDIA_TYPE, "digest": "sha256:../../../etc/passwd"}])
     onnx = _put_blob(root, b"\x08\x07not a gguf")
     _put_manifest(root, "onnx", "latest", [{"mediaType": MODEL_MEDIA_TYPE, "digest": f"sha256:{onnx}"}])
     return root
@@ -84,6 +85,8 @@ def test_a_model_resolves_to_its_gguf_blob_and_every_fault_is_one_line(store: Pa
         find_model("adapter-only", [store])
     with pytest.raises(InvalidModelFileError, match="is not a GGUF"):
         find_model("onnx", [store])
+    with pytest.raises(InvalidModelFileError, match="has no model layer"):  # a digest that is not one names no path
+        find_model("escape", [store])
     with pytest.raises(UsageError, match="Ollama has no qwen3:latest") as caught:
         find_model("qwen3", [store.parent / "empty"])
     assert "set OLLAMA_MODELS" in caught.value.hint
