@@ -23,6 +23,7 @@ class ModelSource:
     path: str = ""
     repo: str = ""
     quant: str = ""
+    ollama: str = ""  # the Ollama model the path is the blob of: a Modelfile builds on it by name
 
     def hub_reference(self) -> str:
         return f"{self.repo}:{self.quant}"
@@ -45,7 +46,7 @@ def llama_server_argv(source: ModelSource, placement: Placement, n_threads: int,
 
 def ollama_modelfile(source: ModelSource, placement: Placement, n_threads: int, n_layer: int) -> str:
     """An Ollama Modelfile: FROM the file (or hf.co/repo:quant), and num_ctx, num_gpu (layers) and num_thread."""
-    origin = source.path or f"hf.co/{source.hub_reference()}"
+    origin = source.ollama or source.path or f"hf.co/{source.hub_reference()}"
     lines = ["# written by qwenbench plan --export ollama; `ollama create NAME -f Modelfile`", f"FROM {origin}",
              f"PARAMETER num_ctx {placement.n_ctx}", f"PARAMETER num_gpu {_gpu_layers(placement, n_layer)}",
              f"PARAMETER num_thread {n_threads}"]

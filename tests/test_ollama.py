@@ -109,6 +109,11 @@ def test_run_and_plan_use_an_ollama_model_in_place(store: Path, tmp_path: Path) 
     planned = run_cli("plan", "--ollama", "qwen3:0.6b", "--ctx", "512", "--json", "--no-calibrate", env=env)
     assert planned.returncode == 0, planned.stderr
     assert json.loads(planned.stdout)["model"] == "ollama:qwen3:0.6b"
+    # a Modelfile for it builds on the Ollama model by name; llama-server reads its blob
+    modelfile = run_cli("plan", "--ollama", "qwen3:0.6b", "--no-calibrate", "--export", "ollama", env=env).stdout
+    assert "FROM qwen3:0.6b\n" in modelfile
+    server = run_cli("plan", "--ollama", "qwen3:0.6b", "--no-calibrate", "--export", "llama-server", env=env).stdout
+    assert f"-m {found.blob}" in server
     assert_refused(run_cli("run", "--ollama", "qwen3:8b", env=env), "Ollama has no qwen3:8b", "qwen3:0.6b")
     assert_refused(run_cli("run", "--ollama", "onnx", env=env), "is not a GGUF")
     assert_refused(run_cli("run", "--ollama", "qwen3", "--gguf", str(shutil.which("true")), env=env),

@@ -256,7 +256,8 @@ def plan_command(
     plan = plan_quants(name, tables, shape, machine.hardware, ctx, calibration, min_tg,
                        wanted if gguf is None else None, speed=speed)
     if export is not None:
-        _export_plan(export, export_out, plan, gguf, model, source, shape.n_layer, machine.n_cpu_physical)
+        _export_plan(export, export_out, plan, gguf, model, source, shape.n_layer, machine.n_cpu_physical,
+                     label.removeprefix("ollama:"))
         return
     # a GPU this install cannot drive: the plan its build would give, beside this install's
     other = idle_gpu_build(machine.hardware) if backend is None else None
@@ -337,7 +338,7 @@ def plan_command(
 
 
 def _export_plan(target: str, path: Path | None, plan: Any, gguf: Path | None, model: str | None,
-                 source: dict[str, Any], n_layer: int, n_threads: int) -> None:
+                 source: dict[str, Any], n_layer: int, n_threads: int, ollama: str = "") -> None:
     """The plan's choice written for another tool (export.py), to a file or standard output."""
     from ..catalog import get_model
     from ..export import ModelSource, render
@@ -347,7 +348,7 @@ def _export_plan(target: str, path: Path | None, plan: Any, gguf: Path | None, m
         raise UsageError(f"{plan.model}: nothing fits this machine, so there is no plan to export",
                          hint="`qwenbench plan` without --export says what would fit")
     if gguf is not None:
-        where = ModelSource(path=str(gguf))
+        where = ModelSource(path=str(gguf), ollama=ollama)
     else:
         files = source.get("files", {})
         repo = files[choice.quant]["repo"] if choice.quant in files else next(iter(get_model(model or "").hub), "")
