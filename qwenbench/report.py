@@ -86,11 +86,12 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
     has_gpu = frame["backends"].str.contains("|".join(GPU_BACKEND_NAMES), regex=True)
     offloads = (has_gpu | (frame["topology"] != "")) & (frame["n_gpu_layers"] != 0)
     derived = pd.Series("gpu", index=frame.index).where(offloads, "cpu")
+    # a run's own -nr runs other kernels: another configuration, not the same mode. A suite's mode stays whole:
+    # there the plan chose (as it chooses -ngl), and machines that chose differently still compare
+    derived = derived.where(frame["repack"] != "off", derived + " no-repack")
     frame["mode"] = frame["mode"].where(frame["mode"] != "", derived)
     # a run split across machines is another topology, not the same mode: compare and report keep them apart
     frame["mode"] = frame["mode"].where(frame["topology"] == "", frame["mode"] + " via " + frame["topology"])
-    # without the repacked weights the CPU runs other kernels: another configuration, not the same mode
-    frame["mode"] = frame["mode"].where(frame["repack"] != "off", frame["mode"] + " no-repack")
     frame["value"] = frame["avg_ts"].where(frame["test"] != "ttft", frame["ttft_ms"])
     return frame
 

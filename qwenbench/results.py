@@ -70,7 +70,8 @@ Schema (one row per test; llama-bench's column names where they overlap):
                        links as measured; empty on one machine. `report` shows it as a share of the measured time
   repack               (schema 9+) on | off: whether llama.cpp's CPU backend used repacked copies of the weights it
                        has kernels for (its use_extra_bufts; llama-bench -nr is off). Older rows ran with it on.
-                       `compare` and `report` keep runs without it apart
+                       `compare` and `report` keep a run's own -nr apart (a suite's mode stays whole: there the
+                       plan chose, as it chooses -ngl)
 """
 
 from __future__ import annotations

@@ -204,3 +204,14 @@ def test_split_runs_beside_the_cpu_alone_with_the_networks_share(tmp_path: Path)
     assert table.loc["tg128", "links"] == "10.0.0.5:50052 0.50 ms 110 MB/s"
     markdown = report.write_report([path], tmp_path / "out").markdown.read_text()
     assert "Runs split across machines" in markdown and "| 20% " in markdown and "0.80x" in markdown
+
+
+def test_a_runs_own_no_repack_is_another_mode_a_suites_plan_is_not(tmp_path: Path) -> None:
+    path = tmp_path / "repack.csv"
+    append_records(path, [
+        make_record(**LAPTOP, **QWEN3_4B, mode="", run_id="a", n_gpu_layers=0, repack="on"),
+        make_record(**LAPTOP, **QWEN3_4B, mode="", run_id="b", n_gpu_layers=0, repack="off"),
+        make_record(**LAPTOP, **QWEN3_4B, mode="cpu", suite="bench-all", run_id="c", repack="off"),
+    ])
+    modes = dict(zip(load_results([path])["run_id"], load_results([path])["mode"], strict=True))
+    assert modes == {"a": "cpu", "b": "cpu no-repack", "c": "cpu"}
