@@ -194,38 +194,43 @@ def plan_command(
     With --model, the tensor tables come from the headers of the files the Hub publishes, read with
     range requests (a few MB per file, cached), so nothing is downloaded to plan; offline, or when the
     Hub cannot be reached, from the catalog's recipe of llama-quantize's rules."""
+    from dataclasses import replace
+
     from rich.table import Table
 
     from ..calibration import load_calibration
     from ..catalog import get_model
+    from ..export import TARGETS
     from ..gguf_info import read_model_header
     from ..hub import offline_mode
     from ..hubheader import plan_tables
     from ..machine import describe_machine
-    from ..planner import candidate_quants, offload_devices, plan_quants
+    from ..planner import (
+        BACKEND_BUILDS,
+        as_if_built_for,
+        candidate_quants,
+        idle_gpu_build,
+        offload_devices,
+        plan_quants,
+        usable_gpu,
+    )
+    from ..probe.backends import install_command
     from ..rpc import parse_endpoints
 
     if ctx < 1:
         raise UsageError("--ctx must be >= 1")
-    from ..export import TARGETS
-
     if export is not None and export not in TARGETS:
         raise UsageError(f"--export {export!r}: not a tool it writes for", hint=f"one of {', '.join(TARGETS)}")
     if export_out is not None and export is None:
         raise UsageError("--export-out goes with --export", hint="e.g. --export ollama --export-out Modelfile")
     label = ""
     if ollama is not None:
-        found = _ollama_model(ollama, gguf, model)
-        gguf, label = found.blob, f"ollama:{found.reference}"
+        pulled = _ollama_model(ollama, gguf, model)
+        gguf, label = pulled.blob, f"ollama:{pulled.reference}"
     if (model is None) == (gguf is None):
         raise UsageError("give --model, --gguf or --ollama", hint="e.g. qwenbench plan --model qwen3-30b-a3b")
     if gguf is not None and (repo or revision or quant):
         raise UsageError("--quant, --repo and --revision go with --model; a local file is planned as it is")
-    from dataclasses import replace
-
-    from ..planner import BACKEND_BUILDS, as_if_built_for, idle_gpu_build, usable_gpu
-    from ..probe.backends import install_command
-
     if backend is not None and backend not in BACKEND_BUILDS:
         raise UsageError(f"--backend {backend!r}: not a build it plans for", hint=f"one of {', '.join(BACKEND_BUILDS)}")
     machine, _ = _with_rpc_devices(describe_machine(bandwidth=True), parse_endpoints(rpc) if rpc else ())
