@@ -33,7 +33,6 @@ from .modelfile import (
     ensure_synthetic,
     header_identity,
     open_model_file,
-    remember_sha256,
 )
 from .planner import prepare_run, usable_gpu
 from .recipe import tensor_table
@@ -217,9 +216,7 @@ class _Runner:
     def _model_file(self, job: Job) -> ModelFile:
         entry = job.entry
         if entry.gguf is not None:
-            if entry.ollama:  # its name is its digest: the blob is not read again to hash it
-                remember_sha256(entry.gguf, entry.gguf.name.removeprefix("sha256-"))
-            return open_model_file(entry.gguf, filename=entry.filename if entry.ollama else "")
+            return open_model_file(entry.gguf, filename=entry.filename)
         spec = get_model(entry.key)
         if job.weights == "synthetic":
             self._say(f"writing synthetic {spec.name} {entry.quant} (once, then cached)")

@@ -313,13 +313,19 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
         if len(values) > 1:
             spreads.append((max(values) - min(values)) / max(values))
     token_s = layer_s = moe_layer_s = 0.0
+
+    def type_rate(probe: _Probe) -> TypeRate:
+        """A type probe's rates: its decode time less the fixed costs found so far, its prefill as measured."""
+        decode_s, prefill_s = best[probe.name]
+        shape = probe.spec.shape()
+        return TypeRate(decode_bytes_per_token(probe.table, shape)
+                        / max(decode_s - token_s - layer_s * probe.spec.n_layer, 0.5 * decode_s),
+                        prefill_bytes_per_token(probe.table, shape) / prefill_s)
+
     for _ in range(SOLVE_ITERATIONS):
         # a probe's decode time is its weights at its type's rate plus the fixed costs of its token and layers;
         # the tiny probes are nearly all fixed cost. Each estimate sharpens the other: a few passes settle both.
-        rates = {t: TypeRate(decode_bytes_per_token(p.table, p.spec.shape())
-                             / max(best[p.name][0] - token_s - layer_s * p.spec.n_layer, 0.5 * best[p.name][0]),
-                             prefill_bytes_per_token(p.table, p.spec.shape()) / best[p.name][1])
-                 for t, p in zip(types, type_probes, strict=True)}
+        rates = {t: type_rate(p) for t, p in zip(types, type_probes, strict=True)}
         reference = rates.get("Q8_0", next(iter(rates.values())))
         two, many, moe_many = (best[p.name][0] - decode_bytes_per_token(p.table, p.spec.shape())
                                / reference.tg_bytes_per_s for p in tiny)
@@ -328,10 +334,7 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
         moe_layer_s = max(0.0, (moe_many - many) / TINY_LAYERS)
     moe_pp_rates = {probe.moe_type: _expert_pp_rate(probe, best[probe.name][1], rates, reference)
                     for probe in moe_probes}
-    plain_rates = {t: TypeRate(decode_bytes_per_token(p.table, p.spec.shape())
-                               / max(best[p.name][0] - token_s - layer_s * p.spec.n_layer, 0.5 * best[p.name][0]),
-                               prefill_bytes_per_token(p.table, p.spec.shape()) / best[p.name][1])
-                   for t, p in plain_probes.items()}
+    plain_rates = {t: type_rate(p) for t, p in plain_probes.items()}
     spec = attention.spec
     head_work = spec.n_layer * spec.n_head * spec.head_dim
     shallow = best[attention.name]

@@ -145,6 +145,16 @@ def on_gpu(tensor: TensorInfo, shape: ModelShape, config: RunConfig) -> bool:
     return not (tensor.is_expert and layer < config.n_cpu_moe)
 
 
+def runs_from_repacked_copy(tensor: TensorInfo, shape: ModelShape, config: RunConfig) -> bool:
+    """Whether this run would read the weight from a repacked copy, where the CPU backend makes one
+    (repacked_on_cpu): repacking on (-nr turns it off), the weight on this machine's CPU (an offload device, an RPC
+    worker's included, never repacks), and not an expert --n-cpu-moe keeps in RAM (those land in the plain CPU
+    buffer)."""
+    if not config.repack or on_gpu(tensor, shape, config):
+        return False
+    return not (config.gpu and tensor.is_expert and layer_index(tensor.name, shape.n_layer) < config.n_cpu_moe)
+
+
 def _is_matmul_weight(tensor: TensorInfo) -> bool:
     name = tensor.name
     return (len(tensor.shape) >= 2 and name.endswith(".weight") and not name.startswith("token_embd")
@@ -217,9 +227,7 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
             device_bytes[devices[layer_index(tensor.name, shape.n_layer)]] += tensor.n_bytes
             continue
         host_weights += tensor.n_bytes
-        # experts pinned to host RAM by --n-cpu-moe land in the plain CPU buffer, not the repacked one
-        pinned = config.gpu and tensor.is_expert and layer_index(tensor.name, shape.n_layer) < config.n_cpu_moe
-        if not pinned and config.repack and repacked_on_cpu(tensor, cpu_features):
+        if runs_from_repacked_copy(tensor, shape, config) and repacked_on_cpu(tensor, cpu_features):
             repack += tensor.n_bytes
     # with mmap the file pages of repacked weights stay resident beside their copies; without, only copies
     host_resident_weights = host_weights + repack if config.use_mmap else host_weights

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidModelFileError, UsageError
+from .modelfile import remember_sha256
 
 MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 DEFAULT_REGISTRY, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
@@ -114,4 +115,5 @@ def find_model(reference: str, roots: list[Path] | None = None) -> OllamaModel:
     if magic != GGUF_MAGIC:
         raise InvalidModelFileError(f"the model blob of Ollama's {label} is not a GGUF ({blob} starts with "
                                     f"{magic!r})", hint="only GGUF models run on llama.cpp")
+    remember_sha256(blob, digest)  # its name is its digest: a 20 GB blob is not read to hash it
     return OllamaModel(label, manifest, blob, digest)

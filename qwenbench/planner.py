@@ -21,6 +21,7 @@ from .fit import (
 )
 from .network import Link
 from .probe import GpuInfo, Hardware
+from .probe.backends import BUILDS, build_for_gpu
 from .runspec import RunSettings
 from .speed import SpeedCalibration, predict_speed, wire_seconds
 from .tensors import TensorTable
@@ -40,29 +41,21 @@ def offload_devices(hardware: Hardware) -> tuple[GpuInfo, ...]:
     return tuple(gpu for gpu in hardware.gpus if set(GPU_BACKENDS.get(gpu.vendor, ())) & set(hardware.backends))
 
 
-# `plan --backend`: the ggml backend each build choice brings (cpu: none beyond the CPU's)
-BACKEND_BUILDS = {"cuda": "CUDA", "vulkan": "Vulkan", "metal": "Metal", "hip": "HIP", "cpu": ""}
-_GPU_BACKEND_NAMES = {"CUDA", "Vulkan", "Metal", "HIP", "SYCL"}
-
-
 def as_if_built_for(hardware: Hardware, build: str) -> Hardware:
-    """This machine as a llama-cpp-python built for `build` (a key of BACKEND_BUILDS) would see it: its GPU
+    """This machine as a llama-cpp-python built for `build` (a key of probe.backends.BUILDS) would see it: its GPU
     backends replaced by that one (RPC, the CPU and others kept)."""
-    kept = tuple(name for name in hardware.backends if name not in _GPU_BACKEND_NAMES)
-    return replace(hardware, backends=(*kept, BACKEND_BUILDS[build]) if BACKEND_BUILDS[build] else kept)
+    gpu_backends = {name for vendor, names in GPU_BACKENDS.items() if vendor != "rpc" for name in names}
+    kept = tuple(name for name in hardware.backends if name not in gpu_backends)
+    added = BUILDS[build][0]
+    return replace(hardware, backends=(*kept, added) if added else kept)
 
 
 def idle_gpu_build(hardware: Hardware) -> str | None:
-    """The build that would drive a GPU this install cannot use (the first such), or None: CUDA for NVIDIA,
-    Metal for Apple, HIP for a discrete AMD card, Vulkan for an AMD APU or an Intel GPU."""
+    """The build that would drive a GPU this install cannot use (the first such; probe.backends.build_for_gpu),
+    or None."""
     if usable_gpu(hardware) is not None:
         return None
-    for gpu in hardware.gpus:
-        build = {"nvidia": "cuda", "apple": "metal", "intel": "vulkan",
-                 "amd": "hip" if gpu.kind == "discrete" else "vulkan"}.get(gpu.vendor)
-        if build is not None:
-            return build
-    return None
+    return next((build for gpu in hardware.gpus if (build := build_for_gpu(gpu.vendor, gpu.kind))), None)
 
 
 def usable_gpu(hardware: Hardware) -> GpuInfo | None:

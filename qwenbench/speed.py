@@ -29,8 +29,8 @@ from .fit import (
     has_tied_output,
     kv_bytes_per_layer,
     layer_devices,
-    layer_index,
     on_gpu,
+    runs_from_repacked_copy,
     tied_output_on_gpu,
     token_read_bytes,
 )
@@ -287,9 +287,7 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
     output_copy = tied_output_on_gpu(table, shape, config)
     for tensor in table.tensors:
         offloaded = on_gpu(tensor, shape, config)
-        # an RPC worker never repacks; experts --n-cpu-moe keeps here land in the plain CPU buffer (fit.py)
-        kept_experts = config.gpu and tensor.is_expert and layer_index(tensor.name, shape.n_layer) < config.n_cpu_moe
-        repacked = config.repack and not (on_workers and offloaded) and not kept_experts
+        repacked = runs_from_repacked_copy(tensor, shape, config)  # plain_rates where not (a worker's, for one)
         rate, measured = calibration.rate(tensor.type_name, repacked)
         tg_bytes = token_read_bytes(tensor, shape, tied_output)
         pp_bytes = _prefill_bytes(tensor, shape, tied_output)

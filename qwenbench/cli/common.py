@@ -215,14 +215,11 @@ class _HashProgress:
 
 def _ollama_model(ollama: str, gguf: Path | None, model: str | None) -> OllamaModel:
     """The GGUF behind an Ollama model name (--ollama), which stands instead of --gguf or --model."""
-    from ..modelfile import remember_sha256
     from ..ollama import find_model
 
     if gguf is not None or model is not None:
         raise UsageError("give one of --gguf, --model or --ollama")
-    found = find_model(ollama)
-    remember_sha256(found.blob, found.sha256)  # its name is its digest: a 20 GB blob is not read to hash it
-    return found
+    return find_model(ollama)
 
 
 def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool,

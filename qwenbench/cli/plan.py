@@ -206,7 +206,6 @@ def plan_command(
     from ..hubheader import plan_tables
     from ..machine import describe_machine
     from ..planner import (
-        BACKEND_BUILDS,
         as_if_built_for,
         candidate_quants,
         idle_gpu_build,
@@ -214,7 +213,7 @@ def plan_command(
         plan_quants,
         usable_gpu,
     )
-    from ..probe.backends import install_command
+    from ..probe.backends import BUILDS, install_command
     from ..rpc import parse_endpoints
 
     if ctx < 1:
@@ -231,8 +230,8 @@ def plan_command(
         raise UsageError("give --model, --gguf or --ollama", hint="e.g. qwenbench plan --model qwen3-30b-a3b")
     if gguf is not None and (repo or revision or quant):
         raise UsageError("--quant, --repo and --revision go with --model; a local file is planned as it is")
-    if backend is not None and backend not in BACKEND_BUILDS:
-        raise UsageError(f"--backend {backend!r}: not a build it plans for", hint=f"one of {', '.join(BACKEND_BUILDS)}")
+    if backend is not None and backend not in BUILDS:
+        raise UsageError(f"--backend {backend!r}: not a build it plans for", hint=f"one of {', '.join(BUILDS)}")
     machine, _ = _with_rpc_devices(describe_machine(bandwidth=True), parse_endpoints(rpc) if rpc else ())
     as_if: dict[str, Any] = {}
     if backend is not None:

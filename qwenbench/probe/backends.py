@@ -12,8 +12,18 @@ from pathlib import Path
 
 _BACKEND_LIBS = {"cuda": "CUDA", "metal": "Metal", "vulkan": "Vulkan", "hip": "HIP", "sycl": "SYCL",
                  "opencl": "OpenCL", "blas": "BLAS", "rpc": "RPC", "cpu": "CPU"}
-_BUILD_FLAGS = {"cuda": "-DGGML_CUDA=on", "vulkan": "-DGGML_VULKAN=on", "metal": "-DGGML_METAL=on",
-                "hip": "-DGGML_HIP=on", "cpu": ""}
+# a llama-cpp-python build for each GPU backend (plan --backend, the rebuild hints): the ggml backend it adds and
+# its CMake flag; cpu adds none
+BUILDS = {"cuda": ("CUDA", "-DGGML_CUDA=on"), "vulkan": ("Vulkan", "-DGGML_VULKAN=on"),
+          "metal": ("Metal", "-DGGML_METAL=on"), "hip": ("HIP", "-DGGML_HIP=on"), "cpu": ("", "")}
+
+
+def build_for_gpu(vendor: str, kind: str = "discrete") -> str | None:
+    """The build that drives a GPU: CUDA for NVIDIA, Metal for Apple, HIP for a discrete AMD card, Vulkan for an
+    AMD APU or an Intel GPU; None for a vendor no build drives."""
+    if vendor == "amd":
+        return "hip" if kind == "discrete" else "vulkan"
+    return {"nvidia": "cuda", "apple": "metal", "intel": "vulkan"}.get(vendor)
 
 
 def install_command(build: str) -> str:
@@ -25,7 +35,7 @@ def install_command(build: str) -> str:
         pinned = f"=={version('llama-cpp-python')}"
     except PackageNotFoundError:
         pinned = ""
-    flags = " ".join(f for f in (_BUILD_FLAGS[build], "-DGGML_RPC=ON") if f)
+    flags = " ".join(f for f in (BUILDS[build][1], "-DGGML_RPC=ON") if f)
     return f'CMAKE_ARGS="{flags}" pip install --force-reinstall --no-cache-dir "llama-cpp-python{pinned}"'
 
 
@@ -66,8 +76,8 @@ def missing_backend_hint(vendors: set[str], backends: tuple[str, ...]) -> list[s
     """For each GPU vendor present whose backend this build lacks, the reinstall command."""
     hints = []
     for vendor in sorted(vendors):
-        build = {"nvidia": "cuda", "amd": "hip", "intel": "vulkan", "apple": "metal"}.get(vendor, "")
-        if vendor in GPU_BACKEND_FOR_VENDOR and not GPU_BACKEND_FOR_VENDOR[vendor] & set(backends):
+        build = build_for_gpu(vendor)
+        if build is not None and not GPU_BACKEND_FOR_VENDOR[vendor] & set(backends):
             hints.append(f"a {vendor} GPU is present but this llama-cpp-python is built for "
                          f"{', '.join(backends) or 'nothing usable'}: reinstall with {install_command(build)}"
                          + (" (or vulkan for an APU)" if vendor == "amd" else ""))
