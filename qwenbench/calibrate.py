@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .calibration import forget_speed_observations, speed_observations
 from .catalog import ModelSpec, get_model
-from .fit import has_tied_output, repacked_on_cpu, token_read_bytes
+from .fit import has_tied_output, repacked_on_cpu
 from .harness import run_batch
 from .machine import MachineInfo
 from .modelfile import ensure_synthetic_table
@@ -40,7 +40,9 @@ from .speed import (
     SpeedCalibration,
     TypeRate,
     decode_bytes_per_token,
+    output_token_bytes,
     prefill_bytes_per_token,
+    prefill_token_bytes,
     refine_from,
 )
 from .tensors import TensorInfo, TensorTable
@@ -64,7 +66,13 @@ PP = f"pp{PROBE_PROMPT}"
 # holds from 512 cells to 4096, and filling 512 costs a sixty-fourth of filling 4096 (a quadratic fill), so one
 # depth: 512, the least at which llama.cpp splits a decode's cache across threads, as for a long context. Measured
 # in the first round only: at depth it is mostly attention, far above the noise.
-ATTENTION_SHAPE = {"n_layer": 64, "n_embd": 64, "n_ff": 64, "n_head": 32, "n_head_kv": 8, "head_dim": 128}
+# Per query head the cost falls as more of them share a KV head's rows (see SpeedCalibration.attention): probes
+# at GQA 2 (Qwen3-0.6B and 1.7B) and 4 (4B to 32B). One at GQA 4 alone left a Qwen3-0.6B twin's decode at depth
+# 4096 predicted 42 % fast on that Xeon (26 % with both). Not at 8 (30B-A3B, 235B-A22B), which take GQA 4's: a
+# GQA-8 probe read 0.17-0.20 ns where a Qwen3-30B-A3B twin at 4096 cells costs 0.26 and GQA 4's probe 0.28-0.34
+# (its small KV rows stay in the CPU's caches between tokens; a real model streams its weights through them).
+ATTENTION_SHAPE = {"n_layer": 32, "n_embd": 64, "n_ff": 64, "n_head": 32, "n_head_kv": 8, "head_dim": 128}
+ATTENTION_HEADS = ((16, 8), (32, 8))  # (query heads, KV heads)
 ATTENTION_DEPTHS = (512,)
 ATTENTION_GEN, ATTENTION_REPS = 8, 2
 # an MoE layer's experts in a batch run other kernels than a dense matrix's (ggml's mul_mat_id: each expert's
@@ -72,7 +80,8 @@ ATTENTION_GEN, ATTENTION_REPS = 8, 2
 # 0.6x the dense rate), so each type's experts have their own probe: Qwen3-30B-A3B's expert matrices (2048 x 768),
 # 8 experts, 2 used, prefilled at 128 tokens, 32 an expert as Qwen3-30B-A3B's pp512 gives; attention small beside
 # them, no decode. (These zero-weight probes also ran twice as slow at 8 tokens an expert, for Q3_K; a
-# random-weight Qwen3-30B-A3B Q3_K_L only 1.15x, so the batch's split is not modelled.)
+# random-weight Qwen3-30B-A3B Q3_K_L only 1.15x, so the batch's split is not modelled.) Of its 4 layers, a prompt's
+# tokens run the experts of the first 3: the last layer's FFN works for the output token only.
 MOE_PROBE_SHAPE = {"n_layer": 4, "n_embd": 2048, "n_ff_exp": 768, "n_expert": 8, "n_expert_used": 2, "n_head": 4,
                    "n_head_kv": 1, "head_dim": 64}
 # the expert types measured: the presets' quantized ones. 16-bit MoE files (60 GB and up) run on a CPU rarely; their
@@ -84,7 +93,7 @@ ROUNDS = 2
 # (480 MiB on the Xeon of issue 10): eight times that took 4 to 28 s of a calibration, page faults and all
 BANDWIDTH_BYTES, BANDWIDTH_TRIALS = (512 << 20, 1 << 30), 7
 SOLVE_ITERATIONS = 4
-CALIBRATION_FORMAT = "f5"  # what the probes measure and how: a calibration of another format is not this one
+CALIBRATION_FORMAT = "f6"  # what the probes measure and how: a calibration of another format is not this one
 OnProgress = Callable[[str, int, int], None]  # (what, done, total)
 PLAIN_SUFFIX = "-no-repack"
 
@@ -140,6 +149,8 @@ def _moe_probe(type_name: str, shape: dict[str, int]) -> _Probe:
     the experts (the synthetic writer keeps them so) and double as the output layer, in Q2_K, the smallest."""
     from gguf import GGMLQuantizationType
 
+    if shape["n_layer"] < 2:
+        raise ValueError("an expert probe needs two layers: a prompt's tokens skip the last one's FFN")
     spec = get_model("qwen3-30b-a3b").with_overrides(tied_embeddings=True, **shape)
     experts, embeddings, rest = (int(GGMLQuantizationType[t]) for t in (type_name, "Q2_K", "Q8_0"))
     tensors = [TensorInfo(name, 0 if len(dims) < 2 or "ffn_gate_inp" in name else
@@ -151,22 +162,33 @@ def _moe_probe(type_name: str, shape: dict[str, int]) -> _Probe:
 
 
 def _expert_pp_rate(probe: _Probe, seconds: float, rates: dict[str, TypeRate], fallback: TypeRate) -> float:
-    """A type's experts' prefill rate from its probe: its prefill less the small dense part (attention, router) at
-    the dense rates."""
+    """A type's experts' prefill rate from its probe: its prefill less the small dense part (attention, router) and
+    the output token's share, at the dense rates."""
     experts_s = max(seconds - _dense_prefill_s(probe, rates, fallback), 0.5 * seconds)
     return prefill_bytes_per_token(probe.table, probe.spec.shape(), experts=True) / experts_s
 
 
 def _dense_prefill_s(probe: _Probe, rates: dict[str, TypeRate], fallback: TypeRate) -> float:
-    """Seconds a prompt token spends in a probe's layers outside its experts, at the measured dense rates."""
+    """Seconds a prompt token spends in a probe outside its experts' batch work, at the measured dense rates: its
+    other layers' tensors, and the output token's share of its prompt."""
     shape, tied = probe.spec.shape(), has_tied_output(probe.table)
-    return sum(token_read_bytes(t, shape, tied) / rates.get(t.type_name, fallback).pp_bytes_per_s
-               for t in probe.table.tensors if t.layer is not None and not t.is_expert)
+    return (sum(prefill_token_bytes(t, shape, tied) / rates.get(t.type_name, fallback).pp_bytes_per_s
+                for t in probe.table.tensors if not t.is_expert)
+            + _output_token_s(probe, lambda name: rates.get(name, fallback)))
 
 
-def _attention_probe() -> _Probe:
-    spec = get_model("qwen3-0.6b").with_overrides(**ATTENTION_SHAPE)
-    return _Probe(f"attention-l{spec.n_layer}-h32-kv8", spec, _uniform_table(spec, "Q8_0"), once=True, attention=True)
+def _output_token_s(probe: _Probe, rate_of: Callable[[str], TypeRate]) -> float:
+    """A probe's prompt's one output token's extra seconds (the output layer, the last FFN), per prompt token."""
+    shape, tied = probe.spec.shape(), has_tied_output(probe.table)
+    return sum(output_token_bytes(t, shape, tied) / rate_of(t.type_name).tg_bytes_per_s
+               for t in probe.table.tensors) / PROBE_PROMPT
+
+
+def _attention_probe(n_head: int, n_head_kv: int, n_layer: int) -> _Probe:
+    spec = get_model("qwen3-0.6b").with_overrides(**(ATTENTION_SHAPE | {"n_head": n_head, "n_head_kv": n_head_kv,
+                                                                        "n_layer": n_layer}))
+    return _Probe(f"attention-l{spec.n_layer}-h{n_head}-kv{n_head_kv}", spec, _uniform_table(spec, "Q8_0"), once=True,
+                  attention=True)
 
 
 def probe_bytes_for(last_level_cache_bytes: int) -> int:
@@ -266,7 +288,8 @@ def _announce(order: list[tuple[_Probe, tuple[int, ...]]], label: str, done: int
 
 def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = CALIBRATED_TYPES,
               rounds: int = ROUNDS, probe_shape: dict[str, int] | None = None, probe_bytes: int | None = None,
-              attention_depths: tuple[int, ...] = ATTENTION_DEPTHS, moe_types: tuple[str, ...] | None = None,
+              attention_depths: tuple[int, ...] = ATTENTION_DEPTHS,
+              attention_layers: int = ATTENTION_SHAPE["n_layer"], moe_types: tuple[str, ...] | None = None,
               moe_shape: dict[str, int] | None = None, on_progress: OnProgress | None = None) -> SpeedCalibration:
     """Measure every weight type and the fixed costs, store the result under this machine's key, return it.
 
@@ -284,9 +307,9 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     tiny = [_tiny_probe(2, False), _tiny_probe(TINY_LAYERS, False), _tiny_probe(TINY_LAYERS, True)]
     moe_types = tuple(t for t in MOE_TYPES if t in types) if moe_types is None else moe_types
     moe_probes = [_moe_probe(t, moe_shape or MOE_PROBE_SHAPE) for t in moe_types]
-    attention = _attention_probe()
-    probes = [*type_probes, *plain_probes.values(), *tiny, *moe_probes, attention]
-    runs = [(probe, (0, *attention_depths) if probe is attention else (0,)) for probe in probes]
+    attention = [_attention_probe(*heads, attention_layers) for heads in ATTENTION_HEADS]
+    probes = [*type_probes, *plain_probes.values(), *tiny, *moe_probes, *attention]
+    runs = [(probe, (0, *attention_depths) if probe.attention else (0,)) for probe in probes]
     total = len(runs) * rounds - sum(rounds - 1 for probe, _ in runs if probe.once)
     for probe in probes:  # sparse files of zero weights (the kernels' speed does not depend on the values), kept
         if probe.plain:
@@ -315,12 +338,14 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     token_s = layer_s = moe_layer_s = 0.0
 
     def type_rate(probe: _Probe) -> TypeRate:
-        """A type probe's rates: its decode time less the fixed costs found so far, its prefill as measured."""
+        """A type probe's rates: its decode time less the fixed costs found so far, its prefill less the output
+        token's share (at the decode rate)."""
         decode_s, prefill_s = best[probe.name]
         shape = probe.spec.shape()
-        return TypeRate(decode_bytes_per_token(probe.table, shape)
-                        / max(decode_s - token_s - layer_s * probe.spec.n_layer, 0.5 * decode_s),
-                        prefill_bytes_per_token(probe.table, shape) / prefill_s)
+        decode = TypeRate(decode_bytes_per_token(probe.table, shape)
+                          / max(decode_s - token_s - layer_s * probe.spec.n_layer, 0.5 * decode_s), 1.0)
+        batch_s = max(prefill_s - _output_token_s(probe, lambda name: decode), 0.5 * prefill_s)
+        return TypeRate(decode.tg_bytes_per_s, prefill_bytes_per_token(probe.table, shape) / batch_s)
 
     for _ in range(SOLVE_ITERATIONS):
         # a probe's decode time is its weights at its type's rate plus the fixed costs of its token and layers;
@@ -335,15 +360,16 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     moe_pp_rates = {probe.moe_type: _expert_pp_rate(probe, best[probe.name][1], rates, reference)
                     for probe in moe_probes}
     plain_rates = {t: type_rate(p) for t, p in plain_probes.items()}
-    spec = attention.spec
-    head_work = spec.n_layer * spec.n_head * spec.head_dim
-    shallow = best[attention.name]
     points = []
-    deep = fastest[attention.name]
-    for depth in attention_depths:
-        # its slowdown at depth, per cell and unit of head work, decoding and prefilling
-        points.append((depth, max(0.0, (deep[f"tg@{depth}"] - shallow[0]) / (depth * head_work)),
-                       max(0.0, (deep[f"{PP}@{depth}"] - shallow[1]) / (depth * head_work))))
+    for probe in attention:
+        spec = probe.spec
+        head_work = spec.n_layer * spec.n_head * spec.head_dim
+        shallow, deep = best[probe.name], fastest[probe.name]
+        for depth in attention_depths:
+            # its slowdown at depth, per cell and unit of head work, decoding and prefilling
+            points.append((spec.n_head // spec.n_head_kv, depth,
+                           max(0.0, (deep[f"tg@{depth}"] - shallow[0]) / (depth * head_work)),
+                           max(0.0, (deep[f"{PP}@{depth}"] - shallow[1]) / (depth * head_work))))
     low, high = BANDWIDTH_BYTES
     bandwidth = ram_bandwidth_trials(n_threads, min(high, max(low, 2 * machine.hardware.cpu.last_level_cache_bytes)),
                                      BANDWIDTH_TRIALS)

@@ -13,6 +13,7 @@ spec-sheet bandwidth.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -53,6 +54,18 @@ def bits_per_weight(type_name: str) -> float:
     return 8 * size / block
 
 
+def _interpolate(x: float, points: list[tuple[float, tuple[float, float]]]) -> tuple[float, float]:
+    """The pair at x, linear between the two points around it, the nearest one beyond them."""
+    points = sorted(points)
+    if x <= points[0][0]:
+        return points[0][1]
+    for (low, (a_low, b_low)), (high, (a_high, b_high)) in pairwise(points):
+        if x <= high:
+            share = (x - low) / (high - low)
+            return a_low + share * (a_high - a_low), b_low + share * (b_high - b_low)
+    return points[-1][1]
+
+
 @dataclass(frozen=True)
 class TypeRate:
     """One weight type on this machine: decode reads its bytes at tg_bytes_per_s; a prefill batch multiplies
@@ -71,10 +84,13 @@ class SpeedCalibration:
     token_s: float  # fixed cost of one decoded token
     layer_s: float  # and of each layer in it
     moe_layer_s: float = 0.0  # extra per MoE layer: routing, expert gathers
-    # attention over the cache, measured at a few depths: (depth, decode s, prefill s), the seconds per
-    # (cached cell x layer x query head x head dim). Per cell it may change with depth, as the cache outgrows the
-    # CPU's caches: a depth between two measured ones takes the interpolation, one beyond them the nearest.
-    attention: tuple[tuple[int, float, float], ...] = ()
+    # attention over the cache, measured at a few depths and GQA ratios (query heads per KV head): (gqa, depth,
+    # decode s, prefill s), the seconds per (cached cell x layer x query head x head dim). Per cell it may change
+    # with depth, as the cache outgrows the CPU's caches, and per query head it falls as more query heads share a
+    # KV head's rows (the Xeon of issue 10 at 512 cells, 64 layers: 0.42, 0.28 and 0.17 ns at GQA 2, 4 and 8;
+    # calibrate measures 2 and 4, see ATTENTION_HEADS there). A
+    # depth or ratio between two measured ones takes the interpolation (ratios in log2), one beyond them the nearest.
+    attention: tuple[tuple[int, int, float, float], ...] = ()
     spread: float = 0.0  # the calibration's own run-to-run spread (coefficient of variation), for uncertainty
     # RAM copy bandwidth over a buffer far beyond the caches: the median of several trials and their spread
     # ((max - min) / median), for a reader; the model itself uses each type's own decode rate
@@ -125,18 +141,16 @@ class SpeedCalibration:
                   if name in self.rates]
         return rate.pp_bytes_per_s * (statistics.median(ratios) if ratios else 1.0), False
 
-    def attention_at(self, depth: float) -> tuple[float, float]:
-        """(decode, prefill) seconds per cell x layer x query head x head dim, at `depth` cells of cache."""
-        points = sorted(self.attention)
-        if not points:
+    def attention_at(self, depth: float, gqa: float = 4.0) -> tuple[float, float]:
+        """(decode, prefill) seconds per cell x layer x query head x head dim, at `depth` cells of cache, for a
+        model whose KV heads each serve `gqa` query heads."""
+        by_ratio = sorted({ratio for ratio, *_ in self.attention})
+        if not by_ratio:
             return 0.0, 0.0
-        if depth <= points[0][0]:
-            return points[0][1], points[0][2]
-        for (low, tg_low, pp_low), (high, tg_high, pp_high) in pairwise(points):
-            if depth <= high:
-                share = (depth - low) / (high - low)
-                return tg_low + share * (tg_high - tg_low), pp_low + share * (pp_high - pp_low)
-        return points[-1][1], points[-1][2]
+        at_ratio = [_interpolate(depth, [(d, (tg, pp)) for r, d, tg, pp in self.attention if r == ratio])
+                    for ratio in by_ratio]
+        return _interpolate(math.log2(max(gqa, 1.0)), [(math.log2(r), costs) for r, costs
+                                                        in zip(by_ratio, at_ratio, strict=True)])
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "token_s": self.token_s, "layer_s": self.layer_s, "moe_layer_s": self.moe_layer_s,
@@ -157,7 +171,8 @@ class SpeedCalibration:
         if not rates or any(r.tg_bytes_per_s <= 0 or r.pp_bytes_per_s <= 0
                             for r in (*rates.values(), *plain_rates.values())):
             raise ValueError("a calibration without positive rates")
-        attention = tuple((int(depth), float(tg), float(pp)) for depth, tg, pp in data.get("attention", ()))
+        attention = tuple((int(ratio), int(depth), float(tg), float(pp))
+                          for ratio, depth, tg, pp in data.get("attention", ()))
         moe_pp_rates = {str(name): float(rate) for name, rate in data.get("moe_pp_rates", {}).items()}
         if any(rate <= 0 for rate in moe_pp_rates.values()):
             raise ValueError("a calibration with a non-positive expert rate")
@@ -217,10 +232,31 @@ class SpeedPrediction:
                 "parts_ms": {k: round(v * 1e3, 3) for k, v in self.parts.items()}}
 
 
-def _prefill_bytes(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -> int:
-    """The bytes of a tensor each prompt token multiplies through: the layers'. The embeddings are a lookup, and
-    the output layer works for the batch's last token only (negligible at pp512)."""
-    return 0 if tensor.layer is None else token_read_bytes(tensor, shape, tied_output)
+def runs_for_outputs_only(tensor: TensorInfo, shape: ModelShape) -> bool:
+    """Whether a prompt's tokens skip this tensor but for the ones whose logits are wanted (a prompt's last): the
+    output layer, and the last layer's FFN, which llama.cpp's graphs run after keeping only the output rows
+    (`inp_out_ids`). Measured on the Xeon of issue 10, uniform Q4_K probes of 1, 2, 4 and 10 layers: pp128 per
+    token grows 0.0905 ms a layer, and the 1-layer probe costs only its attention and the output token's share."""
+    if tensor.layer is None:
+        return tensor.name != "token_embd.weight"  # the output layer (a separate one; a tied one is a lookup too)
+    return tensor.layer == shape.n_layer - 1 and tensor.name.split(".")[2].startswith("ffn_")
+
+
+def prefill_token_bytes(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -> int:
+    """The bytes of a tensor each prompt token multiplies through: the layers' but the last one's FFN. The
+    embeddings are a lookup; the output layer and the last FFN work for the output token only
+    (output_token_bytes)."""
+    if tensor.layer is None or runs_for_outputs_only(tensor, shape):
+        return 0
+    return token_read_bytes(tensor, shape, tied_output)
+
+
+def output_token_bytes(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -> int:
+    """The bytes a prompt's one output token reads that its other tokens do not: once per prompt, at the decode
+    rate (the output layer, tied or not, and the last layer's FFN)."""
+    if tensor.name == "token_embd.weight":
+        return tensor.n_bytes if tied_output else 0
+    return token_read_bytes(tensor, shape, tied_output) if runs_for_outputs_only(tensor, shape) else 0
 
 
 def decode_bytes_per_token(table: TensorTable, shape: ModelShape) -> float:
@@ -232,7 +268,7 @@ def prefill_bytes_per_token(table: TensorTable, shape: ModelShape, *, experts: b
     """The weight bytes one prompt token multiplies through: what a prefill rate is measured and predicted in;
     experts=True counts only MoE experts' (at their used share), False all but theirs."""
     tied_output = has_tied_output(table)
-    return sum(_prefill_bytes(t, shape, tied_output) for t in table.tensors
+    return sum(prefill_token_bytes(t, shape, tied_output) for t in table.tensors
                if experts is None or t.is_expert == experts)
 
 
@@ -282,6 +318,7 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
     tied_output = has_tied_output(table)
     on_workers = config.offload_kind == "rpc"
     tg_host = tg_gpu = pp_host = pp_gpu = 0.0
+    output_host = 0.0  # seconds a prompt's output token costs on the host beyond its other tokens, once a prompt
     borrowed: set[str] = set()
     borrowed_experts: set[str] = set()  # MoE expert types whose prefill rate was not measured
     output_copy = tied_output_on_gpu(table, shape, config)
@@ -289,14 +326,18 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
         offloaded = on_gpu(tensor, shape, config)
         repacked = runs_from_repacked_copy(tensor, shape, config)  # plain_rates where not (a worker's, for one)
         rate, measured = calibration.rate(tensor.type_name, repacked)
+        if not measured:
+            borrowed.add(tensor.type_name)
         tg_bytes = token_read_bytes(tensor, shape, tied_output)
-        pp_bytes = _prefill_bytes(tensor, shape, tied_output)
+        pp_bytes = prefill_token_bytes(tensor, shape, tied_output)
         copy = tensor.name == "token_embd.weight" and output_copy
         if (copy or offloaded) and not on_workers:
             # the output layer's copy on the device (the host's lookup of a row is nothing), or a device's tensor
             tg_gpu += tg_bytes
             pp_gpu += pp_bytes
-        elif tensor.is_expert and shape.n_expert:
+            continue
+        output_host += output_token_bytes(tensor, shape, tied_output) / rate.tg_bytes_per_s
+        if tensor.is_expert and shape.n_expert:
             expert_rate, expert_measured = calibration.expert_pp_rate(tensor.type_name, repacked)
             if not expert_measured:
                 borrowed_experts.add(tensor.type_name)
@@ -305,25 +346,25 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
         else:
             tg_host += tg_bytes / rate.tg_bytes_per_s
             pp_host += pp_bytes / rate.pp_bytes_per_s
-        if not measured:
-            borrowed.add(tensor.type_name)
     parts = {"weights": tg_host, "fixed": calibration.token_s + calibration.layer_s * shape.n_layer
              + (calibration.moe_layer_s * shape.n_layer if shape.is_moe else 0.0)}
     first = first_gpu_layer(shape.n_layer, config.n_gpu_layers) if config.gpu and not on_workers else shape.n_layer + 1
     gpu_layers = max(0, shape.n_layer - first)
     head_work = (shape.n_layer - gpu_layers) * shape.n_head * shape.head_dim_k  # per cached cell
+    gqa = shape.n_head / max(1, shape.n_head_kv)
     if depth:
         # each token attends over the cache so far: measured per cell, layer, head and head dimension
-        parts["attention"] = depth * head_work * calibration.attention_at(depth)[0]
+        parts["attention"] = depth * head_work * calibration.attention_at(depth, gqa)[0]
         per_cell = kv_bytes_per_layer(shape, KV_CELL_PAD, config.type_k, config.type_v) / KV_CELL_PAD
         tg_gpu += per_cell * depth * gpu_layers
 
     def prefill_s(n_tokens: int, at_depth: int) -> float:
-        """Host seconds per prompt token of a prompt of n_tokens after at_depth cells: the weights' batch work, and
-        attention over the depth and, on average, half the prompt, less the half-prompt the probes' rates already
-        hold (PROBE_PROMPT_CELLS)."""
+        """Host seconds per prompt token of a prompt of n_tokens after at_depth cells: the weights' batch work, the
+        output token's share, and attention over the depth and, on average, half the prompt, less the half-prompt
+        the probes' rates already hold (PROBE_PROMPT_CELLS)."""
         attended = at_depth + n_tokens / 2
-        return pp_host + max(0.0, attended - PROBE_PROMPT_CELLS) * head_work * calibration.attention_at(attended)[1]
+        return (pp_host + output_host / n_tokens + max(0.0, attended - PROBE_PROMPT_CELLS) * head_work
+                * calibration.attention_at(attended, gqa)[1])
 
     network = wire_cost(shape, config, links, n_tokens=1, depth=depth)
     if network.round_trips:

@@ -48,11 +48,18 @@ def test_decode_is_each_tensors_bytes_over_its_types_rate_plus_fixed_costs() -> 
     assert predicted.parts["fixed"] == pytest.approx(0.001 + 0.0001 * spec.n_layer)
     assert predicted.tg_ts == pytest.approx(1 / (weights + 0.001 + 0.0001 * spec.n_layer))
     assert predicted.source == "calibrated here" and predicted.uncertainty == pytest.approx(0.05)
-    # prefill: the layers' weights per prompt token at the batch rates; embeddings and output left out
-    layers = [t for t in table.tensors if t.layer is not None]
+    # prefill: the layers' weights per prompt token at the batch rates, but the last layer's FFN and the output
+    # layer, which llama.cpp runs for the prompt's output token only: once a prompt, at the decode rates
+    last = spec.n_layer - 1
+    batch = [t for t in table.tensors if t.layer is not None and not (t.layer == last and ".ffn_" in t.name)]
+    once = [t for t in table.tensors if t.name == "output.weight" or (t.layer == last and ".ffn_" in t.name)]
+    assert len(once) == 5  # output, and the last FFN's gate, up, down and norm
     rates = {"Q4_K": 100e9, "Q6_K": 150e9, "F32": 400e9}
-    assert predicted.pp_ts == pytest.approx(1 / sum(t.n_bytes / rates[t.type_name] for t in layers))
-    assert predicted.ttft_ms == pytest.approx((136 / predicted.pp_ts + 1 / predicted.tg_ts) * 1e3)
+    decode_rates = {"Q4_K": 10e9, "Q6_K": 12e9, "F32": 20e9}
+    batch_s = sum(t.n_bytes / rates[t.type_name] for t in batch)
+    once_s = sum(t.n_bytes / decode_rates[t.type_name] for t in once)
+    assert predicted.pp_ts == pytest.approx(1 / (batch_s + once_s / 512))
+    assert predicted.ttft_ms == pytest.approx((136 * batch_s + once_s + 1 / predicted.tg_ts) * 1e3)
 
 
 def test_moe_reads_only_the_used_experts_and_depth_reads_the_cache() -> None:
@@ -66,7 +73,7 @@ def test_moe_reads_only_the_used_experts_and_depth_reads_the_cache() -> None:
     embd = next(t for t in table.tensors if t.name == "token_embd.weight").n_bytes / spec.n_vocab
     assert shallow.parts["weights"] == pytest.approx((expert_bytes * 8 / 128 + other + embd) / 10e9)
     # attention measured at two depths, dearer per cell at the deeper one (the cache outgrew the CPU's caches)
-    calibration = replace(calibration, attention=((1024, 1e-12, 1e-13), (4096, 3e-12, 2e-13)))
+    calibration = replace(calibration, attention=((8, 1024, 1e-12, 1e-13), (8, 4096, 3e-12, 2e-13)))
     deep = predict_speed(table, spec.shape(), config, calibration, depth=4096)
     head_work = spec.n_layer * spec.n_head * spec.head_dim
     assert deep.parts["attention"] == pytest.approx(4096 * head_work * 3e-12)
@@ -74,6 +81,11 @@ def test_moe_reads_only_the_used_experts_and_depth_reads_the_cache() -> None:
     between = predict_speed(table, spec.shape(), config, calibration, depth=2560)
     assert between.parts["attention"] == pytest.approx(2560 * head_work * 2e-12)  # interpolated
     assert calibration.attention_at(100) == (1e-12, 1e-13) and calibration.attention_at(8192) == (3e-12, 2e-13)
+    # per query head, a model whose KV heads serve fewer query heads pays more: interpolated by ratio in log2
+    by_ratio = replace(calibration, attention=((2, 512, 4e-12, 4e-13), (8, 512, 1e-12, 1e-13)))
+    assert by_ratio.attention_at(512, 4) == pytest.approx((2.5e-12, 2.5e-13))
+    assert by_ratio.attention_at(512, 1) == (4e-12, 4e-13) and by_ratio.attention_at(512, 16) == (1e-12, 1e-13)
+    assert spec.n_head // spec.n_head_kv == 8  # 30B-A3B: the ratio-8 points above
     # prompt tokens attend over the depth and half the prompt, less the half-prompt the probes already held
     prefill = predict_speed(table, spec.shape(), config, calibration, depth=4096)
     extra = 1 / prefill.pp_ts - 1 / predict_speed(table, spec.shape(), config, _calibration(
@@ -89,11 +101,15 @@ def test_moe_experts_prefill_at_their_own_rate_per_type() -> None:
     calibration = replace(dense, moe_pp_rates={"Q4_K": 50 * GB, "Q6_K": 40 * GB})
     shape, config = spec.shape(), RunConfig(n_ctx=4096)
     share = 8 / 128
-    expected = sum(t.n_bytes * share / (50e9 if t.type_name == "Q4_K" else 40e9) if t.is_expert else t.n_bytes / 100e9
-                   for t in table.tensors if t.layer is not None)
+    last = spec.n_layer - 1
+    batch = sum(t.n_bytes * share / (50e9 if t.type_name == "Q4_K" else 40e9) if t.is_expert else t.n_bytes / 100e9
+                for t in table.tensors if t.layer is not None and not (t.layer == last and ".ffn_" in t.name))
+    # the output token's, once a prompt: the output layer and the last layer's FFN (its used experts), decode rate
+    once = sum(t.n_bytes * (share if t.is_expert else 1) / 10e9 for t in table.tensors
+               if t.name == "output.weight" or (t.layer == last and ".ffn_" in t.name))
     predicted = predict_speed(table, shape, config, calibration, n_prompt=512)
-    assert 1 / predicted.pp_ts == pytest.approx(expected)  # no attention measured: none added
-    assert predicted.ttft_ms == pytest.approx((136 * expected + 1 / predicted.tg_ts) * 1e3)
+    assert 1 / predicted.pp_ts == pytest.approx(batch + once / 512)  # no attention measured: none added
+    assert predicted.ttft_ms == pytest.approx((136 * batch + once + 1 / predicted.tg_ts) * 1e3)
     # decode is untouched: experts are read once a token whatever their batch kernels do
     assert predicted.tg_ts == pytest.approx(predict_speed(table, shape, config, dense).tg_ts)
     assert predicted.source == "calibrated here"
@@ -118,10 +134,10 @@ def test_calibration_through_llama_cpp_is_cached_per_key(tmp_path: Path, tiny_de
     machine = describe_machine()
     small = {"n_embd": 256, "n_ff": 512, "n_head": 2, "n_head_kv": 1, "head_dim": 128}
     seen: list[str] = []
-    moe = {"n_layer": 1, "n_embd": 256, "n_ff_exp": 256, "n_expert": 8, "n_expert_used": 2, "n_head": 4,
+    moe = {"n_layer": 2, "n_embd": 256, "n_ff_exp": 256, "n_expert": 8, "n_expert_used": 2, "n_head": 4,
            "n_head_kv": 1, "head_dim": 64}
     calibration = calibrate(machine, 1, types=("Q4_0", "F16"), rounds=1, probe_shape=small, probe_bytes=1 << 20,
-                            attention_depths=(32, 64), moe_shape=moe,
+                            attention_depths=(32, 64), attention_layers=4, moe_shape=moe,
                             on_progress=lambda what, done, total: seen.append(what))
     assert set(calibration.rates) == {"Q4_0", "F16"}
     # a type this CPU backend repacks (Q4_0: AVX2, Arm) is measured without its repacked copies too
@@ -132,7 +148,8 @@ def test_calibration_through_llama_cpp_is_cached_per_key(tmp_path: Path, tiny_de
     assert set(calibration.moe_pp_rates) == {"Q4_0"} and calibration.moe_pp_rates["Q4_0"] > 1e8
     assert all(r.tg_bytes_per_s > 1e8 and r.pp_bytes_per_s > 1e8 for r in calibration.rates.values())
     assert calibration.token_s >= 0 and calibration.layer_s >= 0 and seen[-1] == "done"
-    assert [depth for depth, _, _ in calibration.attention] == [32, 64]
+    # at each depth, for KV heads serving 2 and 4 query heads
+    assert [(gqa, depth) for gqa, depth, _, _ in calibration.attention] == [(2, 32), (2, 64), (4, 32), (4, 64)]
     cached, note = load_speed_calibration(calibration_key(machine, 1))
     assert cached == calibration and note is None
     assert load_speed_calibration(calibration_key(machine, 2)) == (None, None)  # another thread count: not this one

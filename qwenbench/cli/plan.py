@@ -152,10 +152,10 @@ def calibrate_command(
                   f"{calibration.ram_spread:.0%})", markup=False)
     out.print(f"fixed: {calibration.token_s * 1e3:.2f} ms a token + {calibration.layer_s * 1e3:.3f} ms a layer "
               f"(+{calibration.moe_layer_s * 1e3:.3f} ms an MoE layer)", markup=False)
-    for depth, decode_s, prefill_s in calibration.attention:
+    for gqa, depth, decode_s, prefill_s in calibration.attention:
         # per cell, layer and query head of 128 dimensions: the unit a reader can multiply out for a model
-        out.print(f"attention at {depth} cells: {decode_s * 128 * 1e9:.2f} ns decoding, {prefill_s * 128 * 1e9:.2f} ns "
-                  "prefilling, a cell x layer x query head", markup=False)
+        out.print(f"attention at {depth} cells, {gqa} query heads a KV head: {decode_s * 128 * 1e9:.2f} ns decoding, "
+                  f"{prefill_s * 128 * 1e9:.2f} ns prefilling, a cell x layer x query head", markup=False)
 
 
 # ------------------------------------------------------------------------------------------- plan
