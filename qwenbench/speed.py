@@ -88,8 +88,8 @@ class SpeedCalibration:
     # decode s, prefill s), the seconds per (cached cell x layer x query head x head dim). Per cell it may change
     # with depth, as the cache outgrows the CPU's caches, and per query head it falls as more query heads share a
     # KV head's rows (the Xeon of issue 10 at 512 cells, 64 layers: 0.42, 0.28 and 0.17 ns at GQA 2, 4 and 8;
-    # calibrate measures 2 and 4, see ATTENTION_HEADS there). A
-    # depth or ratio between two measured ones takes the interpolation (ratios in log2), one beyond them the nearest.
+    # calibrate measures 2 and 4, see ATTENTION_HEADS there). A depth or ratio between two measured ones takes the
+    # interpolation (ratios in log2), one beyond them the nearest.
     attention: tuple[tuple[int, int, float, float], ...] = ()
     spread: float = 0.0  # the calibration's own run-to-run spread (coefficient of variation), for uncertainty
     # RAM copy bandwidth over a buffer far beyond the caches: the median of several trials and their spread
@@ -232,7 +232,7 @@ class SpeedPrediction:
                 "parts_ms": {k: round(v * 1e3, 3) for k, v in self.parts.items()}}
 
 
-def runs_for_outputs_only(tensor: TensorInfo, shape: ModelShape) -> bool:
+def _runs_for_outputs_only(tensor: TensorInfo, shape: ModelShape) -> bool:
     """Whether a prompt's tokens skip this tensor but for the ones whose logits are wanted (a prompt's last): the
     output layer, and the last layer's FFN, which llama.cpp's graphs run after keeping only the output rows
     (`inp_out_ids`). Measured on the Xeon of issue 10, uniform Q4_K probes of 1, 2, 4 and 10 layers: pp128 per
@@ -246,7 +246,7 @@ def prefill_token_bytes(tensor: TensorInfo, shape: ModelShape, tied_output: bool
     """The bytes of a tensor each prompt token multiplies through: the layers' but the last one's FFN. The
     embeddings are a lookup; the output layer and the last FFN work for the output token only
     (output_token_bytes)."""
-    if tensor.layer is None or runs_for_outputs_only(tensor, shape):
+    if tensor.layer is None or _runs_for_outputs_only(tensor, shape):
         return 0
     return token_read_bytes(tensor, shape, tied_output)
 
@@ -256,7 +256,7 @@ def output_token_bytes(tensor: TensorInfo, shape: ModelShape, tied_output: bool)
     rate (the output layer, tied or not, and the last layer's FFN)."""
     if tensor.name == "token_embd.weight":
         return tensor.n_bytes if tied_output else 0
-    return token_read_bytes(tensor, shape, tied_output) if runs_for_outputs_only(tensor, shape) else 0
+    return token_read_bytes(tensor, shape, tied_output) if _runs_for_outputs_only(tensor, shape) else 0
 
 
 def decode_bytes_per_token(table: TensorTable, shape: ModelShape) -> float:
