@@ -8,11 +8,11 @@ runs for real models) whose every matrix is of that type, with layers enough for
 (128-192 MiB; at most 10 layers, about 90 MB for Q2_K), so decode reads it from RAM as it does a real model.
 Overheads come from tiny models (n_embd 64) of 2 and 32 layers, dense and MoE, whose weights are small enough that
 the fixed costs dominate; MoE experts' prefill, whose kernels differ from a dense matrix's, from one probe per type
-with real expert matrices (Qwen3-30B-A3B's, 8 of them, random routers); attention from a tiny-weight model with
-real attention heads and a real model's layer count, decoded and prefilled at depth and without. Probe weights are
-zeros in sparse files (nothing to write; the kernels' speed does not depend on the values). All probes run one after
-another in one child process, in two rounds (the second backwards; attention in the first only), each keeping its
-fastest.
+with real expert matrices (Qwen3-30B-A3B's, 8 of them, random routers); attention from tiny-weight models with
+real attention heads (at two GQA ratios) and a real model's layer count, decoded and prefilled at depth and
+without. Probe weights are zeros in sparse files (nothing to write; the kernels' speed does not depend on the
+values). All probes run one after another in one child process, in two rounds (the second backwards; attention in
+the first only), each keeping its fastest.
 """
 
 from __future__ import annotations
