@@ -137,6 +137,8 @@ def _bytes(n: int | None) -> str:
 # ----------------------------------------------------------------------------------------- models
 
 
+OLLAMA_OPTION = typer.Option(None, "--ollama", metavar="NAME[:TAG]",
+                             help="A model Ollama has pulled (as `ollama list` names it), used in place.")
 CALIBRATE_OPTION = typer.Option(
     True, "--calibrate/--no-calibrate",
     help="Measure this machine's speed first if it never was (about a minute, once; QWENBENCH_CALIBRATE=0 "

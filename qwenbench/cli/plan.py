@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     pass
 from .common import (
     CALIBRATE_OPTION,
+    OLLAMA_OPTION,
     _bytes,
     _finite,
     _ollama_model,
@@ -167,8 +168,7 @@ def plan_command(
     quant: str | None = typer.Option(None, "--quant", "-q", callback=_quant_option,
                                      help="Plan only this quant (and show neighbours)."),
     gguf: Path | None = typer.Option(None, "--gguf", help="Plan a local GGUF file from its header."),
-    ollama: str | None = typer.Option(None, "--ollama", metavar="NAME[:TAG]",
-                                      help="A model Ollama has pulled (as `ollama list` names it), used in place."),
+    ollama: str | None = OLLAMA_OPTION,
     ctx: int = typer.Option(4096, "--ctx", "-c", help="Context size to plan for."),
     min_tg: float = typer.Option(5.0, "--min-tg", callback=_finite(0, strict=False),
                                  help="Slowest generation speed (t/s) still usable."),

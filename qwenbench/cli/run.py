@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 from .common import (
     CALIBRATE_OPTION,
     EXISTING_FOLDER,
+    OLLAMA_OPTION,
     _append,
     _bytes,
     _check_shares,
@@ -105,8 +106,7 @@ def _print_report(report: RunReport, csv_path: Path) -> None:
 @app.command("run", context_settings={"ignore_unknown_options": False})
 def run_command(
     gguf: Path | None = typer.Option(None, "--gguf", help="A GGUF file to measure."),
-    ollama: str | None = typer.Option(None, "--ollama", metavar="NAME[:TAG]",
-                                      help="A model Ollama has pulled (as `ollama list` names it), used in place."),
+    ollama: str | None = OLLAMA_OPTION,
     model: str | None = typer.Option(None, "--model", "-m", help="Catalog model key (qwenbench models)."),
     quant: str | None = typer.Option(None, "--quant", "-q", callback=_quant_option,
                                      help="Quant preset with --model [Q4_K_M]."),

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ..rpc import Endpoint
 
 from .common import (
+    OLLAMA_OPTION,
     SEED_RANGE,
     _append,
     _bytes,
@@ -40,8 +41,7 @@ def serve_command(
     quant: str | None = typer.Option(None, "--quant", "-q", callback=_quant_option,
                                      help="Quant with --model [Q4_K_M]."),
     gguf: Path | None = typer.Option(None, "--gguf", help="A GGUF file to serve."),
-    ollama: str | None = typer.Option(None, "--ollama", metavar="NAME[:TAG]",
-                                      help="A model Ollama has pulled (as `ollama list` names it), used in place."),
+    ollama: str | None = OLLAMA_OPTION,
     synthetic: bool = typer.Option(False, "--synthetic", help="With --model: a synthetic twin (random weights)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback unless you say so)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
@@ -288,8 +288,7 @@ def chat_command(
     quant: str | None = typer.Option(None, "--quant", "-q", callback=_quant_option,
                                      help="Quant with --model [Q4_K_M]."),
     gguf: Path | None = typer.Option(None, "--gguf", help="A GGUF file to chat with."),
-    ollama: str | None = typer.Option(None, "--ollama", metavar="NAME[:TAG]",
-                                      help="A model Ollama has pulled (as `ollama list` names it), used in place."),
+    ollama: str | None = OLLAMA_OPTION,
     synthetic: bool = typer.Option(False, "--synthetic", help="With --model: a synthetic twin (random weights: "
                                                               "the text is noise, the speed is real)."),
     think: bool = typer.Option(True, "--think/--no-think", help="Qwen3 thinking (switch with /think, /no_think)."),
