@@ -30,12 +30,16 @@ from qwenbench.speed import SpeedCalibration, predict_speed
 from qwenbench.tensors import TensorTable
 
 
-def _measure(path: Path, threads: int, *flags: str) -> dict[str, float]:
+def _measure(path: Path, threads: int, *flags: str) -> tuple[dict[str, float], bool]:
+    """(each test's measured figure, whether the run kept the CPU backend's repacked weights: its plan chooses, and
+    the prediction set beside it must be for what ran)."""
     qwenbench = Path(sys.executable).parent / "qwenbench"
     argv = [str(qwenbench), "run", "--gguf", str(path), "-t", str(threads), "--json",
             "--out", str(Path(path).with_suffix(".prediction.csv")), *flags]
     rows = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)["rows"]
-    return {r["test"]: (r["ttft_ms"] if r["test"] == "ttft" else r["avg_ts"]) for r in rows if r["status"] == "ok"}
+    ok = [r for r in rows if r["status"] == "ok"]
+    return ({r["test"]: (r["ttft_ms"] if r["test"] == "ttft" else r["avg_ts"]) for r in ok},
+            all(r["repack"] != "off" for r in ok))
 
 
 def _predictions(table: TensorTable, spec: ModelSpec, config: RunConfig, calibration: SpeedCalibration,
@@ -80,22 +84,24 @@ def main() -> None:
         spec = get_model(key)
         path, _ = ensure_synthetic(spec, quant)
         table = tensor_table(spec, quant)
-        measured = _measure(path, threads, "-p", str(args.p), "-n", str(args.n), "-r", str(args.r))
+        # the runs pin the repacking the first one's plan chose, so that one prediction serves every test
+        measured, repack = _measure(path, threads, "-p", str(args.p), "-n", str(args.n), "-r", str(args.r))
         if args.d:
             # the depth fill is decoded once per run and restored for every repetition: two are enough
-            measured |= _measure(path, threads, "-p", str(args.p) if args.depth_pp else "0", "-n", str(args.depth_n),
-                                 "-d", str(args.d), "-r", "2", "--no-ttft")
+            deep, _ = _measure(path, threads, "-p", str(args.p) if args.depth_pp else "0", "-n", str(args.depth_n),
+                               "-d", str(args.d), "-r", "2", "--no-ttft", "--repack" if repack else "--no-repack")
+            measured |= deep
         # a shared VM's speed moves by tens of percent within minutes (its neighbours, the host's clocks): the
         # calibrations just before and after a model bracket what its measurement saw
         after = _calibrate(machine, threads) if args.bracket else before
-        config = RunConfig(n_ctx=args.p + args.n + args.d)
+        config = RunConfig(n_ctx=args.p + args.n + args.d, repack=repack)
         from_first, around_before, around_after = (_predictions(table, spec, config, c, args)
                                                    for c in (first, before, after))
         for test, value in from_first.items():
             if test not in measured:
                 continue
             around = math.sqrt(around_before[test] * around_after[test])
-            row = {"model": key, "quant": quant, "test": test, "measured": round(measured[test], 2),
+            row = {"model": key, "quant": quant, "test": test, "repack": repack, "measured": round(measured[test], 2),
                    "predicted_first": round(value, 2), "error_first": round(value / measured[test] - 1, 4),
                    "predicted_around": round(around, 2), "error_around": round(around / measured[test] - 1, 4),
                    "drift": round(around_after[test] / around_before[test] - 1, 4)}

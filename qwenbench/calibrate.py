@@ -9,7 +9,7 @@ runs for real models) whose every matrix is of that type, with layers enough for
 Overheads come from tiny models (n_embd 64) of 2 and 32 layers, dense and MoE, whose weights are small enough that
 the fixed costs dominate; MoE experts' prefill, whose kernels differ from a dense matrix's, from one probe per type
 with real expert matrices (Qwen3-30B-A3B's, 8 of them, random routers); attention from tiny-weight models with
-real attention heads (at two GQA ratios) and a real model's layer count, decoded and prefilled at depth and
+real attention heads (at three GQA ratios) and a real model's layer count, decoded and prefilled at depth and
 without. Probe weights are zeros in sparse files (nothing to write; the kernels' speed does not depend on the
 values). All probes run one after another in one child process, in two rounds (the second backwards; attention in
 the first only), each keeping its fastest.
@@ -67,12 +67,14 @@ PP = f"pp{PROBE_PROMPT}"
 # depth: 512, the least at which llama.cpp splits a decode's cache across threads, as for a long context. Measured
 # in the first round only: at depth it is mostly attention, far above the noise.
 # Per query head the cost falls as more of them share a KV head's rows (see SpeedCalibration.attention): probes
-# at GQA 2 (Qwen3-0.6B and 1.7B) and 4 (4B to 32B). One at GQA 4 alone left a Qwen3-0.6B twin's decode at depth
-# 4096 predicted 42 % fast on that Xeon (26 % with both). Not at 8 (30B-A3B, 235B-A22B), which take GQA 4's: a
-# GQA-8 probe read 0.17-0.20 ns where a Qwen3-30B-A3B twin at 4096 cells costs 0.26 and GQA 4's probe 0.28-0.34
-# (its small KV rows stay in the CPU's caches between tokens; a real model streams its weights through them).
+# at GQA 2 (Qwen3-0.6B and 1.7B), 4 (4B to 32B) and 8 (30B-A3B, Qwen3.5's MoE). One at GQA 4 alone left a Qwen3-0.6B
+# twin's decode at depth 4096 predicted 42 % fast on that Xeon (26 % with GQA 2's too). GQA 8 is its own point, not
+# GQA 4's: on a Zen 4 EPYC VM its probe read 0.24-0.28 ns at 512 cells (GQA 4's: 0.33-0.44) where Qwen3-30B-A3B twins
+# at 4096 cost 0.21-0.23, and with GQA 4's figure their decode at depth 4096 came out 36-45 % slow. (On the Xeon the
+# GQA-8 probe read 0.17-0.20 against the twin's 0.26: its small KV rows stay in the CPU's caches between tokens
+# more than a real model's, which streams its weights through them.)
 ATTENTION_SHAPE = {"n_layer": 32, "n_embd": 64, "n_ff": 64, "n_head": 32, "n_head_kv": 8, "head_dim": 128}
-ATTENTION_HEADS = ((16, 8), (32, 8))  # (query heads, KV heads)
+ATTENTION_HEADS = ((16, 8), (32, 8), (32, 4))  # (query heads, KV heads)
 ATTENTION_DEPTHS = (512,)
 ATTENTION_GEN, ATTENTION_REPS = 8, 2
 # an MoE layer's experts in a batch run other kernels than a dense matrix's (ggml's mul_mat_id: each expert's
@@ -93,7 +95,7 @@ ROUNDS = 2
 # (480 MiB on the Xeon of issue 10): eight times that took 4 to 28 s of a calibration, page faults and all
 BANDWIDTH_BYTES, BANDWIDTH_TRIALS = (512 << 20, 1 << 30), 7
 SOLVE_ITERATIONS = 4
-CALIBRATION_FORMAT = "f6"  # what the probes measure and how: a calibration of another format is not this one
+CALIBRATION_FORMAT = "f7"  # what the probes measure and how: a calibration of another format is not this one
 OnProgress = Callable[[str, int, int], None]  # (what, done, total)
 PLAIN_SUFFIX = "-no-repack"
 

@@ -88,7 +88,7 @@ class SpeedCalibration:
     # decode s, prefill s), the seconds per (cached cell x layer x query head x head dim). Per cell it may change
     # with depth, as the cache outgrows the CPU's caches, and per query head it falls as more query heads share a
     # KV head's rows (the Xeon of issue 10 at 512 cells, 64 layers: 0.42, 0.28 and 0.17 ns at GQA 2, 4 and 8;
-    # calibrate measures 2 and 4, see ATTENTION_HEADS there). A depth or ratio between two measured ones takes the
+    # calibrate measures 2, 4 and 8, see ATTENTION_HEADS there). A depth or ratio between two measured ones takes the
     # interpolation (ratios in log2), one beyond them the nearest.
     attention: tuple[tuple[int, int, float, float], ...] = ()
     spread: float = 0.0  # the calibration's own run-to-run spread (coefficient of variation), for uncertainty

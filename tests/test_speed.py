@@ -148,8 +148,9 @@ def test_calibration_through_llama_cpp_is_cached_per_key(tmp_path: Path, tiny_de
     assert set(calibration.moe_pp_rates) == {"Q4_0"} and calibration.moe_pp_rates["Q4_0"] > 1e8
     assert all(r.tg_bytes_per_s > 1e8 and r.pp_bytes_per_s > 1e8 for r in calibration.rates.values())
     assert calibration.token_s >= 0 and calibration.layer_s >= 0 and seen[-1] == "done"
-    # at each depth, for KV heads serving 2 and 4 query heads
-    assert [(gqa, depth) for gqa, depth, _, _ in calibration.attention] == [(2, 32), (2, 64), (4, 32), (4, 64)]
+    # at each depth, for KV heads serving 2, 4 and 8 query heads
+    assert [(gqa, depth) for gqa, depth, _, _ in calibration.attention] == [(2, 32), (2, 64), (4, 32), (4, 64),
+                                                                            (8, 32), (8, 64)]
     cached, note = load_speed_calibration(calibration_key(machine, 1))
     assert cached == calibration and note is None
     assert load_speed_calibration(calibration_key(machine, 2)) == (None, None)  # another thread count: not this one
