@@ -42,10 +42,45 @@ class ModelShape:
     n_expert: int = 0
     n_expert_used: int = 0
     n_ff_exp: int = 0
+    # how each layer attends ("full", "swa": a sliding window of n_swa tokens, "recurrent": linear attention with a
+    # fixed-size state); empty: every layer is full attention
+    layer_kinds: tuple[str, ...] = ()
+    n_swa: int = 0
+    # the recurrent state of one linear-attention layer for one sequence, in F32 values: the convolution's last
+    # inputs (llama.cpp's n_embd_r) and the DeltaNet state (n_embd_s)
+    n_embd_r: int = 0
+    n_embd_s: int = 0
+    # the MTP block(s) at the end of block_count: llama.cpp skips loading them (load_mtp is off) and gives them
+    # no cache in the main context
+    n_layer_nextn: int = 0
 
     @property
     def is_moe(self) -> bool:
         return self.n_expert > 0
+
+    @property
+    def n_layer_trunk(self) -> int:
+        return self.n_layer - self.n_layer_nextn
+
+    def layer_kind(self, layer: int) -> str:
+        if layer >= self.n_layer_trunk:
+            return "mtp"
+        return self.layer_kinds[layer] if self.layer_kinds else "full"
+
+    @property
+    def is_hybrid(self) -> bool:
+        return "recurrent" in self.layer_kinds
+
+    @property
+    def attention_layout(self) -> str:
+        """The layers by kind, for listings and plans: "full", "36 recurrent + 12 full", "22 swa + 4 full"."""
+        counts: dict[str, int] = {}
+        for layer in range(self.n_layer_trunk):
+            kind = self.layer_kind(layer)
+            counts[kind] = counts.get(kind, 0) + 1
+        if set(counts) <= {"full"}:
+            return "full"
+        return " + ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: kv[0] == "full"))
 
 
 @dataclass(frozen=True)
