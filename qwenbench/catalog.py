@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, UsageError
-from .fit import ModelShape
+from .fit import HYBRID_ARCHS, ModelShape
 from .vocab import FIRST_SPECIAL_ID, SPECIAL_TOKENS
 
 if sys.version_info >= (3, 11):
@@ -152,7 +152,6 @@ _INT_FIELDS = (*_REQUIRED_INT, "n_expert", "n_expert_used", "n_ff_exp", *_HYBRID
                "mtp_layers", "first_special_id")
 SUPPORTED_ARCHS = ("qwen2", "qwen3", "qwen3moe", "qwen35", "qwen35moe", "qwen3next")
 MOE_ARCHS = ("qwen3moe", "qwen35moe", "qwen3next")
-HYBRID_ARCHS = ("qwen35", "qwen35moe", "qwen3next")
 # llama.cpp's limits (LLAMA_MAX_LAYERS, LLAMA_MAX_EXPERTS; it aborts beyond them) and, where it has none,
 # bounds far beyond any real model; the same as gguf_info's METADATA_RULES
 _BOUNDS = {"n_layer": (1, 512), "n_embd": (1, 1 << 20), "n_ff": (1, 1 << 22), "n_head": (1, 1 << 12),
