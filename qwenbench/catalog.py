@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, UsageError
-from .fit import ModelShape
+from .fit import HYBRID_ARCHS, ModelShape
 from .vocab import FIRST_SPECIAL_ID, SPECIAL_TOKENS
 
 if sys.version_info >= (3, 11):
@@ -48,20 +48,68 @@ class ModelSpec:
     n_ff_exp: int = 0
     store_output: bool = False
     hub: tuple[str, ...] = ()  # Hugging Face repos with this model's GGUFs, preferred first
+    # hybrids (qwen35, qwen35moe, qwen3next): layer il is full attention when (il + 1) % interval == 0, the others
+    # Gated DeltaNet linear attention; 0: every layer is attention
+    full_attention_interval: int = 0
+    ssm_conv_kernel: int = 0  # the linear-attention layers' causal convolution width
+    ssm_state_size: int = 0  # head size of the linear attention's keys and values (its state is size x size a head)
+    ssm_group_count: int = 0  # key heads of the linear attention
+    ssm_time_step_rank: int = 0  # value heads of the linear attention
+    rope_dims: int = 0  # rotated dimensions of a head (partial RoPE); 0: the whole head
+    rope_sections: tuple[int, ...] = ()  # multimodal RoPE sections (qwen35 requires the key)
+    n_ff_shexp: int = 0  # the shared expert's FFN width (qwen35moe, qwen3next)
+    mtp_layers: int = 0  # multi-token-prediction blocks of the checkpoint (a published GGUF may leave them out)
+    first_special_id: int = FIRST_SPECIAL_ID  # where the tokenizer's special tokens start (Qwen3.5: 248044)
 
     @property
     def is_moe(self) -> bool:
         return self.n_expert > 0
 
     @property
+    def is_hybrid(self) -> bool:
+        return self.full_attention_interval > 0
+
+    @property
+    def ssm_inner_size(self) -> int:
+        """The linear attention's value width (value heads x head size): llama.cpp's ssm.inner_size."""
+        return self.ssm_state_size * self.ssm_time_step_rank
+
+    def is_recurrent(self, layer: int) -> bool:
+        """Whether trunk layer `layer` is linear attention (llama.cpp's is_recr), as the full-attention interval
+        places them; the MTP block is attention."""
+        return self.is_hybrid and layer < self.n_layer and (layer + 1) % self.full_attention_interval != 0
+
+    @property
+    def n_attention_layers(self) -> int:
+        return sum(1 for layer in range(self.n_layer) if not self.is_recurrent(layer))
+
+    @property
+    def attention_layout(self) -> str:
+        """How the trunk's layers attend, for listings: "full" or "3 linear : 1 full (12 of 48 full)"."""
+        if not self.is_hybrid:
+            return "full"
+        return (f"{self.full_attention_interval - 1} linear : 1 full "
+                f"({self.n_attention_layers} of {self.n_layer} full)")
+
+    @property
     def has_output_tensor(self) -> bool:
         """Whether the GGUF carries output.weight (untied, or a file that stores it anyway)."""
         return not self.tied_embeddings or self.store_output
 
-    def shape(self) -> ModelShape:
-        return ModelShape(n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head, n_head_kv=self.n_head_kv,
-                          head_dim_k=self.head_dim, head_dim_v=self.head_dim, n_vocab=self.n_vocab, n_ff=self.n_ff,
-                          n_expert=self.n_expert, n_expert_used=self.n_expert_used, n_ff_exp=self.n_ff_exp)
+    def shape(self, mtp: bool = False) -> ModelShape:
+        """The memory model's view; `mtp`: of a file that carries the MTP block (counted in block_count)."""
+        n_nextn = self.mtp_layers if mtp else 0
+        kinds: tuple[str, ...] = ()
+        if self.is_hybrid:
+            kinds = tuple("recurrent" if self.is_recurrent(il) else "full" for il in range(self.n_layer))
+            kinds += ("full",) * n_nextn
+        conv = (self.ssm_conv_kernel - 1) * (self.ssm_inner_size + 2 * self.ssm_group_count * self.ssm_state_size)
+        return ModelShape(n_layer=self.n_layer + n_nextn, n_embd=self.n_embd, n_head=self.n_head,
+                          n_head_kv=self.n_head_kv, head_dim_k=self.head_dim, head_dim_v=self.head_dim,
+                          n_vocab=self.n_vocab, n_ff=self.n_ff, n_expert=self.n_expert,
+                          n_expert_used=self.n_expert_used, n_ff_exp=self.n_ff_exp, layer_kinds=kinds,
+                          n_layer_nextn=n_nextn, n_embd_r=conv if self.is_hybrid else 0,
+                          n_embd_s=self.ssm_state_size * self.ssm_inner_size if self.is_hybrid else 0)
 
     def with_overrides(self, **overrides: Any) -> ModelSpec:
         """A reshaped copy, e.g. a tiny model of the same architecture for tests. A shape llama.cpp would
@@ -98,15 +146,17 @@ OVERRIDE_FLAGS = {"n_layer": "--layers", "n_embd": "--hidden", "n_ff": "--ff", "
                   "n_expert_used": "--experts-used", "n_ff_exp": "--expert-ff"}
 _REQUIRED_INT = ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "head_dim", "n_vocab",
                  "context_length", "params_total")
-_INT_FIELDS = (*_REQUIRED_INT, "n_expert", "n_expert_used", "n_ff_exp")
-SUPPORTED_ARCHS = ("qwen2", "qwen3", "qwen3moe")
-MOE_ARCHS = ("qwen3moe",)
+_HYBRID_INT = ("full_attention_interval", "ssm_conv_kernel", "ssm_state_size", "ssm_group_count",
+               "ssm_time_step_rank")
+_INT_FIELDS = (*_REQUIRED_INT, "n_expert", "n_expert_used", "n_ff_exp", *_HYBRID_INT, "rope_dims", "n_ff_shexp",
+               "mtp_layers", "first_special_id")
+SUPPORTED_ARCHS = ("qwen2", "qwen3", "qwen3moe", "qwen35", "qwen35moe", "qwen3next")
+MOE_ARCHS = ("qwen3moe", "qwen35moe", "qwen3next")
 # llama.cpp's limits (LLAMA_MAX_LAYERS, LLAMA_MAX_EXPERTS; it aborts beyond them) and, where it has none,
 # bounds far beyond any real model; the same as gguf_info's METADATA_RULES
 _BOUNDS = {"n_layer": (1, 512), "n_embd": (1, 1 << 20), "n_ff": (1, 1 << 22), "n_head": (1, 1 << 12),
            "n_head_kv": (1, 1 << 12), "head_dim": (2, 1 << 16), "context_length": (1, 1 << 30),
            "n_expert": (0, 1024), "n_expert_used": (0, 1024), "n_ff_exp": (0, 1 << 22)}
-_MIN_VOCAB = FIRST_SPECIAL_ID + len(SPECIAL_TOKENS)
 _ABORTS = "the bounds are llama.cpp's limits (it aborts beyond them) or far beyond any real model."
 
 
@@ -142,8 +192,25 @@ def shape_problems(spec: ModelSpec, name: Callable[[str], str]) -> list[tuple[st
             problems.append((f"{', '.join(given)}: {spec.key} is a dense {spec.arch} model, without experts",
                              f"experts need an MoE model ({', '.join(MOE_ARCHS)}, e.g. qwen3-30b-a3b): a dense "
                              "model's file would lack the FFN tensors llama.cpp loads."))
-    if spec.n_vocab < _MIN_VOCAB:
-        problems.append((f"{name('n_vocab')} is below {_MIN_VOCAB}",
+    if spec.arch in HYBRID_ARCHS:
+        missing = [name(f) for f in _HYBRID_INT if getattr(spec, f) < 1]
+        if missing:
+            problems.append((f"a {spec.arch} model needs its linear-attention shape: {', '.join(missing)} must be at "
+                             "least 1", "llama.cpp reads every ssm.* key of a hybrid model and aborts without them."))
+        elif spec.ssm_time_step_rank % spec.ssm_group_count:
+            problems.append((f"{name('ssm_time_step_rank')} is not a multiple of {name('ssm_group_count')}",
+                             "each key head of the linear attention serves a whole number of value heads."))
+        if spec.arch == "qwen35" and len(spec.rope_sections) != 4:
+            problems.append((f"a qwen35 model needs four rope_sections, got {list(spec.rope_sections)}",
+                             "llama.cpp requires rope.dimension_sections for qwen35 (multimodal RoPE)."))
+    elif spec.is_hybrid:
+        problems.append((f"{name('full_attention_interval')}: {spec.arch} has no linear-attention layers",
+                         f"only {', '.join(HYBRID_ARCHS)} mix linear and full attention."))
+    if spec.rope_dims > spec.head_dim or spec.rope_dims % 2:
+        problems.append((f"{name('rope_dims')} must be even and at most {name('head_dim')}",
+                         "RoPE rotates pairs of a head's dimensions."))
+    if spec.n_vocab < spec.first_special_id + len(SPECIAL_TOKENS):
+        problems.append((f"{name('n_vocab')} is below {spec.first_special_id + len(SPECIAL_TOKENS)}",
                          "the synthetic tokenizer keeps Qwen's special tokens at their real ids."))
     return problems
 
@@ -154,8 +221,11 @@ def config_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
 
 
-def _spec_from_table(key: str, table: dict[str, Any], defaults: dict[str, Any], source: Path) -> ModelSpec:
-    merged = {**defaults, **table, "key": key}
+def _spec_from_table(key: str, table: dict[str, Any], defaults: dict[str, Any], source: Path,
+                     hybrid_defaults: dict[str, Any] | None = None) -> ModelSpec:
+    arch = table.get("arch", defaults.get("arch"))
+    family = (hybrid_defaults or {}) if arch in HYBRID_ARCHS else {}
+    merged = {**defaults, **family, **table, "key": key}
     where = f"{source}: models.{key!s}"
     known = {f.name for f in fields(ModelSpec)}
     for name in merged:
@@ -179,6 +249,10 @@ def _spec_from_table(key: str, table: dict[str, Any], defaults: dict[str, Any], 
     if not isinstance(hub, (list, tuple)) or not all(isinstance(r, str) and r.count("/") == 1 for r in hub):
         raise ConfigError(f"{where}.hub: must be a list of 'owner/name' repositories")
     merged["hub"] = tuple(hub)
+    sections = merged.get("rope_sections", ())
+    if not isinstance(sections, (list, tuple)) or not all(isinstance(v, int) and v >= 0 for v in sections):
+        raise ConfigError(f"{where}.rope_sections: must be a list of whole numbers")
+    merged["rope_sections"] = tuple(sections)
     try:
         spec = ModelSpec(**merged)
     except TypeError as exc:
@@ -211,7 +285,30 @@ def load_catalog(path: Path | None = None) -> dict[str, ModelSpec]:
     models = data.get("models", {})
     if not models:
         raise ConfigError(f"{source}: no [models.*] tables")
-    return {key: _spec_from_table(key, table, defaults, source) for key, table in models.items()}
+    hybrid = data.get("hybrid_defaults", {})
+    return {key: _spec_from_table(key, table, defaults, source, hybrid) for key, table in models.items()}
+
+
+@dataclass(frozen=True)
+class UnsupportedModel:
+    """A model this llama.cpp knows that qwenbench cannot run, and why (listed, refused by plan and run)."""
+
+    key: str
+    name: str
+    arch: str
+    reason: str
+
+
+@lru_cache(maxsize=4)
+def unsupported_models(path: Path | None = None) -> dict[str, UnsupportedModel]:
+    source = path or config_dir() / "models.toml"
+    data = tomllib.loads(source.read_text(encoding="utf-8"))
+    found = {}
+    for key, table in data.get("unsupported", {}).items():
+        if not all(isinstance(table.get(f), str) for f in ("name", "arch", "reason")):
+            raise ConfigError(f"{source}: unsupported.{key}: needs name, arch and reason (strings)")
+        found[key] = UnsupportedModel(key, table["name"], table["arch"], table["reason"])
+    return found
 
 
 def get_model(key: str) -> ModelSpec:
@@ -220,6 +317,9 @@ def get_model(key: str) -> ModelSpec:
     found = catalog.get(key.lower())
     if found is not None:
         return found
+    refused = unsupported_models().get(key.lower())
+    if refused is not None:
+        raise UsageError(f"{refused.name} ({refused.arch}) is not supported", hint=refused.reason)
     close = difflib.get_close_matches(key.lower(), list(catalog), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else f"known models: {', '.join(catalog)}"
     raise UsageError(f"unknown model {key!r}", hint=hint + " (`qwenbench models` lists them)")

@@ -24,6 +24,8 @@ MIB = 1 << 20
 KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
                  "q5_0": 22 / 32, "q5_1": 24 / 32, "iq4_nl": 18 / 32}
 KV_CELL_PAD = 256
+# the architectures whose layers mix linear attention (a recurrent state) and full attention (llama-arch.cpp)
+HYBRID_ARCHS = ("qwen35", "qwen35moe", "qwen3next")
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
 
@@ -42,10 +44,45 @@ class ModelShape:
     n_expert: int = 0
     n_expert_used: int = 0
     n_ff_exp: int = 0
+    # how each layer attends ("full", "swa": a sliding window of n_swa tokens, "recurrent": linear attention with a
+    # fixed-size state); empty: every layer is full attention
+    layer_kinds: tuple[str, ...] = ()
+    n_swa: int = 0
+    # the recurrent state of one linear-attention layer for one sequence, in F32 values: the convolution's last
+    # inputs (llama.cpp's n_embd_r) and the DeltaNet state (n_embd_s)
+    n_embd_r: int = 0
+    n_embd_s: int = 0
+    # the MTP block(s) at the end of block_count: llama.cpp skips loading them (load_mtp is off) and gives them
+    # no cache in the main context
+    n_layer_nextn: int = 0
 
     @property
     def is_moe(self) -> bool:
         return self.n_expert > 0
+
+    @property
+    def n_layer_trunk(self) -> int:
+        return self.n_layer - self.n_layer_nextn
+
+    def layer_kind(self, layer: int) -> str:
+        if layer >= self.n_layer_trunk:
+            return "mtp"
+        return self.layer_kinds[layer] if self.layer_kinds else "full"
+
+    @property
+    def is_hybrid(self) -> bool:
+        return "recurrent" in self.layer_kinds
+
+    @property
+    def attention_layout(self) -> str:
+        """The layers by kind, for listings and plans: "full", "36 recurrent + 12 full", "22 swa + 4 full"."""
+        counts: dict[str, int] = {}
+        for layer in range(self.n_layer_trunk):
+            kind = self.layer_kind(layer)
+            counts[kind] = counts.get(kind, 0) + 1
+        if set(counts) <= {"full"}:
+            return "full"
+        return " + ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: kv[0] == "full"))
 
 
 @dataclass(frozen=True)
@@ -185,8 +222,46 @@ def kv_cells(n_ctx: int) -> int:
 
 
 def kv_bytes_per_layer(shape: ModelShape, n_ctx: int, type_k: str, type_v: str) -> int:
+    """The KV cache of one full-attention layer at n_ctx tokens."""
     per_cell = shape.n_head_kv * (shape.head_dim_k * KV_TYPE_BYTES[type_k] + shape.head_dim_v * KV_TYPE_BYTES[type_v])
     return int(kv_cells(n_ctx) * per_cell)
+
+
+RS_TYPE_BYTES = 4  # llama.cpp keeps recurrent states in F32 whatever the KV cache type
+
+
+def swa_cells(shape: ModelShape, config: RunConfig) -> int:
+    """Cells of a sliding-window layer's cache (llama-kv-cache-iswa.cpp, swa_full off as qwenbench runs it): the
+    window plus one ubatch, padded to 256, at most the full cache."""
+    full = kv_cells(config.n_ctx)
+    ubatch = max(1, min(config.n_ubatch, config.n_batch, full))
+    return min(full, kv_cells(shape.n_swa + ubatch))
+
+
+def recurrent_state_bytes(shape: ModelShape, n_seq: int = 1) -> int:
+    """The recurrent state of one linear-attention layer (llama-memory-recurrent.cpp: an R row of n_embd_r and an S
+    row of n_embd_s F32 values per sequence), whatever the context length."""
+    return (shape.n_embd_r + shape.n_embd_s) * RS_TYPE_BYTES * max(1, n_seq)
+
+
+def layer_cache_bytes(shape: ModelShape, config: RunConfig, layer: int) -> tuple[int, int]:
+    """(KV bytes, recurrent-state bytes) llama.cpp allocates for one layer of a context: a full cache for
+    full attention, the window for sliding-window attention, a fixed state for linear attention, nothing for the
+    MTP block (the main context gives it no cache)."""
+    kind = shape.layer_kind(layer)
+    if kind == "recurrent":
+        return 0, recurrent_state_bytes(shape)
+    if kind == "mtp":
+        return 0, 0
+    per_cell = kv_bytes_per_layer(shape, KV_CELL_PAD, config.type_k, config.type_v) / KV_CELL_PAD
+    cells = swa_cells(shape, config) if kind == "swa" else kv_cells(config.n_ctx)
+    return int(cells * per_cell), 0
+
+
+def loaded(tensor: TensorInfo, shape: ModelShape) -> bool:
+    """Whether llama.cpp loads the tensor: the MTP block's are skipped (llama_model_params.load_mtp is off)."""
+    layer = tensor.layer
+    return layer is None or layer < shape.n_layer_trunk
 
 
 def _ubatch(config: RunConfig) -> int:
@@ -219,6 +294,8 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
     # device by device: its layers' weights and KV, a compute buffer where it holds any layer, a GPU's context
     device_bytes = [0] * max(1, len(config.tensor_split))
     for tensor in table.tensors:
+        if not loaded(tensor, shape):
+            continue
         if tensor.name == "token_embd.weight" and output_copy:
             gpu_weights += tensor.n_bytes  # the output layer's copy; the input's stays on the host (below)
             device_bytes[devices[-1]] += tensor.n_bytes
@@ -231,18 +308,22 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
             repack += tensor.n_bytes
     # with mmap the file pages of repacked weights stay resident beside their copies; without, only copies
     host_resident_weights = host_weights + repack if config.use_mmap else host_weights
-    per_layer_kv = kv_bytes_per_layer(shape, config.n_ctx, config.type_k, config.type_v)
-    gpu_layers = sum(1 for device in devices[:-1] if device >= 0)
-    kv_gpu = gpu_layers * per_layer_kv
-    kv_host = (shape.n_layer - gpu_layers) * per_layer_kv
+    # each layer's cache lives where the layer lives: KV for attention, a fixed state for linear attention
+    kv_host = kv_gpu = rs_host = rs_gpu = 0
+    for layer, device in enumerate(devices[:-1]):
+        kv, rs = layer_cache_bytes(shape, config, layer)
+        if device >= 0:
+            kv_gpu += kv
+            rs_gpu += rs
+            device_bytes[device] += kv + rs
+        else:
+            kv_host += kv
+            rs_host += rs
     output_on_gpu = output_layer_on_gpu(shape, config)
     output_buffer = shape.n_vocab * 4  # one sequence, logits of its last token
     units = activation_units(shape, config)
     activations = calibration.host_activation_factor * units
     host_overhead = int(calibration.host_base_bytes + activations)
-    for device in devices[:-1]:
-        if device >= 0:
-            device_bytes[device] += per_layer_kv
     used = sorted({device for device in devices if device >= 0})
     context = int(calibration.gpu_base_bytes) if gpu_weights and config.offload_kind == "gpu" else 0
     gpu_compute = gpu_overhead = 0
@@ -256,8 +337,10 @@ def estimate_memory(table: TensorTable, shape: ModelShape, config: RunConfig, cp
         "host_kv": kv_host, "host_output": output_buffer, "host_overhead": host_overhead,
         "gpu_weights": gpu_weights, "gpu_kv": kv_gpu, "gpu_compute": gpu_compute, "gpu_overhead": gpu_overhead,
     }
-    host = host_resident_weights + kv_host + output_buffer + host_overhead
-    vram = gpu_weights + kv_gpu + gpu_compute + gpu_overhead
+    if shape.is_hybrid:
+        parts.update({"host_recurrent_state": rs_host, "gpu_recurrent_state": rs_gpu})
+    host = host_resident_weights + kv_host + rs_host + output_buffer + host_overhead
+    vram = gpu_weights + kv_gpu + rs_gpu + gpu_compute + gpu_overhead
     # a repacked weight is read through its copy, so its mapped file pages are cache the kernel can reclaim
     required = host - (repack if config.use_mmap else 0)
     return MemoryEstimate(int(host), int(vram), parts, units, int(required),
@@ -292,12 +375,15 @@ def token_read_bytes(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -
 
 def bytes_read_per_token(table: TensorTable, shape: ModelShape, config: RunConfig,
                          kv_fill_tokens: int = 0) -> tuple[int, int]:
-    """(host bytes, GPU bytes) one generated token reads: every weight it uses once (token_read_bytes), plus the
-    KV cache so far."""
+    """(host bytes, GPU bytes) one generated token reads: every loaded weight it uses once (token_read_bytes), the
+    KV cache so far of each attention layer (a sliding-window layer's window at most), and the recurrent state of
+    each linear-attention layer read and written back."""
     host = gpu = 0
     tied_output = has_tied_output(table)
     output_copy = tied_output_on_gpu(table, shape, config)
     for tensor in table.tensors:
+        if not loaded(tensor, shape):
+            continue
         size = token_read_bytes(tensor, shape, tied_output)
         if tensor.name == "token_embd.weight" and output_copy:
             gpu += size  # the output matmul reads the device's copy; the host looks up one row
@@ -306,12 +392,20 @@ def bytes_read_per_token(table: TensorTable, shape: ModelShape, config: RunConfi
             gpu += size
         else:
             host += size
-    if kv_fill_tokens:
-        first = first_gpu_layer(shape.n_layer, config.n_gpu_layers) if config.gpu else shape.n_layer + 1
-        gpu_layers = max(0, shape.n_layer - first)
-        per_token = kv_bytes_per_layer(shape, KV_CELL_PAD, config.type_k, config.type_v) / KV_CELL_PAD
-        gpu += int(per_token * kv_fill_tokens * gpu_layers)
-        host += int(per_token * kv_fill_tokens * (shape.n_layer - gpu_layers))
+    first = first_gpu_layer(shape.n_layer, config.n_gpu_layers) if config.gpu else shape.n_layer + 1
+    per_token = kv_bytes_per_layer(shape, KV_CELL_PAD, config.type_k, config.type_v) / KV_CELL_PAD
+    for layer in range(shape.n_layer):
+        kind = shape.layer_kind(layer)
+        if kind == "recurrent":
+            read = 2 * recurrent_state_bytes(shape)  # each token reads the state and writes it back
+        elif kind == "mtp" or not kv_fill_tokens:
+            continue
+        else:  # the cached tokens so far, at most the window of a sliding-window layer
+            read = int(per_token * (min(kv_fill_tokens, shape.n_swa) if kind == "swa" else kv_fill_tokens))
+        if layer >= first:
+            gpu += read
+        else:
+            host += read
     return host, gpu
 
 

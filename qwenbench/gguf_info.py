@@ -16,7 +16,7 @@ from typing import IO, Any
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .errors import InvalidModelFileError
-from .fit import ModelShape
+from .fit import HYBRID_ARCHS, ModelShape
 from .hubfiles import split_sibling
 from .quants import preset_for_file_type
 from .synth import SYNTHETIC_KEY, ValueTypes
@@ -36,6 +36,9 @@ _TYPE_NAMES = {0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "
 # this llama.cpp's LLAMA_MAX_LAYERS and LLAMA_MAX_EXPERTS: it aborts (GGML_ASSERT) on a file beyond them
 MAX_LAYERS = 512
 MAX_EXPERTS = 1024
+# where a file has attention.sliding_window but no pattern key, the pattern llama.cpp assumes (src/models/*.cpp:
+# load_swa_pattern's default): every n-th layer full attention
+SWA_PATTERNS = {"gemma3": 6, "gemma2": 2}
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,9 @@ class GGUFHeader:
         heads = self.per_layer("attention.head_count") or [1]
         kv_heads = self.per_layer("attention.head_count_kv") or heads
         head_dim = n_embd // heads[0] if heads[0] else 0  # llama.cpp's default takes the first layer's heads
+        n_layer = self.arch_value("block_count", 0)
         return ModelShape(
-            n_layer=self.arch_value("block_count", 0),
+            n_layer=n_layer,
             n_embd=n_embd,
             n_head=max(heads),
             n_head_kv=-(-sum(kv_heads) // len(kv_heads)),
@@ -119,7 +123,41 @@ class GGUFHeader:
             n_expert=self.n_expert,
             n_expert_used=self.n_expert_used,
             n_ff_exp=max(self.per_layer("expert_feed_forward_length") or [0]),
+            **self._layer_layout(n_layer),
         )
+
+    def _layer_layout(self, n_layer: int) -> dict[str, Any]:
+        """How each layer attends, as llama.cpp reads it: a hybrid's recurrent layers (attention.recurrent_layers,
+        else every layer but each full_attention_interval-th; the nextn_predict_layers MTP block last), a
+        sliding-window model's windowed layers (attention.sliding_window_pattern, else the architecture's
+        default pattern), and the recurrent state's size from the ssm.* keys."""
+        n_nextn = min(self.arch_value("nextn_predict_layers", 0), n_layer)
+        trunk = n_layer - n_nextn
+        kinds: tuple[str, ...] = ()
+        layout: dict[str, Any] = {"n_layer_nextn": n_nextn}
+        if self.arch in HYBRID_ARCHS:
+            flags = self.arch_value("attention.recurrent_layers")
+            if isinstance(flags, list) and len(flags) >= trunk:
+                recurrent = [bool(flag) for flag in flags[:trunk]]
+            else:
+                interval = max(1, self.arch_value("full_attention_interval", 4))
+                recurrent = [(il + 1) % interval != 0 for il in range(trunk)]
+            kinds = tuple("recurrent" if r else "full" for r in recurrent)
+            conv, inner = self.arch_value("ssm.conv_kernel", 0), self.arch_value("ssm.inner_size", 0)
+            state, groups = self.arch_value("ssm.state_size", 0), self.arch_value("ssm.group_count", 0)
+            layout["n_embd_r"] = max(conv - 1, 0) * (inner + 2 * groups * state)
+            layout["n_embd_s"] = state * inner
+        window = self.arch_value("attention.sliding_window", 0)
+        pattern = self.arch_value("attention.sliding_window_pattern", SWA_PATTERNS.get(self.arch))
+        if window and pattern is not None and not kinds:
+            if isinstance(pattern, list):
+                swa = [bool(flag) for flag in pattern[:trunk]] + [False] * max(0, trunk - len(pattern))
+            else:  # set_swa_pattern: every pattern-th layer is full attention, the others windowed
+                swa = [pattern == 0 or il % pattern < pattern - 1 for il in range(trunk)]
+            kinds = tuple("swa" if w else "full" for w in swa)
+            layout["n_swa"] = window
+        layout["layer_kinds"] = kinds
+        return layout
 
     @property
     def split_count(self) -> int:
@@ -243,6 +281,14 @@ METADATA_RULES: dict[str, _Rule] = {
     "{arch}.expert_count": _Rule("int", 0, MAX_EXPERTS),
     "{arch}.expert_used_count": _Rule("int", 0, MAX_EXPERTS, per_layer=True),
     "{arch}.expert_feed_forward_length": _Rule("int", 0, 1 << 22, per_layer=True),
+    "{arch}.full_attention_interval": _Rule("int", 1, MAX_LAYERS),
+    "{arch}.nextn_predict_layers": _Rule("int", 0, MAX_LAYERS),
+    "{arch}.attention.sliding_window": _Rule("int", 0, 1 << 30),
+    "{arch}.ssm.conv_kernel": _Rule("int", 0, 1 << 10),
+    "{arch}.ssm.inner_size": _Rule("int", 0, 1 << 22),
+    "{arch}.ssm.state_size": _Rule("int", 0, 1 << 16),
+    "{arch}.ssm.group_count": _Rule("int", 0, 1 << 12),
+    "{arch}.ssm.time_step_rank": _Rule("int", 0, 1 << 16),
 }
 _DAMAGED = "the file's header is damaged or was written by a broken converter: download or convert it again"
 _OURS = "the qwenbench.* keys of a header are written by `qwenbench synth`: damaged here, write the file again"

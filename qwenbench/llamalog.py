@@ -10,31 +10,59 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size\s*=\s*([\d.]+) MiB")
+_BUFFER = re.compile(r"(\S+)\s+(model|KV|RS|compute|output) buffer size\s*=\s*([\d.]+) MiB")
+_NEW_CONTEXT = "constructing llama_context"
 MIB = 1 << 20
 
 
 @dataclass(frozen=True)
 class LlamaBuffers:
-    """Bytes per buffer name; model buffers of the load, the largest KV/compute/output of any context."""
+    """Bytes per buffer name; model buffers of the load, the largest KV/RS/compute/output of any context (RS: the
+    recurrent states of a hybrid's linear-attention layers)."""
 
     model: dict[str, int] = field(default_factory=dict)
     kv: dict[str, int] = field(default_factory=dict)
     compute: dict[str, int] = field(default_factory=dict)
     output: dict[str, int] = field(default_factory=dict)
+    rs: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, dict[str, int]]:
-        return {"model": self.model, "kv": self.kv, "compute": self.compute, "output": self.output}
+        return {"model": self.model, "kv": self.kv, "compute": self.compute, "output": self.output, "rs": self.rs}
 
 
 def parse_buffers(log_text: str) -> LlamaBuffers:
     buffers = LlamaBuffers()
-    for name, kind, size in _BUFFER.findall(log_text):
-        target = {"model": buffers.model, "KV": buffers.kv, "compute": buffers.compute,
-                  "output": buffers.output}[kind]
-        value = round(float(size) * MIB)
-        # one model load; contexts come and go one at a time, so their peak is their largest
-        target[name] = target.get(name, 0) + value if kind == "model" else max(target.get(name, 0), value)
+    # a context's memory may be several caches on one device (sliding-window and full KV caches, a hybrid's KV
+    # cache and recurrent states): summed within the context; a context starts at its constructor's line, or at
+    # memory allocated after the previous one reserved its compute buffer
+    context: dict[str, dict[str, int]] = {"KV": {}, "RS": {}}
+    reserved = False
+
+    def close() -> None:
+        for kind, target in (("KV", buffers.kv), ("RS", buffers.rs)):
+            for name, value in context[kind].items():
+                target[name] = max(target.get(name, 0), value)
+            context[kind] = {}
+
+    for line in log_text.splitlines():
+        if _NEW_CONTEXT in line:
+            close()
+            reserved = False
+            continue
+        for name, kind, size in _BUFFER.findall(line):
+            value = round(float(size) * MIB)
+            if kind == "model":  # one model load
+                buffers.model[name] = buffers.model.get(name, 0) + value
+            elif kind in context:
+                if reserved:
+                    close()
+                    reserved = False
+                context[kind][name] = context[kind].get(name, 0) + value
+            else:  # contexts come and go one at a time, so their peak is their largest
+                reserved = reserved or kind == "compute"
+                target = buffers.compute if kind == "compute" else buffers.output
+                target[name] = max(target.get(name, 0), value)
+    close()
     return buffers
 
 

@@ -150,13 +150,15 @@ def open_model_file(path: Path, on_hash_progress: Callable[[int, int], None] | N
 
 
 def ensure_synthetic(spec: ModelSpec, quant: str, path: Path | None = None, *, seed: int = 0,
-                     on_progress: Callable[[int, int], None] | None = None) -> tuple[Path, bool]:
-    """A synthetic twin of (spec, quant) at `path` (default: the cache), reused when already valid.
+                     on_progress: Callable[[int, int], None] | None = None, mtp: bool = False) -> tuple[Path, bool]:
+    """A synthetic twin of (spec, quant) at `path` (default: the cache), reused when already valid; `mtp` keeps
+    the model's multi-token-prediction block, as some published files do.
 
     Returns (path, written): written is False when an intact file with the same tensor table was reused.
     """
-    target = Path(path) if path else synthetic_model_path(spec.key, quant)
-    return ensure_synthetic_table(spec, quant, tensor_table(spec, quant), target, seed=seed, on_progress=on_progress)
+    target = Path(path) if path else synthetic_model_path(spec.key + ("-mtp" if mtp else ""), quant)
+    return ensure_synthetic_table(spec, quant, tensor_table(spec, quant, mtp), target, seed=seed,
+                                  on_progress=on_progress)
 
 
 def ensure_synthetic_table(spec: ModelSpec, quant: str, table: TensorTable, target: Path, *, seed: int = 0,

@@ -85,8 +85,14 @@ def _category(name: str) -> str:
 
 
 def _allows_quantization(name: str, n_dims: int) -> bool:
+    # tensor_allows_quantization: 2-D and 3-D weights, less norms, routers and the small ssm_conv1d kernels
     return (n_dims >= 2 and name.endswith("weight") and "_norm.weight" not in name
-            and "ffn_gate_inp.weight" not in name)
+            and "ffn_gate_inp.weight" not in name and "ssm_conv1d" not in name)
+
+
+def allows_quantization(name: str, n_dims: int) -> bool:
+    """Whether llama-quantize may change this tensor's type (the rest keep the converter's, F32 here)."""
+    return _allows_quantization(name, n_dims)
 
 
 def _fallback(row_length: int, target: GGMLQuantizationType) -> GGMLQuantizationType:

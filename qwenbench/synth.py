@@ -20,8 +20,9 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWrit
 from . import __version__
 from .catalog import ModelSpec
 from .quants import find_preset
+from .recipe import n_blocks
 from .tensors import TensorInfo, TensorTable
-from .vocab import BOS_ID, CHAT_TEMPLATE, EOS_ID, build_vocab
+from .vocab import CHAT_TEMPLATE, EOS_OFFSET, build_vocab
 
 T = GGMLQuantizationType
 SYNTHETIC_KEY = "qwenbench.synthetic"
@@ -86,6 +87,19 @@ def _norm_weights(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0.9, 1.1, n).astype(np.float32)
 
 
+def _special_f32(name: str, n: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Values a tensor kind needs to be valid, or None for the generic small weights. Gated DeltaNet decays its
+    state by exp(ssm_a * softplus(alpha + ssm_dt)) a token: ssm_a (the checkpoint's -exp(A_log)) must be negative
+    for the state to stay bounded, as trained models have it (A_log ~ log U(1, 16))."""
+    if name.endswith(".ssm_a"):
+        return -rng.uniform(1.0, 16.0, n).astype(np.float32)
+    if name.endswith("ssm_dt.bias"):
+        return rng.uniform(-1.0, 1.0, n).astype(np.float32)
+    if "ssm_conv1d" in name:  # a short causal filter per channel
+        return rng.uniform(-0.3, 0.3, n).astype(np.float32)
+    return None
+
+
 class _BlockPools:
     """One pool of random blocks per type, so writing costs no random generation per byte."""
 
@@ -105,10 +119,12 @@ class _BlockPools:
 def _write_tensor(out, tensor: TensorInfo, pools: _BlockPools, rng: np.random.Generator,
                   progress: Callable[[int], None], zero: bool = False) -> None:
     ggml_type = GGMLQuantizationType(tensor.ggml_type)
+    special = _special_f32(tensor.name, tensor.n_elements, rng) if ggml_type == T.F32 else None
     if ggml_type == T.F32 and tensor.name.endswith("norm.weight"):
-        data = _norm_weights(tensor.n_elements, rng)
-        out.write(data.tobytes())
-        progress(data.nbytes)
+        special = _norm_weights(tensor.n_elements, rng)
+    if special is not None:  # small tensors of a kind whose values matter: always written
+        out.write(special.tobytes())
+        progress(special.nbytes)
         return
     if zero:  # a hole in a sparse file: nothing written, zeros read
         out.seek(tensor.n_bytes, os.SEEK_CUR)
@@ -144,7 +160,7 @@ class _Writer(GGUFWriter):
         return self._packed[key]
 
 
-def _add_metadata(writer: GGUFWriter, spec: ModelSpec, quant: str, seed: int) -> None:
+def _add_metadata(writer: GGUFWriter, spec: ModelSpec, quant: str, seed: int, mtp: bool = False) -> None:
     preset = find_preset(quant)
     assert preset is not None
     writer.add_type("model")
@@ -153,7 +169,9 @@ def _add_metadata(writer: GGUFWriter, spec: ModelSpec, quant: str, seed: int) ->
     writer.add_quantization_version(2)
     _mark_synthetic(writer, spec.key, preset.name, seed)
 
-    writer.add_block_count(spec.n_layer)
+    writer.add_block_count(n_blocks(spec, mtp))
+    if mtp and spec.mtp_layers:
+        writer.add_nextn_predict_layers(spec.mtp_layers)
     writer.add_context_length(spec.context_length)
     writer.add_embedding_length(spec.n_embd)
     writer.add_feed_forward_length(spec.n_ff)
@@ -164,20 +182,33 @@ def _add_metadata(writer: GGUFWriter, spec: ModelSpec, quant: str, seed: int) ->
     writer.add_value_length(spec.head_dim)
     writer.add_layer_norm_rms_eps(spec.rms_norm_eps)
     writer.add_rope_freq_base(spec.rope_theta)
+    if spec.rope_dims:
+        writer.add_rope_dimension_count(spec.rope_dims)
+    if spec.rope_sections:
+        writer.add_rope_dimension_sections(list(spec.rope_sections))
     if spec.is_moe:
         writer.add_expert_count(spec.n_expert)
         writer.add_expert_used_count(spec.n_expert_used)
         writer.add_expert_feed_forward_length(spec.n_ff_exp)
+        if spec.n_ff_shexp:
+            writer.add_expert_shared_feed_forward_length(spec.n_ff_shexp)
+    if spec.is_hybrid:
+        writer.add_full_attention_interval(spec.full_attention_interval)
+        writer.add_ssm_conv_kernel(spec.ssm_conv_kernel)
+        writer.add_ssm_inner_size(spec.ssm_inner_size)
+        writer.add_ssm_state_size(spec.ssm_state_size)
+        writer.add_ssm_time_step_rank(spec.ssm_time_step_rank)
+        writer.add_ssm_group_count(spec.ssm_group_count)
 
-    vocab = build_vocab(spec.n_vocab)
+    vocab = build_vocab(spec.n_vocab, spec.first_special_id)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(spec.tokenizer_pre)
     writer.add_token_list(list(vocab.tokens))
     writer.add_token_types(list(vocab.token_types))
     writer.add_token_merges(list(vocab.merges))
-    writer.add_eos_token_id(EOS_ID)
-    writer.add_bos_token_id(BOS_ID)
-    writer.add_pad_token_id(BOS_ID)
+    writer.add_eos_token_id(spec.first_special_id + EOS_OFFSET)
+    writer.add_bos_token_id(spec.first_special_id)
+    writer.add_pad_token_id(spec.first_special_id)
     writer.add_add_bos_token(False)
     writer.add_chat_template(CHAT_TEMPLATE)
 
@@ -257,7 +288,9 @@ def write_synthetic_gguf(spec: ModelSpec, quant: str, table: TensorTable, path: 
     """A catalog model's GGUF with `table`'s tensors, our metadata and tokenizer, random weights; zero_weights
     leaves the matrices as holes of a sparse file (calibration's probes: the kernels' speed does not depend on
     the values, and nothing is written to disk)."""
-    return _write_gguf(path, spec.arch, lambda writer: _add_metadata(writer, spec, quant, seed), table, seed,
+    # a table with the MTP block (blk.{n_layer}) needs the metadata that counts it
+    mtp = any(t.layer is not None and t.layer >= spec.n_layer for t in table.tensors)
+    return _write_gguf(path, spec.arch, lambda writer: _add_metadata(writer, spec, quant, seed, mtp), table, seed,
                        on_progress, zero_weights)
 
 

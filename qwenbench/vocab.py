@@ -47,6 +47,7 @@ SPECIAL_TOKENS: tuple[tuple[str, TokenType], ...] = (
 )
 BOS_ID = FIRST_SPECIAL_ID  # <|endoftext|>, also the padding token; Qwen adds no BOS
 EOS_ID = FIRST_SPECIAL_ID + 2  # <|im_end|>
+EOS_OFFSET = EOS_ID - BOS_ID  # the same order in every Qwen vocabulary
 
 # A Qwen3-style ChatML template with the thinking switch (enable_thinking=false adds an empty think block).
 CHAT_TEMPLATE = (
@@ -136,9 +137,11 @@ class SyntheticVocab:
 
 
 @lru_cache(maxsize=4)
-def build_vocab(n_vocab: int) -> SyntheticVocab:
-    """A vocabulary of exactly n_vocab tokens with Qwen's special tokens at their real ids."""
-    n_regular = FIRST_SPECIAL_ID
+def build_vocab(n_vocab: int, first_special_id: int = FIRST_SPECIAL_ID) -> SyntheticVocab:
+    """A vocabulary of exactly n_vocab tokens with Qwen's special tokens at their real ids: from 151643 for
+    Qwen2/Qwen3/Qwen3-Next, from 248044 for Qwen3.5's 248,320-token vocabulary (the same tokens, in the same order:
+    <|endoftext|> 248044, <|im_start|> 248045, <|im_end|> 248046, ... <|vision_start|> 248053)."""
+    n_regular = first_special_id
     if n_vocab < n_regular + len(SPECIAL_TOKENS):
         raise ValueError(f"n_vocab {n_vocab} is smaller than Qwen's special-token range")
     tokens = [_byte_to_unicode()[b] for b in range(256)]

@@ -20,6 +20,14 @@ QWENBENCH = shutil.which("qwenbench", path=str(Path(sys.executable).parent)) or 
 # A few MB each: the vocabulary keeps Qwen's 151,936 rows, everything else is shrunk.
 TINY_DENSE = {"n_layer": 2, "n_embd": 64, "n_ff": 128, "n_head": 2, "n_head_kv": 1, "head_dim": 32}
 TINY_MOE = {**TINY_DENSE, "n_expert": 8, "n_expert_used": 2, "n_ff_exp": 64}
+# hybrids: 4 layers (3 linear attention, 1 full); the linear attention's state big enough that llama.cpp's
+# two-decimal MiB print tells a wrong size from a right one. The vocabulary keeps Qwen3.5's 248,320 rows.
+TINY_HYBRID = {**TINY_DENSE, "n_layer": 4, "rope_dims": 16, "rope_sections": (3, 3, 2, 0), "ssm_state_size": 64,
+               "ssm_group_count": 2, "ssm_time_step_rank": 8}
+TINY_HYBRID_MOE = {**TINY_HYBRID, "n_expert": 8, "n_expert_used": 2, "n_ff_exp": 64, "n_ff_shexp": 64}
+# key -> tiny shape of each hybrid architecture (qwen3next has no multimodal RoPE sections)
+TINY_HYBRIDS = {"qwen3.5-0.8b": TINY_HYBRID, "qwen3.5-35b-a3b": TINY_HYBRID_MOE,
+                "qwen3-next-80b-a3b-instruct": {**TINY_HYBRID_MOE, "rope_sections": ()}}
 
 
 def tiny_spec(key: str, shape: dict[str, int]) -> ModelSpec:

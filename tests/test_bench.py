@@ -190,6 +190,10 @@ def test_bundled_suites_validate_and_expand(tmp_path: Path) -> None:
     assert [job.label for job in quick] == ["qwen3-0.6b Q4_K_M cpu [synthetic]", "qwen3-0.6b Q4_K_M gpu [synthetic]"]
     result = run_cli("bench", "--config", str(root / "quick.toml"), "--only", "nothing-like-this")
     assert result.returncode == 2 and "--dry-run lists the jobs" in result.stderr
+    assert "qwen3.5-0.8b Q4_K_M cpu" in [job.label for job in expand_jobs(load_config(root / "quick.toml"))]
+    pair = [job.label for job in expand_jobs(load_config(root / "dense-vs-moe.toml"))]
+    assert "qwen3.6-35b-a3b Q3_K_M gpu-experts-cpu" in pair and "qwen3.6-27b Q4_K_M gpu-experts-cpu" not in pair
+    assert {"qwen3.5-9b Q4_K_M cpu", "qwen3.6-27b Q4_K_M cpu", "qwen3.6-35b-a3b Q3_K_M cpu"} <= set(pair)
 
 
 def test_a_suite_that_pins_repacking_keeps_it_and_is_another_job(tmp_path: Path) -> None:

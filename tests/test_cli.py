@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -60,10 +61,35 @@ def test_synth_writes_a_tiny_model(tmp_path: Path) -> None:
     assert out.exists() and '"quant": "Q3_K_L"' in result.stdout
 
 
+def test_synth_keeps_the_mtp_block_on_request(tmp_path: Path) -> None:
+    from qwenbench.gguf_info import read_header
+
+    out = tmp_path / "h.gguf"
+    result = run_cli("synth", "--model", "qwen3.5-0.8b", "--out", str(out), "--layers", "4", "--hidden", "64",
+                     "--ff", "128", "--heads", "2", "--kv-heads", "1", "--head-dim", "64", "--mtp", "--json")
+    assert result.returncode == 0, result.stderr
+    header = read_header(out)
+    assert header.arch_value("block_count") == 5 and header.arch_value("nextn_predict_layers") == 1
+    assert "blk.4.nextn.eh_proj.weight" in header.table.by_name() and header.n_vocab == 248320
+    assert_one_clear_error(run_cli("synth", "--model", "qwen3-0.6b", "--out", str(tmp_path / "d.gguf"), "--mtp"),
+                           "has no MTP block")
+
+
 def test_models_lists_the_catalog() -> None:
     result = run_cli("models", "--json")
     assert result.returncode == 0
     assert '"qwen3-30b-a3b"' in result.stdout and '"Q3_K_L"' in result.stdout
+    listed = json.loads(result.stdout)
+    models = {m["key"]: m for m in listed["models"]}
+    assert models["qwen3.6-35b-a3b"]["arch"] == "qwen35moe"
+    assert models["qwen3.6-35b-a3b"]["attention"] == "3 linear : 1 full (10 of 40 full)"
+    assert 3.3e9 < models["qwen3.6-35b-a3b"]["params_active"] < 3.6e9
+    assert models["qwen3-8b"]["attention"] == "full"
+    assert [u["key"] for u in listed["unsupported"]] == ["qwen3.8-flash-next"]
+    table = run_cli("models")
+    assert "3 linear : 1 full" in table.stdout and "not supported: qwen3.8-flash-next (qwen4exp)" in table.stdout
+    refused = run_cli("plan", "--model", "qwen3.8-flash-next", "--offline")
+    assert refused.returncode != 0 and "not supported" in refused.stderr
 
 
 def test_help_does_not_import_heavy_modules() -> None:

@@ -20,7 +20,7 @@ from qwenbench.recipe import tensor_table
 from qwenbench.synth import write_synthetic_gguf
 from qwenbench.tensors import TensorTable
 
-from .conftest import TINY_DENSE, run_cli, tiny_spec
+from .conftest import TINY_DENSE, TINY_HYBRID_MOE, run_cli, tiny_spec
 from .fakehub import FakeHub, FakeHubServer, FakeRepo
 from .ggufsplit import split_gguf
 
@@ -171,3 +171,23 @@ def test_split_model_runs_from_its_first_part(published: dict[str, Path], tmp_pa
     rows = json.loads(run.stdout)["rows"]
     assert {r["status"] for r in rows} == {"ok"}
     assert int(rows[0]["model_size"]) == read_model_header(published["Q6_K part 1"]).table.n_bytes
+
+
+def test_plan_a_hybrid_moe_from_its_remote_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`plan --model qwen3.6-35b-a3b` from a published file's header (a tiny twin, with its MTP block, in the
+    catalog's unsloth repo): the attention layout, KV and recurrent state come from that header."""
+    spec = tiny_spec("qwen3.6-35b-a3b", TINY_HYBRID_MOE)
+    path, _ = ensure_synthetic(spec, "Q3_K_M", tmp_path / "hybrid.gguf", mtp=True)
+    fake = FakeHub(repos={"unsloth/Qwen3.6-35B-A3B-GGUF": FakeRepo({"Qwen3.6-35B-A3B-Q3_K_M.gguf": path})})
+    with FakeHubServer(fake) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        monkeypatch.setenv("QWENBENCH_CACHE_DIR", str(tmp_path / "qb"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        planned = run_cli("plan", "--no-calibrate", "--model", "qwen3.6-35b-a3b", "--ctx", "32768", "--json")
+        text = run_cli("plan", "--no-calibrate", "--model", "qwen3.6-35b-a3b", "--ctx", "32768")
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(planned.stdout)
+    assert plan["source"] == "hub" and {p["quant"] for p in plan["evaluated"]} == {"Q3_K_M"}
+    assert text.returncode == 0, text.stderr
+    assert "attention: 3 recurrent + 1 full" in text.stdout and "recurrent state" in text.stdout

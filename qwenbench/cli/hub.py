@@ -49,6 +49,8 @@ def synth_command(
     experts: int | None = typer.Option(None, "--experts", help="Tiny-model override (MoE): experts."),
     experts_used: int | None = typer.Option(None, "--experts-used", help="Tiny-model override (MoE): used."),
     expert_ff: int | None = typer.Option(None, "--expert-ff", help="Tiny-model override (MoE): expert FFN."),
+    mtp: bool = typer.Option(False, "--mtp", help="Keep the model's multi-token-prediction block (Qwen3.5, "
+                                                  "Qwen3-Next), as some published files do."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Write a shape-faithful synthetic GGUF: the real file's tensors, types and sizes, random weights.
@@ -69,6 +71,8 @@ def synth_command(
         raise UsageError("the tiny-model overrides go with --model; a --from-hub twin has the real file's shape")
     if model is not None and (repo or revision):
         raise UsageError("--repo and --revision go with --from-hub")
+    if from_hub is not None and mtp:
+        raise UsageError("--mtp goes with --model; a --from-hub twin has the published file's tensors")
     extra: dict[str, Any] = {}
     if from_hub is not None:
         spec = get_model(from_hub)
@@ -81,7 +85,9 @@ def synth_command(
             spec = spec.with_overrides(**overrides)
         with _progress_bytes() as progress:
             task = progress.add_task(f"writing {spec.name} {quant.upper()}", total=None)
-            path, written = ensure_synthetic(spec, quant, out_path, seed=seed,
+            if mtp and not spec.mtp_layers:
+                raise UsageError(f"{spec.name} has no MTP block", hint="--mtp is for Qwen3.5/3.6/3.8 and Qwen3-Next")
+            path, written = ensure_synthetic(spec, quant, out_path, seed=seed, mtp=mtp,
                                              on_progress=lambda done, total: progress.update(task, completed=done,
                                                                                              total=total))
     header = read_header(path)

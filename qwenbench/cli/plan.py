@@ -13,7 +13,8 @@ from ..errors import UsageError
 from ..runspec import MAX_THREADS
 
 if TYPE_CHECKING:
-    pass
+    from ..catalog import ModelSpec
+    from ..fit import ModelShape
 from .common import (
     CALIBRATE_OPTION,
     OLLAMA_OPTION,
@@ -34,23 +35,37 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
     """List the model catalog (configs/models.toml) and the quant presets."""
     from rich.table import Table
 
-    from ..catalog import load_catalog
+    from ..catalog import load_catalog, unsupported_models
     from ..quants import PRESETS
+    from ..recipe import tensor_table
 
     catalog = load_catalog()
+    unsupported = unsupported_models()
+
+    def active(spec: ModelSpec) -> int:
+        return tensor_table(spec, "F16").n_params_active(spec.n_expert, spec.n_expert_used)
+
     if as_json:
         out.print_json(json.dumps({"models": [
             {"key": s.key, "name": s.name, "arch": s.arch, "is_moe": s.is_moe, "n_layer": s.n_layer,
-             "params_total": s.params_total} for s in catalog.values()], "quants": list(PRESETS)}))
+             "attention": s.attention_layout, "n_attention_layers": s.n_attention_layers,
+             "context_length": s.context_length, "params_total": s.params_total, "params_active": active(s),
+             "mtp_layers": s.mtp_layers} for s in catalog.values()],
+            "unsupported": [{"key": u.key, "name": u.name, "arch": u.arch, "reason": u.reason}
+                            for u in unsupported.values()],
+            "quants": list(PRESETS)}))
         return
     table = Table(title="qwenbench model catalog")
-    for column in ("model", "arch", "layers", "hidden", "heads/kv", "experts", "params"):
-        table.add_column(column, justify="right" if column not in ("model", "arch") else "left")
+    for column in ("model", "arch", "layers", "attention", "hidden", "heads/kv", "experts", "params", "context"):
+        table.add_column(column, justify="left" if column in ("model", "arch", "attention") else "right")
     for spec in catalog.values():
         experts = f"{spec.n_expert_used}/{spec.n_expert}" if spec.is_moe else "-"
-        table.add_row(spec.key, spec.arch, str(spec.n_layer), str(spec.n_embd), f"{spec.n_head}/{spec.n_head_kv}",
-                      experts, f"{spec.params_total / 1e9:.1f} B")
+        params = f"{spec.params_total / 1e9:.1f} B" + (f" ({active(spec) / 1e9:.1f} active)" if spec.is_moe else "")
+        table.add_row(escape(spec.key), spec.arch, str(spec.n_layer), spec.attention_layout, str(spec.n_embd),
+                      f"{spec.n_head}/{spec.n_head_kv}", experts, params, f"{spec.context_length // 1024}k")
     out.print(table)
+    for model in unsupported.values():
+        out.print(f"not supported: {escape(model.key)} ({model.arch}): {escape(model.reason)}")
     out.print(f"quants: {', '.join(PRESETS)}")
 
 
@@ -302,6 +317,9 @@ def plan_command(
         else:
             out.print("  predicted from the copy bandwidth and a default efficiency (± 50%): "
                       "`qwenbench calibrate` measures this machine", markup=False)
+    layout = _attention_note(shape, ctx, choice.type_k if choice else "f16")
+    if layout:
+        out.print(f"  {layout}", markup=False)
     for reason in plan.reasons:
         out.print(f"  - {reason}", markup=False)
     if other and alternative is not None and alternative.choice is not None:
@@ -339,6 +357,23 @@ def plan_command(
 
 
 # ------------------------------------------------------------------------------------------ synth
+
+
+def _attention_note(shape: ModelShape, ctx: int, type_kv: str) -> str:
+    """What a model's attention layout costs at this context, where not every layer keeps a full KV cache: the
+    KV of its attention layers, the fixed recurrent state, and what the same model would need with a full KV
+    cache in every layer."""
+    from ..fit import RunConfig, kv_bytes_per_layer, layer_cache_bytes
+
+    if shape.attention_layout == "full":
+        return ""
+    config = RunConfig(n_ctx=ctx, type_k=type_kv, type_v=type_kv)
+    caches = [layer_cache_bytes(shape, config, layer) for layer in range(shape.n_layer)]
+    kv, state = sum(c[0] for c in caches), sum(c[1] for c in caches)
+    every = shape.n_layer_trunk * kv_bytes_per_layer(shape, ctx, type_kv, type_kv)
+    return (f"attention: {shape.attention_layout}; at {ctx} tokens KV {_bytes(kv)}"
+            + (f" + recurrent state {_bytes(state)} (fixed, any context)" if state else "")
+            + f", against {_bytes(every)} of KV were every layer full attention")
 
 
 def _export_plan(target: str, path: Path | None, plan: Any, gguf: Path | None, model: str | None,
