@@ -30,7 +30,9 @@ from .fit import (
     has_tied_output,
     kv_bytes_per_layer,
     layer_devices,
+    loaded,
     on_gpu,
+    recurrent_state_bytes,
     runs_from_repacked_copy,
     tied_output_on_gpu,
     token_read_bytes,
@@ -239,7 +241,7 @@ def _runs_for_outputs_only(tensor: TensorInfo, shape: ModelShape) -> bool:
     token grows 0.0905 ms a layer, and the 1-layer probe costs only its attention and the output token's share."""
     if tensor.layer is None:
         return tensor.name != "token_embd.weight"  # the output layer (a separate one; a tied one is a lookup too)
-    return tensor.layer == shape.n_layer - 1 and tensor.name.split(".")[2].startswith("ffn_")
+    return tensor.layer == shape.n_layer_trunk - 1 and tensor.name.split(".")[2].startswith("ffn_")
 
 
 def prefill_token_bytes(tensor: TensorInfo, shape: ModelShape, tied_output: bool) -> int:
@@ -270,6 +272,30 @@ def prefill_bytes_per_token(table: TensorTable, shape: ModelShape, *, experts: b
     tied_output = has_tied_output(table)
     return sum(prefill_token_bytes(t, shape, tied_output) for t in table.tensors
                if experts is None or t.is_expert == experts)
+
+
+def attended_cells(shape: ModelShape, layers: range, cells: float) -> float:
+    """Cached cells x layers that one token's attention covers in `layers`, with `cells` in the cache: only attention
+    layers attend over it (a sliding-window one over its window at most); a hybrid's linear-attention layers carry
+    a fixed-size state instead (recurrent_state_s), and the MTP block does not run."""
+    total = 0.0
+    for layer in layers:
+        kind = shape.layer_kind(layer)
+        if kind == "full":
+            total += cells
+        elif kind == "swa":
+            total += min(cells, shape.n_swa)
+    return total
+
+
+def recurrent_state_s(shape: ModelShape, host_layers: int, calibration: SpeedCalibration) -> float:
+    """Seconds one decoded token spends reading and writing back the host's linear-attention layers' states (F32),
+    at the F32 decode rate. The Gated DeltaNet kernels' own work is not measured yet."""
+    layers = sum(1 for layer in range(min(host_layers, shape.n_layer_trunk))
+                 if shape.layer_kind(layer) == "recurrent")
+    if not layers:
+        return 0.0
+    return 2 * layers * recurrent_state_bytes(shape) / calibration.rate("F32")[0].tg_bytes_per_s
 
 
 def _cells(n_tokens: int) -> int:
@@ -323,6 +349,8 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
     borrowed_experts: set[str] = set()  # MoE expert types whose prefill rate was not measured
     output_copy = tied_output_on_gpu(table, shape, config)
     for tensor in table.tensors:
+        if not loaded(tensor, shape):
+            continue  # the MTP block: llama.cpp does not load it
         offloaded = on_gpu(tensor, shape, config)
         repacked = runs_from_repacked_copy(tensor, shape, config)  # plain_rates where not (a worker's, for one)
         rate, measured = calibration.rate(tensor.type_name, repacked)
@@ -346,24 +374,30 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
         else:
             tg_host += tg_bytes / rate.tg_bytes_per_s
             pp_host += pp_bytes / rate.pp_bytes_per_s
-    parts = {"weights": tg_host, "fixed": calibration.token_s + calibration.layer_s * shape.n_layer
-             + (calibration.moe_layer_s * shape.n_layer if shape.is_moe else 0.0)}
+    parts = {"weights": tg_host, "fixed": calibration.token_s + calibration.layer_s * shape.n_layer_trunk
+             + (calibration.moe_layer_s * shape.n_layer_trunk if shape.is_moe else 0.0)}
     first = first_gpu_layer(shape.n_layer, config.n_gpu_layers) if config.gpu and not on_workers else shape.n_layer + 1
     gpu_layers = max(0, shape.n_layer - first)
-    head_work = (shape.n_layer - gpu_layers) * shape.n_head * shape.head_dim_k  # per cached cell
+    host_layers = shape.n_layer - gpu_layers
+    head_work = shape.n_head * shape.head_dim_k  # per cached cell and attention layer
     gqa = shape.n_head / max(1, shape.n_head_kv)
+    state_s = recurrent_state_s(shape, host_layers, calibration)
+    if state_s:
+        parts["recurrent state"] = state_s
     if depth:
         # each token attends over the cache so far: measured per cell, layer, head and head dimension
-        parts["attention"] = depth * head_work * calibration.attention_at(depth, gqa)[0]
+        parts["attention"] = (attended_cells(shape, range(host_layers), depth) * head_work
+                              * calibration.attention_at(depth, gqa)[0])
         per_cell = kv_bytes_per_layer(shape, KV_CELL_PAD, config.type_k, config.type_v) / KV_CELL_PAD
-        tg_gpu += per_cell * depth * gpu_layers
+        tg_gpu += per_cell * attended_cells(shape, range(host_layers, shape.n_layer), depth)
 
     def prefill_s(n_tokens: int, at_depth: int) -> float:
         """Host seconds per prompt token of a prompt of n_tokens after at_depth cells: the weights' batch work, the
         output token's share, and attention over the depth and, on average, half the prompt, less the half-prompt
         the probes' rates already hold (PROBE_PROMPT_CELLS)."""
         attended = at_depth + n_tokens / 2
-        return (pp_host + output_host / n_tokens + max(0.0, attended - PROBE_PROMPT_CELLS) * head_work
+        return (pp_host + output_host / n_tokens
+                + attended_cells(shape, range(host_layers), max(0.0, attended - PROBE_PROMPT_CELLS)) * head_work
                 * calibration.attention_at(attended, gqa)[1])
 
     network = wire_cost(shape, config, links, n_tokens=1, depth=depth)

@@ -14,7 +14,7 @@ from qwenbench.calibrate import calibrate, calibration_key, load_speed_calibrati
 from qwenbench.calibration import forget_speed_observations, record_speed_observations
 from qwenbench.catalog import get_model
 from qwenbench.errors import QwenbenchError
-from qwenbench.fit import RunConfig, layer_devices, repacked_on_cpu
+from qwenbench.fit import RunConfig, layer_devices, recurrent_state_bytes, repacked_on_cpu
 from qwenbench.harness import run_batch
 from qwenbench.machine import describe_machine
 from qwenbench.network import Link, network_cost
@@ -308,3 +308,21 @@ def test_without_repacking_and_on_rpc_workers_the_types_plain_rates_apply() -> N
     moe = replace(calibration, moe_pp_rates={"Q4_K": 60 * GB})
     assert moe.expert_pp_rate("Q4_K", repacked=False) == (pytest.approx(120 * GB), True)
     assert SpeedCalibration.from_json(calibration.to_json()).plain_rates == calibration.plain_rates
+
+
+def test_a_hybrid_attends_in_its_attention_layers_only_and_carries_its_state() -> None:
+    spec = get_model("qwen3.5-9b")
+    shape, table = spec.shape(), tensor_table(spec, "Q4_K_M")
+    calibration = replace(_calibration(Q4_K=(10, 100), Q5_K=(11, 110), Q6_K=(12, 150), Q8_0=(14, 160),
+                                       F16=(16, 200), F32=(20, 400)), attention=((4, 512, 1e-12, 1e-13),))
+    shallow, deep = (predict_speed(table, shape, RunConfig(n_ctx=8192), calibration, depth=d) for d in (0, 4096))
+    # 8 of its 32 layers attend over the cache; the other 24 are Gated DeltaNet, with a fixed state
+    assert shape.attention_layout == "24 recurrent + 8 full"
+    assert deep.parts["attention"] == pytest.approx(4096 * 8 * spec.n_head * spec.head_dim * 1e-12)
+    # which each token reads and writes back (F32, at that type's decode rate)
+    assert shallow.parts["recurrent state"] == pytest.approx(2 * 24 * recurrent_state_bytes(shape) / 20e9)
+    # a file with the MTP block runs as fast: llama.cpp does not load it
+    mtp = predict_speed(tensor_table(spec, "Q4_K_M", mtp=True), spec.shape(mtp=True), RunConfig(n_ctx=8192),
+                        calibration, depth=4096)
+    assert spec.shape(mtp=True).n_layer == 33
+    assert (mtp.tg_ts, mtp.pp_ts, mtp.ttft_ms) == pytest.approx((deep.tg_ts, deep.pp_ts, deep.ttft_ms))
