@@ -95,7 +95,7 @@ ROUNDS = 2
 # (480 MiB on the Xeon of issue 10): eight times that took 4 to 28 s of a calibration, page faults and all
 BANDWIDTH_BYTES, BANDWIDTH_TRIALS = (512 << 20, 1 << 30), 7
 SOLVE_ITERATIONS = 4
-CALIBRATION_FORMAT = "f7"  # what the probes measure and how: a calibration of another format is not this one
+CALIBRATION_FORMAT = "f8"  # what the probes measure and how: a calibration of another format is not this one
 OnProgress = Callable[[str, int, int], None]  # (what, done, total)
 PLAIN_SUFFIX = "-no-repack"
 
@@ -309,8 +309,11 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     tiny = [_tiny_probe(2, False), _tiny_probe(TINY_LAYERS, False), _tiny_probe(TINY_LAYERS, True)]
     moe_types = tuple(t for t in MOE_TYPES if t in types) if moe_types is None else moe_types
     moe_probes = [_moe_probe(t, moe_shape or MOE_PROBE_SHAPE) for t in moe_types]
+    # experts of a type this CPU repacks run other kernels without the copies: measured so too
+    plain_moe_probes = {p.moe_type: replace(p, name=p.name + PLAIN_SUFFIX, plain=True, once=True)
+                        for p in moe_probes if p.moe_type in plain_probes}
     attention = [_attention_probe(*heads, attention_layers) for heads in ATTENTION_HEADS]
-    probes = [*type_probes, *plain_probes.values(), *tiny, *moe_probes, *attention]
+    probes = [*type_probes, *plain_probes.values(), *tiny, *moe_probes, *plain_moe_probes.values(), *attention]
     runs = [(probe, (0, *attention_depths) if probe.attention else (0,)) for probe in probes]
     total = len(runs) * rounds - sum(rounds - 1 for probe, _ in runs if probe.once)
     for probe in probes:  # sparse files of zero weights (the kernels' speed does not depend on the values), kept
@@ -362,6 +365,8 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     moe_pp_rates = {probe.moe_type: _expert_pp_rate(probe, best[probe.name][1], rates, reference)
                     for probe in moe_probes}
     plain_rates = {t: type_rate(p) for t, p in plain_probes.items()}
+    plain_moe_pp_rates = {t: _expert_pp_rate(p, best[p.name][1], rates | plain_rates, reference)
+                          for t, p in plain_moe_probes.items()}
     points = []
     for probe in attention:
         spec = probe.spec
@@ -381,7 +386,7 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
                                    ram_gbps, (max(bandwidth) - min(bandwidth)) / ram_gbps,
                                    datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                    round(time.monotonic() - started, 1), moe_pp_rates=moe_pp_rates,
-                                   plain_rates=plain_rates)
+                                   plain_rates=plain_rates, plain_moe_pp_rates=plain_moe_pp_rates)
     data = read_json(_path())
     data[calibration.key] = calibration.to_json()
     write_json(_path(), data)

@@ -146,6 +146,8 @@ def test_calibration_through_llama_cpp_is_cached_per_key(tmp_path: Path, tiny_de
     assert all(r.tg_bytes_per_s > 1e8 and r.pp_bytes_per_s > 1e8 for r in calibration.plain_rates.values())
     # experts measured for the quantized type only; 16-bit experts borrow (see the arithmetic test)
     assert set(calibration.moe_pp_rates) == {"Q4_0"} and calibration.moe_pp_rates["Q4_0"] > 1e8
+    assert set(calibration.plain_moe_pp_rates) == set(calibration.plain_rates)  # and without repacking, where so
+    assert all(rate > 1e8 for rate in calibration.plain_moe_pp_rates.values())
     assert all(r.tg_bytes_per_s > 1e8 and r.pp_bytes_per_s > 1e8 for r in calibration.rates.values())
     assert calibration.token_s >= 0 and calibration.layer_s >= 0 and seen[-1] == "done"
     # at each depth, for KV heads serving 2, 4 and 8 query heads
@@ -307,6 +309,11 @@ def test_without_repacking_and_on_rpc_workers_the_types_plain_rates_apply() -> N
     assert calibration.expert_pp_rate("Q4_K", repacked=False) == calibration.expert_pp_rate("Q4_K")
     moe = replace(calibration, moe_pp_rates={"Q4_K": 60 * GB})
     assert moe.expert_pp_rate("Q4_K", repacked=False) == (pytest.approx(120 * GB), True)
+    # or as measured without repacking, where calibrate measured them so
+    measured = replace(moe, plain_moe_pp_rates={"Q4_K": 150 * GB})
+    assert measured.expert_pp_rate("Q4_K", repacked=False) == (150 * GB, True)
+    assert measured.expert_pp_rate("Q4_K") == (60 * GB, True)
+    assert SpeedCalibration.from_json(measured.to_json()).plain_moe_pp_rates == {"Q4_K": 150 * GB}
     assert SpeedCalibration.from_json(calibration.to_json()).plain_rates == calibration.plain_rates
 
 
