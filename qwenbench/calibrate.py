@@ -26,13 +26,13 @@ from pathlib import Path
 
 from .calibration import forget_speed_observations, speed_observations
 from .catalog import ModelSpec, get_model
-from .fit import has_tied_output, repacked_on_cpu
+from .fit import has_tied_output, recurrent_state_bytes, repacked_on_cpu
 from .harness import run_batch
 from .machine import MachineInfo
 from .modelfile import ensure_synthetic_table
 from .paths import cache_dir, logs_dir, read_json, write_json
 from .probe.bandwidth import ram_bandwidth_trials
-from .recipe import tensor_layout
+from .recipe import tensor_layout, tensor_table
 from .runspec import RunSettings, TestSpec
 from .speed import (
     CALIBRATED_TYPES,
@@ -44,6 +44,7 @@ from .speed import (
     prefill_bytes_per_token,
     prefill_token_bytes,
     refine_from,
+    weight_bytes_per_token,
 )
 from .tensors import TensorInfo, TensorTable
 
@@ -95,7 +96,7 @@ ROUNDS = 2
 # (480 MiB on the Xeon of issue 10): eight times that took 4 to 28 s of a calibration, page faults and all
 BANDWIDTH_BYTES, BANDWIDTH_TRIALS = (512 << 20, 1 << 30), 7
 SOLVE_ITERATIONS = 4
-CALIBRATION_FORMAT = "f8"  # what the probes measure and how: a calibration of another format is not this one
+CALIBRATION_FORMAT = "f9"  # what the probes measure and how: a calibration of another format is not this one
 OnProgress = Callable[[str, int, int], None]  # (what, done, total)
 PLAIN_SUFFIX = "-no-repack"
 
@@ -144,6 +145,16 @@ def _tiny_probe(n_layer: int, moe: bool) -> _Probe:
     key, extra = ("qwen3-30b-a3b", TINY_MOE) if moe else ("qwen3-0.6b", {})
     spec = get_model(key).with_overrides(n_layer=n_layer, **TINY_SHAPE, **extra)
     return _Probe(f"tiny-{'moe' if moe else 'dense'}-l{n_layer}", spec, _uniform_table(spec, "Q8_0"), precise=True)
+
+
+def _hybrid_probe() -> _Probe:
+    """Qwen3.5-4B's linear-attention heads (32 value heads of 128 x 128 state: 2.2 MB a layer) on tiny weights, 32
+    layers of which 24 Gated DeltaNet: against the tiny dense probe of as many layers, what a linear-attention
+    layer's state costs a decoded token."""
+    spec = get_model("qwen3.5-4b").with_overrides(n_layer=TINY_LAYERS, n_embd=64, n_ff=128, n_head=2, n_head_kv=1)
+    # first round only: its state's work (13 ms a token on a Zen 4 EPYC VM against the dense probe's 1.5) stands far
+    # above the noise
+    return _Probe(f"tiny-hybrid-l{TINY_LAYERS}", spec, tensor_table(spec, "Q8_0"), once=True)
 
 
 def _moe_probe(type_name: str, shape: dict[str, int]) -> _Probe:
@@ -307,13 +318,14 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     plain_probes = {t: replace(p, name=p.name + PLAIN_SUFFIX, plain=True, once=True)
                     for t, p in zip(types, type_probes, strict=True) if _repacked_here(p, features)}
     tiny = [_tiny_probe(2, False), _tiny_probe(TINY_LAYERS, False), _tiny_probe(TINY_LAYERS, True)]
+    hybrid = _hybrid_probe()
     moe_types = tuple(t for t in MOE_TYPES if t in types) if moe_types is None else moe_types
     moe_probes = [_moe_probe(t, moe_shape or MOE_PROBE_SHAPE) for t in moe_types]
     # experts of a type this CPU repacks run other kernels without the copies: measured so too
     plain_moe_probes = {p.moe_type: replace(p, name=p.name + PLAIN_SUFFIX, plain=True, once=True)
                         for p in moe_probes if p.moe_type in plain_probes}
     attention = [_attention_probe(*heads, attention_layers) for heads in ATTENTION_HEADS]
-    probes = [*type_probes, *plain_probes.values(), *tiny, *moe_probes, *plain_moe_probes.values(), *attention]
+    probes = [*type_probes, *plain_probes.values(), *tiny, *moe_probes, *plain_moe_probes.values(), *attention, hybrid]
     runs = [(probe, (0, *attention_depths) if probe.attention else (0,)) for probe in probes]
     total = len(runs) * rounds - sum(rounds - 1 for probe, _ in runs if probe.once)
     for probe in probes:  # sparse files of zero weights (the kernels' speed does not depend on the values), kept
@@ -365,6 +377,14 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     moe_pp_rates = {probe.moe_type: _expert_pp_rate(probe, best[probe.name][1], rates, reference)
                     for probe in moe_probes}
     plain_rates = {t: type_rate(p) for t, p in plain_probes.items()}
+    # a linear-attention layer's decode work beyond its weights, per byte of its state: the hybrid probe less the
+    # dense one of as many layers and their weights' difference at the Q8_0 rate
+    hybrid_shape, dense = hybrid.spec.shape(), tiny[1]
+    state_bytes = sum(1 for il in range(hybrid_shape.n_layer_trunk) if hybrid_shape.layer_kind(il) == "recurrent") \
+        * recurrent_state_bytes(hybrid_shape)
+    extra_weights = (weight_bytes_per_token(hybrid.table, hybrid_shape)
+                     - weight_bytes_per_token(dense.table, dense.spec.shape())) / reference.tg_bytes_per_s
+    recurrent_byte_s = max(0.0, best[hybrid.name][0] - best[dense.name][0] - extra_weights) / state_bytes
     plain_moe_pp_rates = {t: _expert_pp_rate(p, best[p.name][1], rates | plain_rates, reference)
                           for t, p in plain_moe_probes.items()}
     points = []
@@ -386,7 +406,8 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
                                    ram_gbps, (max(bandwidth) - min(bandwidth)) / ram_gbps,
                                    datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                    round(time.monotonic() - started, 1), moe_pp_rates=moe_pp_rates,
-                                   plain_rates=plain_rates, plain_moe_pp_rates=plain_moe_pp_rates)
+                                   plain_rates=plain_rates, plain_moe_pp_rates=plain_moe_pp_rates,
+                                   recurrent_byte_s=recurrent_byte_s)
     data = read_json(_path())
     data[calibration.key] = calibration.to_json()
     write_json(_path(), data)

@@ -114,6 +114,9 @@ class SpeedCalibration:
     # dense type's is (on a Zen 4 EPYC VM a Qwen3-30B-A3B Q4_K_M twin prefilled 1.8x as fast unrepacked, 29 % beyond
     # that scaling)
     plain_moe_pp_rates: dict[str, float] = field(default_factory=dict)
+    # a linear-attention layer's decode work (Gated DeltaNet: its state decayed, updated, read) per byte of its state,
+    # a decoded token; 0: not measured (the state read and written back at the F32 rate stands in)
+    recurrent_byte_s: float = 0.0
 
     def refined(self, kind: str, moe: bool) -> tuple[float, int]:
         """(factor, measured models) for predictions of this kind (tg, tg-deep, pp, pp-deep, ttft) and model kind."""
@@ -171,6 +174,7 @@ class SpeedCalibration:
                           for name, r in self.rates.items()},
                 "moe_pp_rates": dict(self.moe_pp_rates),
                 "plain_moe_pp_rates": dict(self.plain_moe_pp_rates),
+                "recurrent_byte_s": self.recurrent_byte_s,
                 "plain_rates": {name: {"tg_bytes_per_s": r.tg_bytes_per_s, "pp_bytes_per_s": r.pp_bytes_per_s}
                                 for name, r in self.plain_rates.items()}}
 
@@ -191,7 +195,8 @@ class SpeedCalibration:
                    float(data.get("moe_layer_s", 0.0)), attention, float(data.get("spread", 0.0)),
                    float(data.get("ram_gbps", 0.0)), float(data.get("ram_spread", 0.0)),
                    str(data.get("measured_at", "")), float(data.get("wall_s", 0.0)), tuple(data.get("notes", ())),
-                   moe_pp_rates=moe_pp_rates, plain_rates=plain_rates, plain_moe_pp_rates=plain_moe_pp_rates)
+                   moe_pp_rates=moe_pp_rates, plain_rates=plain_rates, plain_moe_pp_rates=plain_moe_pp_rates,
+                   recurrent_byte_s=max(0.0, float(data.get("recurrent_byte_s", 0.0))))
 
 
 @dataclass(frozen=True)
@@ -270,6 +275,12 @@ def output_token_bytes(tensor: TensorInfo, shape: ModelShape, tied_output: bool)
     return token_read_bytes(tensor, shape, tied_output) if _runs_for_outputs_only(tensor, shape) else 0
 
 
+def weight_bytes_per_token(table: TensorTable, shape: ModelShape) -> float:
+    """The weight bytes one decoded token reads (llama.cpp's loaded tensors), without any cache or state."""
+    tied_output = has_tied_output(table)
+    return sum(token_read_bytes(t, shape, tied_output) for t in table.tensors if loaded(t, shape))
+
+
 def decode_bytes_per_token(table: TensorTable, shape: ModelShape) -> float:
     """The weight bytes one decoded token reads (all on the host): what a decode rate is measured in."""
     return bytes_read_per_token(table, shape, RunConfig(n_ctx=1))[0]
@@ -298,12 +309,14 @@ def attended_cells(shape: ModelShape, layers: range, cells: float) -> float:
 
 
 def recurrent_state_s(shape: ModelShape, host_layers: int, calibration: SpeedCalibration) -> float:
-    """Seconds one decoded token spends reading and writing back the host's linear-attention layers' states (F32),
-    at the F32 decode rate. The Gated DeltaNet kernels' own work is not measured yet."""
+    """Seconds one decoded token spends in the host's linear-attention layers beyond their weights: their state's
+    bytes at the cost per byte calibrate measured, else that state read and written back at the F32 rate."""
     layers = sum(1 for layer in range(min(host_layers, shape.n_layer_trunk))
                  if shape.layer_kind(layer) == "recurrent")
     if not layers:
         return 0.0
+    if calibration.recurrent_byte_s:
+        return layers * recurrent_state_bytes(shape) * calibration.recurrent_byte_s
     return 2 * layers * recurrent_state_bytes(shape) / calibration.rate("F32")[0].tg_bytes_per_s
 
 

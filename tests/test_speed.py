@@ -148,6 +148,7 @@ def test_calibration_through_llama_cpp_is_cached_per_key(tmp_path: Path, tiny_de
     assert set(calibration.moe_pp_rates) == {"Q4_0"} and calibration.moe_pp_rates["Q4_0"] > 1e8
     assert set(calibration.plain_moe_pp_rates) == set(calibration.plain_rates)  # and without repacking, where so
     assert all(rate > 1e8 for rate in calibration.plain_moe_pp_rates.values())
+    assert calibration.recurrent_byte_s > 0  # a linear-attention layer's work per byte of state (tiny hybrid probe)
     assert all(r.tg_bytes_per_s > 1e8 and r.pp_bytes_per_s > 1e8 for r in calibration.rates.values())
     assert calibration.token_s >= 0 and calibration.layer_s >= 0 and seen[-1] == "done"
     # at each depth, for KV heads serving 2, 4 and 8 query heads
@@ -328,6 +329,10 @@ def test_a_hybrid_attends_in_its_attention_layers_only_and_carries_its_state() -
     assert deep.parts["attention"] == pytest.approx(4096 * 8 * spec.n_head * spec.head_dim * 1e-12)
     # which each token reads and writes back (F32, at that type's decode rate)
     assert shallow.parts["recurrent state"] == pytest.approx(2 * 24 * recurrent_state_bytes(shape) / 20e9)
+    # or, calibrated, at the measured cost per byte of state (the Gated DeltaNet's work on it)
+    measured = predict_speed(table, shape, RunConfig(n_ctx=8192), replace(calibration, recurrent_byte_s=1e-11))
+    assert measured.parts["recurrent state"] == pytest.approx(24 * recurrent_state_bytes(shape) * 1e-11)
+    assert SpeedCalibration.from_json(replace(calibration, recurrent_byte_s=1e-11).to_json()).recurrent_byte_s == 1e-11
     # a file with the MTP block runs as fast: llama.cpp does not load it
     mtp = predict_speed(tensor_table(spec, "Q4_K_M", mtp=True), spec.shape(mtp=True), RunConfig(n_ctx=8192),
                         calibration, depth=4096)
