@@ -8,7 +8,9 @@ runs for real models) whose every matrix is of that type, with layers enough for
 (128-192 MiB; at most 10 layers, about 90 MB for Q2_K), so decode reads it from RAM as it does a real model.
 Overheads come from tiny models (n_embd 64) of 2 and 32 layers, dense and MoE, whose weights are small enough that
 the fixed costs dominate; MoE experts' prefill, whose kernels differ from a dense matrix's, from one probe per type
-with real expert matrices (Qwen3-30B-A3B's, 8 of them, random routers); attention from tiny-weight models with
+with real expert matrices (Qwen3-30B-A3B's, 8 of them, random routers), and again without repacking for the types
+this CPU repacks; a Gated DeltaNet layer's work from a tiny hybrid of 32 layers with Qwen3.5-4B's linear-attention
+heads, against the tiny dense one; attention from tiny-weight models with
 real attention heads (at three GQA ratios) and a real model's layer count, decoded and prefilled at depth and
 without. Probe weights are zeros in sparse files (nothing to write; the kernels' speed does not depend on the
 values). All probes run one after another in one child process, in two rounds (the second backwards; attention in
