@@ -45,8 +45,8 @@ from .speed import (
     output_token_bytes,
     prefill_bytes_per_token,
     prefill_token_bytes,
+    recurrent_layers,
     refine_from,
-    weight_bytes_per_token,
 )
 from .tensors import TensorInfo, TensorTable
 
@@ -382,10 +382,9 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     # a linear-attention layer's decode work beyond its weights, per byte of its state: the hybrid probe less the
     # dense one of as many layers and their weights' difference at the Q8_0 rate
     hybrid_shape, dense = hybrid.spec.shape(), tiny[1]
-    state_bytes = sum(1 for il in range(hybrid_shape.n_layer_trunk) if hybrid_shape.layer_kind(il) == "recurrent") \
-        * recurrent_state_bytes(hybrid_shape)
-    extra_weights = (weight_bytes_per_token(hybrid.table, hybrid_shape)
-                     - weight_bytes_per_token(dense.table, dense.spec.shape())) / reference.tg_bytes_per_s
+    state_bytes = recurrent_layers(hybrid_shape, range(hybrid_shape.n_layer)) * recurrent_state_bytes(hybrid_shape)
+    extra_weights = (decode_bytes_per_token(hybrid.table, hybrid_shape)
+                     - decode_bytes_per_token(dense.table, dense.spec.shape())) / reference.tg_bytes_per_s
     recurrent_byte_s = max(0.0, best[hybrid.name][0] - best[dense.name][0] - extra_weights) / state_bytes
     plain_moe_pp_rates = {t: _expert_pp_rate(p, best[p.name][1], rates | plain_rates, reference)
                           for t, p in plain_moe_probes.items()}

@@ -84,15 +84,11 @@ def _category(name: str) -> str:
     return "other"
 
 
-def _allows_quantization(name: str, n_dims: int) -> bool:
-    # tensor_allows_quantization: 2-D and 3-D weights, less norms, routers and the small ssm_conv1d kernels
+def allows_quantization(name: str, n_dims: int) -> bool:
+    """Whether llama-quantize may change this tensor's type (the rest keep the converter's, F32 here): its
+    tensor_allows_quantization, 2-D and 3-D weights less norms, routers and the small ssm_conv1d kernels."""
     return (n_dims >= 2 and name.endswith("weight") and "_norm.weight" not in name
             and "ffn_gate_inp.weight" not in name and "ssm_conv1d" not in name)
-
-
-def allows_quantization(name: str, n_dims: int) -> bool:
-    """Whether llama-quantize may change this tensor's type (the rest keep the converter's, F32 here)."""
-    return _allows_quantization(name, n_dims)
 
 
 def _fallback(row_length: int, target: GGMLQuantizationType) -> GGMLQuantizationType:
@@ -194,7 +190,7 @@ def assign_types(preset: QuantPreset, names_and_shapes: list[tuple[str, tuple[in
     )
     types = []
     for name, shape in names_and_shapes:
-        if not _allows_quantization(name, len(shape)):
+        if not allows_quantization(name, len(shape)):
             types.append(T.F32)
             continue
         if not is_quantized(preset.default_type):

@@ -25,7 +25,6 @@ from .fit import (
     KV_CELL_PAD,
     ModelShape,
     RunConfig,
-    bytes_read_per_token,
     first_gpu_layer,
     has_tied_output,
     kv_bytes_per_layer,
@@ -275,15 +274,11 @@ def output_token_bytes(tensor: TensorInfo, shape: ModelShape, tied_output: bool)
     return token_read_bytes(tensor, shape, tied_output) if _runs_for_outputs_only(tensor, shape) else 0
 
 
-def weight_bytes_per_token(table: TensorTable, shape: ModelShape) -> float:
-    """The weight bytes one decoded token reads (llama.cpp's loaded tensors), without any cache or state."""
+def decode_bytes_per_token(table: TensorTable, shape: ModelShape) -> float:
+    """The weight bytes one decoded token reads (llama.cpp's loaded tensors, all on the host), without any cache or
+    recurrent state: what a decode rate is measured in."""
     tied_output = has_tied_output(table)
     return sum(token_read_bytes(t, shape, tied_output) for t in table.tensors if loaded(t, shape))
-
-
-def decode_bytes_per_token(table: TensorTable, shape: ModelShape) -> float:
-    """The weight bytes one decoded token reads (all on the host): what a decode rate is measured in."""
-    return bytes_read_per_token(table, shape, RunConfig(n_ctx=1))[0]
 
 
 def prefill_bytes_per_token(table: TensorTable, shape: ModelShape, *, experts: bool | None = None) -> float:
@@ -308,11 +303,15 @@ def attended_cells(shape: ModelShape, layers: range, cells: float) -> float:
     return total
 
 
+def recurrent_layers(shape: ModelShape, layers: range) -> int:
+    """How many of `layers` are linear attention (a recurrent state, no KV cache)."""
+    return sum(1 for layer in layers if shape.layer_kind(layer) == "recurrent")
+
+
 def recurrent_state_s(shape: ModelShape, host_layers: int, calibration: SpeedCalibration) -> float:
     """Seconds one decoded token spends in the host's linear-attention layers beyond their weights: their state's
     bytes at the cost per byte calibrate measured, else that state read and written back at the F32 rate."""
-    layers = sum(1 for layer in range(min(host_layers, shape.n_layer_trunk))
-                 if shape.layer_kind(layer) == "recurrent")
+    layers = recurrent_layers(shape, range(host_layers))
     if not layers:
         return 0.0
     if calibration.recurrent_byte_s:
