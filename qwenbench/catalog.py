@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, UsageError
-from .fit import HYBRID_ARCHS, ModelShape
+from .fit import HYBRID_ARCHS, ModelShape, is_linear_attention_layer
 from .vocab import FIRST_SPECIAL_ID, SPECIAL_TOKENS
 
 if sys.version_info >= (3, 11):
@@ -77,7 +77,8 @@ class ModelSpec:
     def is_recurrent(self, layer: int) -> bool:
         """Whether trunk layer `layer` is linear attention (llama.cpp's is_recr), as the full-attention interval
         places them; the MTP block is attention."""
-        return self.is_hybrid and layer < self.n_layer and (layer + 1) % self.full_attention_interval != 0
+        return (self.is_hybrid and layer < self.n_layer
+                and is_linear_attention_layer(layer, self.full_attention_interval))
 
     @property
     def n_attention_layers(self) -> int:

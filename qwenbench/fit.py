@@ -26,6 +26,14 @@ KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 1
 KV_CELL_PAD = 256
 # the architectures whose layers mix linear attention (a recurrent state) and full attention (llama-arch.cpp)
 HYBRID_ARCHS = ("qwen35", "qwen35moe", "qwen3next")
+
+
+def is_linear_attention_layer(layer: int, full_attention_interval: int) -> bool:
+    """A hybrid's layer il is full attention when (il + 1) % interval == 0, Gated DeltaNet linear attention
+    otherwise (llama.cpp's default recurrent_layer_arr for qwen35, qwen35moe and qwen3next)."""
+    return (layer + 1) % full_attention_interval != 0
+
+
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
 

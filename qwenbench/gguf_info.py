@@ -16,7 +16,7 @@ from typing import IO, Any
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .errors import InvalidModelFileError
-from .fit import HYBRID_ARCHS, ModelShape
+from .fit import HYBRID_ARCHS, ModelShape, is_linear_attention_layer
 from .hubfiles import split_sibling
 from .quants import preset_for_file_type
 from .synth import SYNTHETIC_KEY, ValueTypes
@@ -141,7 +141,7 @@ class GGUFHeader:
                 recurrent = [bool(flag) for flag in flags[:trunk]]
             else:
                 interval = max(1, self.arch_value("full_attention_interval", 4))
-                recurrent = [(il + 1) % interval != 0 for il in range(trunk)]
+                recurrent = [is_linear_attention_layer(il, interval) for il in range(trunk)]
             kinds = tuple("recurrent" if r else "full" for r in recurrent)
             conv, inner = self.arch_value("ssm.conv_kernel", 0), self.arch_value("ssm.inner_size", 0)
             state, groups = self.arch_value("ssm.state_size", 0), self.arch_value("ssm.group_count", 0)
