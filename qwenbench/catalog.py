@@ -86,11 +86,8 @@ class ModelSpec:
 
     @property
     def attention_layout(self) -> str:
-        """How the trunk's layers attend, for listings: "full" or "3 linear : 1 full (12 of 48 full)"."""
-        if not self.is_hybrid:
-            return "full"
-        return (f"{self.full_attention_interval - 1} linear : 1 full "
-                f"({self.n_attention_layers} of {self.n_layer} full)")
+        """How the trunk's layers attend, worded as the plan words a header's: "full" or "36 linear + 12 full"."""
+        return self.shape().attention_layout
 
     @property
     def has_output_tensor(self) -> bool:

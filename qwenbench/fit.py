@@ -37,6 +37,10 @@ def is_linear_attention_layer(layer: int, full_attention_interval: int) -> bool:
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
 
+# layer kinds as users know them: llama.cpp says "recurrent" for Gated DeltaNet layers
+_LAYOUT_WORDS = {"full": "full", "recurrent": "linear", "swa": "sliding-window"}
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """The hyperparameters the memory model needs (from a GGUF header or the catalog)."""
@@ -83,14 +87,16 @@ class ModelShape:
 
     @property
     def attention_layout(self) -> str:
-        """The layers by kind, for listings and plans: "full", "36 recurrent + 12 full", "22 swa + 4 full"."""
+        """The trunk's layers by how they attend, the one wording of `models` and `plan`: "full",
+        "36 linear + 12 full" (Gated DeltaNet), "22 sliding-window + 4 full"."""
         counts: dict[str, int] = {}
         for layer in range(self.n_layer_trunk):
             kind = self.layer_kind(layer)
             counts[kind] = counts.get(kind, 0) + 1
         if set(counts) <= {"full"}:
             return "full"
-        return " + ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: kv[0] == "full"))
+        return " + ".join(f"{n} {_LAYOUT_WORDS[kind]}"
+                          for kind, n in sorted(counts.items(), key=lambda kv: kv[0] == "full"))
 
 
 @dataclass(frozen=True)

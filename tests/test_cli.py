@@ -82,12 +82,12 @@ def test_models_lists_the_catalog() -> None:
     listed = json.loads(result.stdout)
     models = {m["key"]: m for m in listed["models"]}
     assert models["qwen3.6-35b-a3b"]["arch"] == "qwen35moe"
-    assert models["qwen3.6-35b-a3b"]["attention"] == "3 linear : 1 full (10 of 40 full)"
+    assert models["qwen3.6-35b-a3b"]["attention"] == "30 linear + 10 full"
     assert 3.3e9 < models["qwen3.6-35b-a3b"]["params_active"] < 3.6e9
     assert models["qwen3-8b"]["attention"] == "full"
     assert [u["key"] for u in listed["unsupported"]] == ["qwen3.8-flash-next"]
     table = run_cli("models")
-    assert "3 linear : 1 full" in table.stdout and "not supported: qwen3.8-flash-next (qwen4exp)" in table.stdout
+    assert "30 linear + 10 full" in table.stdout and "not supported: qwen3.8-flash-next (qwen4exp)" in table.stdout
     refused = run_cli("plan", "--model", "qwen3.8-flash-next", "--offline")
     assert refused.returncode != 0 and "not supported" in refused.stderr
 

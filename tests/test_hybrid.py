@@ -42,7 +42,7 @@ def test_llama_cpp_runs_a_tiny_hybrid_twin_and_its_buffers_are_predicted(key: st
     path, _ = ensure_synthetic(spec, "Q4_K_M", model_dir / f"tiny-{key}-{'mtp' if mtp else 'trunk'}.gguf", mtp=mtp)
     header = read_header(path)
     shape = header.shape()
-    assert shape.attention_layout == "3 recurrent + 1 full"
+    assert shape.attention_layout == "3 linear + 1 full"
     assert shape.n_layer_nextn == (1 if mtp else 0)
     assert any(t.name.startswith("blk.4.nextn.") for t in header.table.tensors) == mtp
     payload = run_json(path, tmp_path, 1024)
@@ -77,7 +77,7 @@ def test_the_recurrent_state_does_not_grow_with_context() -> None:
 def test_the_catalog_shape_counts_the_mtp_block() -> None:
     spec = get_model("qwen3.6-35b-a3b")
     from_catalog = spec.shape(mtp=True)
-    assert from_catalog.attention_layout == "30 recurrent + 10 full" and from_catalog.n_layer_nextn == 1
+    assert from_catalog.attention_layout == "30 linear + 10 full" and from_catalog.n_layer_nextn == 1
     assert from_catalog.n_layer == 41 and from_catalog.layer_kind(40) == "mtp"
 
 
@@ -126,7 +126,7 @@ def test_sliding_window_layers_cache_only_their_window(model_dir: Path, tmp_path
     path = _gemma3_file(model_dir / "tiny-gemma3.gguf", n_layer=6, n_swa=256)
     header = read_header(path)
     shape = header.shape()
-    assert shape.attention_layout == "5 swa + 1 full" and shape.n_swa == 256
+    assert shape.attention_layout == "5 sliding-window + 1 full" and shape.n_swa == 256
     payload = run_json(path, tmp_path, 4096)
     assert all(row["status"] == "ok" and row["avg_ts"] > 0 for row in payload["rows"])
     estimate = estimate_memory(header.table, shape, RunConfig(n_ctx=4096), read_cpu().features)

@@ -325,7 +325,7 @@ def test_a_hybrid_attends_in_its_attention_layers_only_and_carries_its_state() -
                                        F16=(16, 200), F32=(20, 400)), attention=((4, 512, 1e-12, 1e-13),))
     shallow, deep = (predict_speed(table, shape, RunConfig(n_ctx=8192), calibration, depth=d) for d in (0, 4096))
     # 8 of its 32 layers attend over the cache; the other 24 are Gated DeltaNet, with a fixed state
-    assert shape.attention_layout == "24 recurrent + 8 full"
+    assert shape.attention_layout == "24 linear + 8 full"
     assert deep.parts["attention"] == pytest.approx(4096 * 8 * spec.n_head * spec.head_dim * 1e-12)
     # which each token reads and writes back (F32, at that type's decode rate)
     assert shallow.parts["recurrent state"] == pytest.approx(2 * 24 * recurrent_state_bytes(shape) / 20e9)
