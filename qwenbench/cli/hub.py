@@ -14,7 +14,18 @@ from ..errors import UsageError
 if TYPE_CHECKING:
     from ..catalog import ModelSpec
 
-from .common import EXISTING_FOLDER, SEED_RANGE, _bytes, _fetch, _progress_bytes, _quant_option, app, err, out
+from .common import (
+    EXISTING_FOLDER,
+    SEED_RANGE,
+    SOURCE_OPTION,
+    _bytes,
+    _fetch,
+    _progress_bytes,
+    _quant_option,
+    app,
+    err,
+    out,
+)
 
 
 def _shape_overrides(layers: int | None, hidden: int | None, ff: int | None, heads: int | None,
@@ -136,17 +147,21 @@ def pull_command(
     quant: str = typer.Option("Q4_K_M", "--quant", "-q", callback=_quant_option, help="Quant to fetch, e.g. Q3_K_L."),
     repo: str | None = typer.Option(None, "--repo", help="Take it from this repo instead of the catalog's list."),
     revision: str | None = typer.Option(None, "--revision", help="A branch, tag or commit to pin."),
-    offline: bool = typer.Option(False, "--offline", help="Use only the HF cache (also HF_HUB_OFFLINE=1)."),
+    offline: bool = typer.Option(False, "--offline",
+                                 help="Use only the caches, HF's and ModelScope's (also HF_HUB_OFFLINE=1)."),
     models_dir: list[Path] = typer.Option([], "--models-dir", **EXISTING_FOLDER,
                                           help="Also look for the GGUF in this folder."),
+    source: str | None = SOURCE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Download a model's GGUF into the Hugging Face cache: found by listing the repos, resumable, and
-    checked against the Hub's SHA-256 (a file that does not match is fetched again, then refused).
-    A verified copy in LM Studio's folders or --models-dir is used instead of downloading."""
-    path, resolved = _fetch(model, quant, repo, revision, offline, models_dir)
+    """Download a model's GGUF into the Hugging Face cache (ModelScope's, from ModelScope): found by listing
+    the repos, resumable, and checked against the source's SHA-256 (a file that does not match is fetched
+    again, then refused). A verified copy in LM Studio's folders or --models-dir is used instead of
+    downloading. Where the Hub cannot be reached, ModelScope is tried, with a note."""
+    path, resolved = _fetch(model, quant, repo, revision, offline, models_dir, source)
     if as_json:
         out.print_json(json.dumps({"repo": resolved.repo if resolved else None,
+                                   "source": resolved.source if resolved else None,
                                    "revision": resolved.revision if resolved else None, "quant": quant.upper(),
                                    "files": [{"path": f.path, "size": f.size, "sha256": f.sha256}
                                              for f in resolved.files] if resolved else [],
