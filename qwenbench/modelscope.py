@@ -106,9 +106,8 @@ def parse_files(payload: Any) -> list[RemoteFile]:
     for entry in entries:
         if not isinstance(entry, dict) or entry.get("Type") == "tree" or not isinstance(entry.get("Path"), str):
             continue
-        sha = entry.get("Sha256")
-        revision = entry.get("Revision")
-        files.append(RemoteFile(entry["Path"], int(entry.get("Size") or 0),
+        sha, revision, size = entry.get("Sha256"), entry.get("Revision"), entry.get("Size")
+        files.append(RemoteFile(entry["Path"], size if isinstance(size, int) and size >= 0 else 0,
                                 sha.lower() if isinstance(sha, str) and len(sha) == 64 else None,
                                 revision if isinstance(revision, str) and revision else None))
     return files

@@ -4,6 +4,7 @@ planning, and the fallback from an unreachable Hub, against a fake ModelScope on
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,15 @@ from qwenbench.catalog import get_model
 from qwenbench.errors import UsageError
 from qwenbench.hub import HubUnreachable, download, fetch_model, resolve
 from qwenbench.hubheader import plan_tables, read_remote_header
-from qwenbench.modelscope import ModelScopeError, ModelScopeUnreachable, model_folder, partial_path, read_index
+from qwenbench.modelscope import (
+    ModelScopeError,
+    ModelScopeUnreachable,
+    endpoint,
+    model_folder,
+    parse_files,
+    partial_path,
+    read_index,
+)
 
 from .conftest import run_cli
 from .fakehub import FakeHub, FakeRepo
@@ -183,3 +192,21 @@ def test_cli_fallback_note_and_one_line_when_neither_answers(ms: FakeHub, monkey
     failed = run_cli("pull", "--model", "qwen3-0.6b", "--quant", "Q4_K_M", "--source", "modelscope")
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert f"cannot reach ModelScope at {UNREACHABLE}" in failed.stderr and "MODELSCOPE_DOMAIN" in failed.stderr
+
+
+def test_endpoint_listing_shapes_and_a_hostile_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELSCOPE_DOMAIN", "modelscope.ai")
+    assert endpoint() == "https://modelscope.ai"  # a bare domain, as the package takes it
+    monkeypatch.setenv("MODELSCOPE_DOMAIN", "http://127.0.0.1:1/")
+    assert endpoint() == "http://127.0.0.1:1"
+    monkeypatch.delenv("MODELSCOPE_DOMAIN")
+    assert endpoint() == "https://www.modelscope.cn"
+    listed = parse_files({"Data": {"Files": [{"Path": "a", "Type": "tree"}, {"Path": "a/b.gguf", "Size": "x",
+                                                                              "Sha256": "short", "Type": "blob"}]}})
+    assert [(f.path, f.size, f.sha256, f.revision) for f in listed] == [("a/b.gguf", 0, None, None)]
+    with pytest.raises(ModelScopeError, match=r"no Data\.Files"):
+        parse_files({"Code": 200})
+    folder = tmp_path / "index"
+    folder.mkdir()
+    (folder / ".msc").write_bytes(pickle.dumps(os.getcwd))  # unpickling it would import and name code
+    assert read_index(folder) is None
