@@ -152,7 +152,8 @@ def test_the_hub_out_of_reach_falls_back_to_modelscope(ms: FakeHub, monkeypatch:
     assert fetch_model(SPEC, "Q8_0").path == fetched.path
 
 
-def test_headers_for_planning_come_from_modelscope_by_range_requests(ms: FakeHub, tiny_dense: Path) -> None:
+def test_headers_for_planning_come_from_modelscope_by_range_requests(ms: FakeHub, tiny_dense: Path,
+                                                                     tmp_path: Path) -> None:
     ms.repos[OFFICIAL].files["Qwen3-0.6B-Q8_0.gguf"] = tiny_dense
     remote = read_remote_header(resolve(SPEC, "Q8_0", source="modelscope"))
     assert 0 < remote.fetched_bytes < tiny_dense.stat().st_size and remote.requests >= 1
@@ -162,6 +163,11 @@ def test_headers_for_planning_come_from_modelscope_by_range_requests(ms: FakeHub
     assert found.remote["Q8_0"].resolved.source == "modelscope" and found.remote["Q8_0"].fetched_bytes == 0  # cached
     assert any("headers from ModelScope" in note for note in found.notes)
     assert plan_tables(SPEC, ["Q8_0"], source="hf").source == "recipe"
+    twin = run_cli("synth", "--from-hub", "qwen3-0.6b", "--quant", "Q8_0", "--source", "modelscope",
+                   "--out", str(tmp_path / "twin.gguf"), "--json")
+    assert twin.returncode == 0, twin.stderr
+    commit = ms.repos[OFFICIAL].commit
+    assert json.loads(twin.stdout)["twin_of"] == f"modelscope:{OFFICIAL}/Qwen3-0.6B-Q8_0.gguf@{commit}"
 
 
 def test_pull_and_run_from_modelscope(ms: FakeHub, tiny_dense: Path, tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ def synth_command(
     seed: int = typer.Option(0, "--seed", **SEED_RANGE, help="Seed of the random weights."),
     repo: str | None = typer.Option(None, "--repo", help="With --from-hub: this repo, not the catalog's list."),
     revision: str | None = typer.Option(None, "--revision", help="With --from-hub: a branch, tag or commit."),
+    source: str | None = SOURCE_OPTION,
     layers: int | None = typer.Option(None, "--layers", help="Tiny-model override: number of layers."),
     hidden: int | None = typer.Option(None, "--hidden", help="Tiny-model override: embedding width."),
     ff: int | None = typer.Option(None, "--ff", help="Tiny-model override: dense FFN width."),
@@ -80,14 +81,14 @@ def synth_command(
                          hint="e.g. qwenbench synth --from-hub qwen3-30b-a3b --quant UD-Q4_K_XL")
     if from_hub is not None and overrides:
         raise UsageError("the tiny-model overrides go with --model; a --from-hub twin has the real file's shape")
-    if model is not None and (repo or revision):
-        raise UsageError("--repo and --revision go with --from-hub")
+    if model is not None and (repo or revision or source):
+        raise UsageError("--repo, --revision and --source go with --from-hub")
     if from_hub is not None and mtp:
         raise UsageError("--mtp goes with --model; a --from-hub twin has the published file's tensors")
     extra: dict[str, Any] = {}
     if from_hub is not None:
         spec = get_model(from_hub)
-        path, written, extra = _write_twin(spec, quant, repo, revision, out_path, seed)
+        path, written, extra = _write_twin(spec, quant, repo, revision, out_path, seed, source)
     else:
         from ..modelfile import ensure_synthetic
 
@@ -117,24 +118,27 @@ def synth_command(
 
 
 def _write_twin(spec: ModelSpec, quant: str, repo: str | None, revision: str | None, out_path: Path | None,
-                seed: int) -> tuple[Path, bool, dict[str, Any]]:
-    """The synthetic twin of the published file of (spec, quant): its header from the Hub, random weights."""
-    from ..hub import resolve
+                seed: int, source: str | None = None) -> tuple[Path, bool, dict[str, Any]]:
+    """The synthetic twin of the published file of (spec, quant): its header from the Hub (or ModelScope), random
+    weights."""
+    from ..hub import resolve_from
     from ..hubheader import read_remote_header
     from ..modelfile import ensure_twin
     from ..paths import twin_model_path
 
     with err.status(escape(f"reading the {quant.upper()} header of {spec.name} from the Hub")):
-        resolved = resolve(spec, quant, repo=repo, revision=revision)
+        resolved = resolve_from(spec, quant, repo=repo, revision=revision, source=source,
+                                on_status=lambda message: err.print(message, highlight=False, markup=False))
         remote = read_remote_header(resolved, keep_arrays=True)
     first = resolved.files[0].path
-    twin_of = f"{resolved.repo}/{first}@{resolved.revision}"
+    twin_of = f"{resolved.origin['repo']}/{first}@{resolved.revision}"
     target = out_path or twin_model_path(resolved.repo, first.rsplit("/", 1)[-1])
     with _progress_bytes() as progress:
         task = progress.add_task(f"writing the twin of {first.rsplit('/', 1)[-1]}", total=None)
         path, written = ensure_twin(remote.header, target, model_key=spec.key, quant=resolved.quant, twin_of=twin_of,
                                     seed=seed, on_progress=lambda d, t: progress.update(task, completed=d, total=t))
-    return path, written, {"twin_of": twin_of, "repo": resolved.repo, "revision": resolved.revision,
+    return path, written, {"twin_of": twin_of, "repo": resolved.repo, "source": resolved.source,
+                           "revision": resolved.revision,
                            "header_bytes_fetched": remote.fetched_bytes, "real_file_bytes": resolved.size}
 
 
