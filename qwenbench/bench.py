@@ -189,8 +189,9 @@ class _Runner:
     """One suite's run: the state its jobs share (machine, calibration, output file, callbacks)."""
 
     def __init__(self, config: BenchConfig, machine: MachineInfo, out_csv: Path, log_dir: Path,
-                 on_event: OnEvent, offline: bool, models_dirs: list[Path] | None) -> None:
+                 on_event: OnEvent, offline: bool, models_dirs: list[Path] | None, source: str | None = None) -> None:
         self.config = config
+        self.source = source
         self.machine = machine
         self.out_csv = out_csv
         self.log_dir = log_dir
@@ -223,8 +224,8 @@ class _Runner:
             path, _ = ensure_synthetic(spec, entry.quant)
             return open_model_file(path)
         fetched = fetch_model(spec, entry.quant, repo=entry.repo, revision=entry.revision, offline=self.offline,
-                              models_dirs=self.models_dirs, on_status=self._say)
-        origin = {"repo": fetched.resolved.repo, "revision": fetched.resolved.revision} if fetched.resolved else {}
+                              models_dirs=self.models_dirs, source=self.source, on_status=self._say)
+        origin = fetched.resolved.origin if fetched.resolved else {}
         return open_model_file(fetched.path, **origin)
 
     def _identity(self, job: Job) -> ModelIdentity:
@@ -311,13 +312,13 @@ class _Stopped(Exception):
 
 def run_suite(config: BenchConfig, jobs: list[Job], machine: MachineInfo, *, out_csv: Path, resume: bool = False,
               on_event: OnEvent | None = None, offline: bool = False,
-              models_dirs: list[Path] | None = None) -> SuiteResult:
+              models_dirs: list[Path] | None = None, source: str | None = None) -> SuiteResult:
     """Run the jobs in order, each in its own child process, appending each job's rows as it ends.
 
     Ctrl-C stops the job running (its finished repetitions are kept), records it and raises Interrupted."""
     check_appendable(out_csv)
     emit = on_event or (lambda kind, data: None)
-    runner = _Runner(config, machine, out_csv, out_csv.parent / "logs", emit, offline, models_dirs)
+    runner = _Runner(config, machine, out_csv, out_csv.parent / "logs", emit, offline, models_dirs, source)
     done = done_jobs(out_csv, machine.machine_id) if resume else {}
     build = build_key()
     started = time.monotonic()

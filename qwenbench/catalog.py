@@ -48,6 +48,7 @@ class ModelSpec:
     n_ff_exp: int = 0
     store_output: bool = False
     hub: tuple[str, ...] = ()  # Hugging Face repos with this model's GGUFs, preferred first
+    modelscope: tuple[str, ...] = ()  # ModelScope repos with them (MODELSCOPE_OWNERS' Hub repos unless listed)
     # hybrids (qwen35, qwen35moe, qwen3next): layer il is full attention when (il + 1) % interval == 0, the others
     # Gated DeltaNet linear attention; 0: every layer is attention
     full_attention_interval: int = 0
@@ -155,6 +156,9 @@ MOE_ARCHS = ("qwen3moe", "qwen35moe", "qwen3next")
 _BOUNDS = {"n_layer": (1, 512), "n_embd": (1, 1 << 20), "n_ff": (1, 1 << 22), "n_head": (1, 1 << 12),
            "n_head_kv": (1, 1 << 12), "head_dim": (2, 1 << 16), "context_length": (1, 1 << 30),
            "n_expert": (0, 1024), "n_expert_used": (0, 1024), "n_ff_exp": (0, 1 << 22)}
+# the publishers whose Hub GGUF repos ModelScope carries under the same names (Qwen's official ones and
+# lmstudio-community): a model's ModelScope repos unless its table lists `modelscope` itself
+MODELSCOPE_OWNERS = ("Qwen", "lmstudio-community")
 _ABORTS = "the bounds are llama.cpp's limits (it aborts beyond them) or far beyond any real model."
 
 
@@ -247,6 +251,10 @@ def _spec_from_table(key: str, table: dict[str, Any], defaults: dict[str, Any], 
     if not isinstance(hub, (list, tuple)) or not all(isinstance(r, str) and r.count("/") == 1 for r in hub):
         raise ConfigError(f"{where}.hub: must be a list of 'owner/name' repositories")
     merged["hub"] = tuple(hub)
+    mirrors = merged.get("modelscope", [r for r in hub if r.split("/")[0] in MODELSCOPE_OWNERS])
+    if not isinstance(mirrors, (list, tuple)) or not all(isinstance(r, str) and r.count("/") == 1 for r in mirrors):
+        raise ConfigError(f"{where}.modelscope: must be a list of 'owner/name' repositories")
+    merged["modelscope"] = tuple(mirrors)
     sections = merged.get("rope_sections", ())
     if not isinstance(sections, (list, tuple)) or not all(isinstance(v, int) and v >= 0 for v in sections):
         raise ConfigError(f"{where}.rope_sections: must be a list of whole numbers")

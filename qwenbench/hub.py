@@ -3,6 +3,8 @@
 Everything goes through huggingface_hub (listing, metadata, resumable downloads, the HF cache layout,
 HF_ENDPOINT mirrors, HF_TOKEN, offline mode); this module picks the files, checks disk space and
 SHA-256 against the Hub's LFS metadata, and turns the library's errors into one line with a hint.
+ModelScope is the second source (modelscope.py): the same records, and a fallback to it when the Hub
+cannot be reached.
 """
 
 from __future__ import annotations
@@ -31,11 +33,19 @@ class HubError(QwenbenchError):
     """The Hub could not give us the file: unreachable, refused, or what it sent was not intact."""
 
 
+class HubUnreachable(HubError):
+    """No answer at all (refused, timed out, no route): the case where another source is worth trying."""
+
+
+SOURCES = ("hf", "modelscope")  # --source: the Hugging Face Hub, ModelScope
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     path: str
     size: int
     sha256: str | None  # from the LFS pointer; None for a small non-LFS file
+    revision: str | None = None  # the commit that last changed the file, where the source lists it (ModelScope)
 
 
 @dataclass(frozen=True)
@@ -44,10 +54,19 @@ class Resolved:
     revision: str  # the commit the files were resolved at
     quant: str
     files: tuple[RemoteFile, ...]
+    source: str = "hf"  # one of SOURCES
+    ref: str = ""  # the branch or tag a source that serves files by name, not commit, downloads from (ModelScope)
 
     @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
+
+    @property
+    def origin(self) -> dict[str, str]:
+        """What a result row records of where the file came from: a ModelScope repo is marked as such, so the
+        row's model_repo never passes for a Hub repo of the same name."""
+        repo = self.repo if self.source == "hf" else f"{self.source}:{self.repo}"
+        return {"repo": repo, "revision": self.revision}
 
 
 def endpoint() -> str:
@@ -87,8 +106,8 @@ def translate_error(exc: Exception, repo: str) -> QwenbenchError:
         if status is not None and status >= 500:
             return HubError(f"the Hub answered {status} for {repo}", hint="a temporary outage: try again later")
         return HubError(f"the Hub refused the request for {repo}: {str(exc).splitlines()[0]}")
-    return HubError(f"cannot reach {endpoint()} ({type(exc).__name__})",
-                    hint="check the network or HF_ENDPOINT; use --offline to run from the cache")
+    return HubUnreachable(f"cannot reach {endpoint()} ({type(exc).__name__})",
+                          hint="check the network or HF_ENDPOINT; use --offline to run from the cache")
 
 
 def _list_files(repo: str, revision: str | None) -> tuple[str, list[RemoteFile]]:
@@ -118,21 +137,30 @@ def _listings(spec: ModelSpec, repo: str | None, revision: str | None) -> Iterat
         yield candidate, commit, files
 
 
-def resolve_quants(spec: ModelSpec, quants: list[str], *, repo: str | None = None,
-                   revision: str | None = None) -> tuple[dict[str, Resolved], dict[str, list[str]]]:
+def resolve_quants(spec: ModelSpec, quants: list[str], *, repo: str | None = None, revision: str | None = None,
+                   source: str = "hf") -> tuple[dict[str, Resolved], dict[str, list[str]]]:
     """Each quant in the first candidate repo that has it, listing each repo once; with what each listed repo
     publishes (for the error that names them)."""
+    ref = ""
+    if source == "modelscope":
+        from . import modelscope
+
+        listings, ref = modelscope.listings(spec, repo, revision), revision or modelscope.DEFAULT_REF
+    else:
+        listings = _listings(spec, repo, revision)
     wanted = [q.upper() for q in quants]
     found: dict[str, Resolved] = {}
     published: dict[str, list[str]] = {}
-    for candidate, commit, files in _listings(spec, repo, revision):
+    for candidate, commit, files in listings:
         paths = [f.path for f in files]
         published[candidate] = available_quants(paths)
         by_path = {f.path: f for f in files}
         for quant in wanted:
             chosen = files_for_quant(paths, quant) if quant not in found else None
             if chosen:
-                found[quant] = Resolved(candidate, commit, quant, tuple(by_path[p] for p in chosen))
+                remotes = tuple(by_path[p] for p in chosen)
+                # ModelScope lists a commit per file, not per repo: the first part's pins what was resolved
+                found[quant] = Resolved(candidate, remotes[0].revision or commit, quant, remotes, source, ref)
         if len(found) == len(wanted):
             break
     return found, published
@@ -144,15 +172,16 @@ def not_published(spec: ModelSpec, quant: str, published: dict[str, list[str]]) 
                       hint=f"published quants: {where or 'no repository answered'}")
 
 
-def resolve(spec: ModelSpec, quant: str, *, repo: str | None = None, revision: str | None = None) -> Resolved:
+def resolve(spec: ModelSpec, quant: str, *, repo: str | None = None, revision: str | None = None,
+            source: str = "hf") -> Resolved:
     """The first candidate repo (or --repo) that has the quant, at a pinned commit."""
-    found, published = resolve_quants(spec, [quant], repo=repo, revision=revision)
+    found, published = resolve_quants(spec, [quant], repo=repo, revision=revision, source=source)
     if quant.upper() not in found:
         raise not_published(spec, quant, published)
     return found[quant.upper()]
 
 
-def check_disk(resolved: Resolved, cache: Path) -> None:
+def check_disk(resolved: Resolved, cache: Path, variable: str = "HF_HUB_CACHE") -> None:
     target = cache
     while not target.exists() and target != target.parent:
         target = target.parent
@@ -160,7 +189,7 @@ def check_disk(resolved: Resolved, cache: Path) -> None:
     if resolved.size > free:
         raise HubError(f"{resolved.repo} {resolved.quant} needs {resolved.size / 1e9:.1f} GB, "
                        f"{free / 1e9:.1f} GB free at {target}",
-                       hint="free some space, or point HF_HUB_CACHE at a larger disk")
+                       hint=f"free some space, or point {variable} at a larger disk")
 
 
 def _verify(path: Path, expected: RemoteFile, on_progress: Progress | None) -> bool:
@@ -271,8 +300,12 @@ def _fetch_blob(repo: str, remote: RemoteFile, revision: str, cache: Path) -> No
 
 
 def download(resolved: Resolved, *, offline: bool = False, on_progress: Progress | None = None) -> list[Path]:
-    """Every file of a resolved quant in the HF cache, verified; a file that does not match is fetched again
-    once, then refused."""
+    """Every file of a resolved quant in the HF cache (ModelScope's, for its files), verified; a file that does
+    not match is fetched again once, then refused."""
+    if resolved.source == "modelscope":
+        from . import modelscope
+
+        return modelscope.download(resolved, offline=offline, on_progress=on_progress)
     from huggingface_hub import hf_hub_download
 
     cache = hub_cache_dir()
@@ -380,17 +413,61 @@ class Fetched:
     resolved: Resolved | None  # None when found offline by name only, unchecked against the Hub
 
 
+def _resolve_offline_from(spec: ModelSpec, quant: str, repo: str | None, source: str | None) -> Resolved:
+    """The quant from the caches of the source asked for; without one, the HF cache, then ModelScope's."""
+    from . import modelscope
+
+    if source == "modelscope":
+        return modelscope.resolve_offline(spec, quant, repo=repo)
+    try:
+        return resolve_offline(spec, quant, repo=repo)
+    except HubError:
+        if source == "hf":
+            raise
+        try:
+            return modelscope.resolve_offline(spec, quant, repo=repo)
+        except HubError:
+            pass
+        raise
+
+
+def resolve_from(spec: ModelSpec, quant: str, *, repo: str | None = None, revision: str | None = None,
+                 source: str | None = None, on_status: Callable[[str], None] | None = None) -> Resolved:
+    """The quant from the source asked for; without one, from the Hub, or from ModelScope with a note when the
+    Hub cannot be reached and ModelScope publishes the quant (in mainland China the Hub often is out of reach)."""
+    from . import modelscope
+
+    say = on_status or (lambda message: None)
+    if source == "modelscope":
+        say(f"finding {spec.name} {quant.upper()} on ModelScope at {modelscope.endpoint()}")
+        return resolve(spec, quant, repo=repo, revision=revision, source="modelscope")
+    say(f"finding {spec.name} {quant.upper()} on the Hub at {endpoint()}")  # a mirror (HF_ENDPOINT) says so
+    try:
+        return resolve(spec, quant, repo=repo, revision=revision)
+    except HubUnreachable as exc:
+        if source == "hf" or not (repo or spec.modelscope):
+            raise
+        try:
+            resolved = resolve(spec, quant, repo=repo, revision=revision, source="modelscope")
+        except QwenbenchError as other:
+            raise HubUnreachable(exc.message, hint=f"{exc.hint}; ModelScope, tried next: {other.message}") from exc
+        say(f"note: {exc.message}: {spec.name} {quant.upper()} is published on ModelScope, taking it from "
+            f"{modelscope.endpoint()} (--source hf does not fall back)")
+        return resolved
+
+
 def fetch_model(spec: ModelSpec, quant: str, *, repo: str | None = None, revision: str | None = None,
-                offline: bool = False, models_dirs: list[Path] | None = None,
+                offline: bool = False, models_dirs: list[Path] | None = None, source: str | None = None,
                 on_status: Callable[[str], None] | None = None, on_progress: Progress | None = None) -> Fetched:
     """A catalog model's GGUF, verified: a copy already on disk (LM Studio, --models-dir), else the Hub into the
-    HF cache (only the caches when offline)."""
+    HF cache, or ModelScope into its cache (--source modelscope, or the Hub out of reach); only the caches when
+    offline."""
     say = on_status or (lambda message: None)
     offline = offline_mode(offline)
     dirs = local_model_dirs(models_dirs)
     if offline:
         try:
-            resolved = resolve_offline(spec, quant, repo=repo)
+            resolved = _resolve_offline_from(spec, quant, repo, source)
         except HubError:
             local = resolve_local(spec, quant, dirs, repo=repo)
             if local is None:
@@ -398,9 +475,9 @@ def fetch_model(spec: ModelSpec, quant: str, *, repo: str | None = None, revisio
             say(f"using {local[0]} (found offline by name; not checked against the Hub)")
             return Fetched(local[0], None)
     else:
-        say(f"finding {spec.name} {quant.upper()} on the Hub at {endpoint()}")  # a mirror (HF_ENDPOINT) says so
-        resolved = resolve(spec, quant, repo=repo, revision=revision)
-    say(f"{resolved.repo}@{resolved.revision[:10]}: {', '.join(f.path for f in resolved.files)} "
+        resolved = resolve_from(spec, quant, repo=repo, revision=revision, source=source, on_status=say)
+    where = "" if resolved.source == "hf" else f"{resolved.source}:"
+    say(f"{where}{resolved.repo}@{resolved.revision[:10]}: {', '.join(f.path for f in resolved.files)} "
         f"({resolved.size / 1e9:.2f} GB)")
     if not offline and dirs:
         local = find_local_copy(resolved, dirs, on_progress=on_progress)

@@ -1,10 +1,11 @@
 """GGUF headers of files on the Hub, read with HTTP range requests and cached: plan a model (or write its
 synthetic twin) from the exact tensor table of a file without downloading the file.
 
-huggingface_hub's HfFileSystem does the ranged reads (HF_ENDPOINT, HF_TOKEN, retries, redirects); the
-parser consumes the stream sequentially and stops at the end of the tensor table, so only the header's
-blocks are fetched (a few MB of a many-GB file). The raw header bytes are cached under the file's SHA-256:
-content-addressed, so a re-uploaded file is a new entry and a cached one never goes stale.
+huggingface_hub's HfFileSystem does the ranged reads (HF_ENDPOINT, HF_TOKEN, retries, redirects), and
+modelscope.RangeReader for a file on ModelScope; the parser consumes the stream sequentially and stops at
+the end of the tensor table, so only the header's blocks are fetched (a few MB of a many-GB file). The raw
+header bytes are cached under the file's SHA-256: content-addressed, so a re-uploaded file is a new entry
+and a cached one never goes stale.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from .catalog import ModelSpec
 from .errors import QwenbenchError, UsageError
 from .fit import ModelShape
 from .gguf_info import GGUFHeader, merge_split_headers, parse_header
-from .hub import HubError, RemoteFile, Resolved, endpoint, not_published, resolve_quants, translate_error
+from .hub import (
+    HubError,
+    HubUnreachable,
+    RemoteFile,
+    Resolved,
+    endpoint,
+    not_published,
+    resolve_quants,
+    translate_error,
+)
 from .paths import cache_dir
 from .recipe import tensor_table
 from .tensors import TensorTable
@@ -71,15 +81,24 @@ def header_cache_path(remote: RemoteFile) -> Path | None:
     return cache_dir() / "headers" / f"{remote.sha256}.gguf-header" if remote.sha256 else None
 
 
-def _read_part(repo: str, revision: str, remote: RemoteFile, keep_arrays: bool) -> tuple[GGUFHeader, int, int]:
+def _read_part(resolved: Resolved, remote: RemoteFile, keep_arrays: bool) -> tuple[GGUFHeader, int, int]:
     """(header, bytes fetched, requests) of one file: from the cache, else by range requests."""
     from huggingface_hub import HfFileSystem
 
-    where = f"{repo}/{remote.path}"
+    repo, revision = resolved.repo, resolved.revision
+    where = f"{resolved.origin['repo']}/{remote.path}"
     cached = header_cache_path(remote)
     if cached is not None and cached.exists():
         with cached.open("rb") as handle:
             return parse_header(handle, where, remote.size, keep_arrays=keep_arrays), 0, 0
+    if resolved.source == "modelscope":
+        from .modelscope import RangeReader
+
+        reader = RangeReader(resolved, remote, READ_BLOCK)
+        recording = _Recording(reader)
+        header = parse_header(recording, where, remote.size, keep_arrays=keep_arrays)
+        _store_header(cached, recording)
+        return header, reader.fetched_bytes, reader.requests
     filesystem = HfFileSystem(endpoint=endpoint(), skip_instance_cache=True)
     try:
         with filesystem.open(where, "rb", revision=revision, block_size=READ_BLOCK) as handle:
@@ -92,19 +111,23 @@ def _read_part(repo: str, revision: str, remote: RemoteFile, keep_arrays: bool) 
         raise UsageError(f"{where} not found at revision {revision[:12]}", hint="check --repo and --revision") from exc
     except Exception as exc:
         raise translate_error(exc, repo) from exc
+    _store_header(cached, recording)
+    return header, fetched, requests
+
+
+def _store_header(cached: Path | None, recording: _Recording) -> None:
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         partial = cached.with_name(f"{cached.name}.{os.getpid()}.part")
         partial.write_bytes(bytes(recording.data))
         os.replace(partial, cached)
-    return header, fetched, requests
 
 
 def read_remote_header(resolved: Resolved, *, keep_arrays: bool = False) -> RemoteHeader:
     """The header of a resolved quant, every split part read (each part's header lists its own tensors)."""
     parts, fetched, requests = [], 0, 0
     for remote in resolved.files:
-        header, part_fetched, part_requests = _read_part(resolved.repo, resolved.revision, remote, keep_arrays)
+        header, part_fetched, part_requests = _read_part(resolved, remote, keep_arrays)
         parts.append(header)
         fetched += part_fetched
         requests += part_requests
@@ -113,9 +136,10 @@ def read_remote_header(resolved: Resolved, *, keep_arrays: bool = False) -> Remo
 
 
 def hub_tables(spec: ModelSpec, quants: list[str], *, repo: str | None = None, revision: str | None = None,
-               pinned: str | None = None, on_quant: Callable[[str, int, int], None] | None = None) -> HubTables:
+               pinned: str | None = None, on_quant: Callable[[str, int, int], None] | None = None,
+               source: str = "hf") -> HubTables:
     """The headers of the quants the catalog's repos publish; a pinned quant that none publishes is an error."""
-    found, published = resolve_quants(spec, quants, repo=repo, revision=revision)
+    found, published = resolve_quants(spec, quants, repo=repo, revision=revision, source=source)
     if pinned is not None and pinned.upper() not in found:
         raise not_published(spec, pinned, published)
     headers = {}
@@ -138,25 +162,42 @@ class PlanTables:
 
 
 def plan_tables(spec: ModelSpec, quants: list[str], *, pinned: str | None = None, repo: str | None = None,
-                revision: str | None = None, offline: bool = False,
+                revision: str | None = None, offline: bool = False, source: str | None = None,
                 on_quant: Callable[[str, int, int], None] | None = None) -> PlanTables:
-    """Tables from the headers of the files the Hub publishes; the catalog's recipe when offline, when the
-    Hub cannot be reached, or when the catalog's repos publish none of the quants."""
+    """Tables from the headers of the files the Hub (or ModelScope: --source, or the Hub out of reach) publishes;
+    the catalog's recipe when offline, when no source can be reached, or when the repos publish none of the
+    quants."""
     notes: list[str] = []
+    chosen = source or "hf"
+    repos = (repo,) if repo else (spec.modelscope if chosen == "modelscope" else spec.hub)
+    where = "ModelScope" if chosen == "modelscope" else "Hub"
     if offline:
         notes.append("offline: tensor tables from the catalog's recipe (llama-quantize's rules), not the Hub's files")
-    elif not spec.hub and repo is None:
-        notes.append(f"{spec.name} lists no Hub repositories: tensor tables from the catalog's recipe")
+    elif not repos:
+        notes.append(f"{spec.name} lists no {where} repositories: tensor tables from the catalog's recipe")
     else:
         try:
-            published = hub_tables(spec, quants, repo=repo, revision=revision, pinned=pinned, on_quant=on_quant)
+            try:
+                published = hub_tables(spec, quants, repo=repo, revision=revision, pinned=pinned, on_quant=on_quant,
+                                       source=chosen)
+            except HubUnreachable as exc:
+                if source is not None or not (repo or spec.modelscope):
+                    raise
+                try:
+                    published = hub_tables(spec, quants, repo=repo, revision=revision, pinned=pinned,
+                                           on_quant=on_quant, source="modelscope")
+                except HubError as other:
+                    raise HubError(f"{exc.message} (and ModelScope: {other.message})") from exc
+                from .modelscope import endpoint as modelscope_endpoint
+
+                notes.append(f"{exc.message}: headers from ModelScope ({modelscope_endpoint()}) instead")
+                repos = (repo,) if repo else spec.modelscope
         except HubError as exc:
             notes.append(f"{exc.message}: tensor tables from the catalog's recipe instead")
         else:
             if published.headers:
                 if published.missing:
-                    notes.append(f"not published in {', '.join((repo,) if repo else spec.hub)}: "
-                                 f"{', '.join(published.missing)} (left out)")
+                    notes.append(f"not published in {', '.join(repos)}: {', '.join(published.missing)} (left out)")
                 headers = published.headers
                 first = next(iter(headers.values())).header
                 return PlanTables({q: h.header.table for q, h in headers.items()}, first.shape(), "hub",

@@ -51,7 +51,7 @@ class ModelFile:
     quant: str
     weights: str  # real | synthetic
     sha256: str
-    repo: str = ""  # Hugging Face repo and commit it came from, when it did
+    repo: str = ""  # Hugging Face repo (modelscope:OWNER/NAME from ModelScope) and commit it came from, if it did
     revision: str = ""
     filename: str = ""  # what rows call the file where its own name says nothing (an Ollama blob); else its name
 

@@ -43,7 +43,8 @@ Schema (one row per test; llama-bench's column names where they overlap):
   weights              real | synthetic (random weights: speed is faithful, text is not)
   model_sha256         SHA-256 of the GGUF file
   model_repo, model_revision  the Hugging Face repo and commit the file was resolved at (schema 3+;
-                       empty for local and synthetic files)
+                       empty for local and synthetic files); a file from ModelScope has its repo as
+                       `modelscope:OWNER/NAME` and the commit ModelScope lists for the file
   machine_id           stable anonymous id of the machine
   hostname, cpu_model, n_cpu_physical, ram_total_bytes, gpu_names  the machine
   backends             ggml backends of this llama.cpp build (CPU, CUDA, Metal, ...)

@@ -36,12 +36,15 @@ def tiny_spec(key: str, shape: dict[str, int]) -> ModelSpec:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never touch the user's cache (synthetic models, hashes), and never the real Hub: tests that talk to a
-    Hub start the fake one and lift offline mode. No command calibrates unasked (a minute and a gigabyte of
+    """Never touch the user's cache (synthetic models, hashes), and never the real Hub or ModelScope: tests that
+    talk to a Hub start the fake one and lift offline mode. No command calibrates unasked (a minute and a gigabyte of
     probes per session): the tests of calibration ask for theirs."""
     monkeypatch.setenv("QWENBENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("QWENBENCH_CALIBRATE", "0")
+    # nor the real ModelScope (the Hub's fallback) or the user's ModelScope cache: nothing listens on port 9
+    monkeypatch.setenv("MODELSCOPE_DOMAIN", "http://127.0.0.1:9")
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "modelscope"))
 
 
 @pytest.fixture

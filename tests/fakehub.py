@@ -82,6 +82,47 @@ def digests(hub: FakeHub, repo: FakeRepo, path: str) -> tuple[str, str]:
     return hub._digests[key]
 
 
+def send_file(handler: BaseHTTPRequestHandler, hub: FakeHub, path: str, data: Content,
+              headers: dict[str, str]) -> None:
+    """A file's bytes (a Range asked for, else all), with the hub's faults: a transfer cut after N bytes, a
+    corrupted first byte, a paced link. Both fakes, the Hub and ModelScope, serve files through this."""
+    size = _size(data)
+    start, end = 0, size
+    match = re.match(r"bytes=(\d+)-(\d*)", handler.headers.get("Range", ""))
+    if match:
+        start = int(match.group(1))
+        end = min(size, int(match.group(2)) + 1) if match.group(2) else size
+    corrupt = path in hub.corrupt and handler.command == "GET" and hub.corrupt_times > 0
+    if corrupt:
+        hub.corrupt_times -= 1
+    handler.send_response(206 if match else 200)
+    for name, value in headers.items():
+        handler.send_header(name, value)
+    handler.send_header("Accept-Ranges", "bytes")
+    handler.send_header("Content-Length", str(end - start))
+    if match:
+        handler.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+    handler.end_headers()
+    if handler.command == "HEAD":
+        return
+    limit = hub.cut_after.pop(path, None)
+    sent = 0
+    began = time.perf_counter()
+    rate = hub.rate_bytes_per_s
+    piece = max(1 << 12, min(_SEND_CHUNK, int(rate / 50))) if rate else _SEND_CHUNK  # paced: 20 ms slices
+    for chunk in _chunks(data, start, end if limit is None else min(end, start + limit), piece):
+        if corrupt and sent == 0:
+            chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+        handler.wfile.write(chunk)
+        sent += len(chunk)
+        if rate:
+            time.sleep(max(0.0, sent / rate - (time.perf_counter() - began)))
+    hub.bytes_sent += sent
+    if limit is not None:
+        handler.wfile.flush()
+        handler.close_connection = True
+
+
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -166,44 +207,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self._error(404, "EntryNotFound", f"{path} does not exist")
                 return
             sha, sha1 = digests(hub, repo, path)
-            size = _size(data)
-            start, end = 0, size
-            match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-            if match:
-                start = int(match.group(1))
-                end = min(size, int(match.group(2)) + 1) if match.group(2) else size
-            corrupt = path in hub.corrupt and self.command == "GET" and hub.corrupt_times > 0
-            if corrupt:
-                hub.corrupt_times -= 1
-            self.send_response(206 if match else 200)
-            self.send_header("X-Repo-Commit", repo.commit)
-            self.send_header("ETag", f'"{sha}"' if path.endswith(".gguf") else f'"{sha1}"')
+            headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{sha}"' if path.endswith(".gguf") else f'"{sha1}"'}
             if path.endswith(".gguf"):
-                self.send_header("X-Linked-Etag", f'"{sha}"')
-                self.send_header("X-Linked-Size", str(size))
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Content-Length", str(end - start))
-            if match:
-                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-            self.end_headers()
-            if self.command == "HEAD":
-                return
-            limit = hub.cut_after.pop(path, None)
-            sent = 0
-            began = time.perf_counter()
-            rate = hub.rate_bytes_per_s
-            piece = max(1 << 12, min(_SEND_CHUNK, int(rate / 50))) if rate else _SEND_CHUNK  # paced: 20 ms slices
-            for chunk in _chunks(data, start, end if limit is None else min(end, start + limit), piece):
-                if corrupt and sent == 0:
-                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
-                self.wfile.write(chunk)
-                sent += len(chunk)
-                if rate:
-                    time.sleep(max(0.0, sent / rate - (time.perf_counter() - began)))
-            hub.bytes_sent += sent
-            if limit is not None:
-                self.wfile.flush()
-                self.close_connection = True
+                headers.update({"X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(_size(data))})
+            send_file(self, hub, path, data, headers)
 
         def _route(self) -> None:
             url = urlparse(self.path)

@@ -15,7 +15,16 @@ from ..errors import UsageError
 if TYPE_CHECKING:
     from ..machine import MachineInfo
 
-from .common import CALIBRATE_OPTION, EXISTING_FOLDER, _default_results, _speed_calibration, app, err, out
+from .common import (
+    CALIBRATE_OPTION,
+    EXISTING_FOLDER,
+    SOURCE_OPTION,
+    _default_results,
+    _speed_calibration,
+    app,
+    err,
+    out,
+)
 
 
 @app.command("bench")
@@ -30,6 +39,7 @@ def bench_command(
     offline: bool = typer.Option(False, "--offline", help="Models from the caches only (also HF_HUB_OFFLINE=1)."),
     models_dir: list[Path] = typer.Option([], "--models-dir", **EXISTING_FOLDER,
                                           help="Also look for GGUFs in this folder."),
+    source: str | None = SOURCE_OPTION,
     dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and exit."),
     rpc: str | None = typer.Option(None, "--rpc", metavar="HOST:PORT[@SIZE],...",
                                    help="The gpu modes offload to these `qwenbench worker`s [the suite's rpc]."),
@@ -72,9 +82,9 @@ def bench_command(
     _speed_calibration(machine, config.threads or machine.n_cpu_physical, allowed=auto_calibrate)
     if quiet or as_json:
         result = run_suite(config, jobs, machine, out_csv=csv_path, resume=resume, offline=offline,
-                           models_dirs=models_dir)
+                           models_dirs=models_dir, source=source)
     else:
-        result = _bench_with_progress(config, jobs, machine, csv_path, resume, offline, models_dir)
+        result = _bench_with_progress(config, jobs, machine, csv_path, resume, offline, models_dir, source)
     if as_json:
         out.print_json(json.dumps({"suite": config.name, "csv": str(result.csv_path), "notes": list(result.notes),
                                    "wall_s": round(result.wall_s, 1),
@@ -104,7 +114,7 @@ def _job_line(outcome: Any) -> str:
 
 
 def _bench_with_progress(config: Any, jobs: list[Any], machine: MachineInfo, csv_path: Path, resume: bool,
-                         offline: bool, models_dir: list[Path]) -> Any:
+                         offline: bool, models_dir: list[Path], source: str | None) -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -141,7 +151,7 @@ def _bench_with_progress(config: Any, jobs: list[Any], machine: MachineInfo, csv
                 progress.advance(overall)
 
         return run_suite(config, jobs, machine, out_csv=csv_path, resume=resume, on_event=on_event,
-                         offline=offline, models_dirs=models_dir)
+                         offline=offline, models_dirs=models_dir, source=source)
 
 
 def _print_bench_summary(name: str, result: Any, csv_path: Path) -> None:

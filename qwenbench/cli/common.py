@@ -78,6 +78,25 @@ def _quant_option(value: str | None) -> str | None:
     return value.strip().upper()
 
 
+_SOURCE_NAMES = {"hf": "hf", "huggingface": "hf", "hub": "hf", "modelscope": "modelscope", "ms": "modelscope"}
+
+
+def _source_option(value: str | None) -> str | None:
+    """Where model files come from: hf (the Hugging Face Hub) or modelscope; None: the Hub, and ModelScope when
+    the Hub cannot be reached."""
+    if value is None:
+        return None
+    source = _SOURCE_NAMES.get(value.strip().lower())
+    if source is None:
+        raise typer.BadParameter(f"{value!r} is not a model source; hf or modelscope")
+    return source
+
+
+SOURCE_OPTION = typer.Option(None, "--source", metavar="hf|modelscope", callback=_source_option,
+                             help="Take the GGUF from the Hugging Face Hub or from ModelScope [the Hub, and "
+                                  "ModelScope when the Hub cannot be reached and publishes the quant].")
+
+
 def _kv_type(value: str | None) -> str | None:
     """A KV cache type llama.cpp knows, named for the flag it came with (click names the flag in the error)."""
     if value is None:
@@ -184,20 +203,21 @@ def _progress_bytes() -> Progress:
 
 
 def _fetch(model: str, quant: str, repo: str | None, revision: str | None, offline: bool,
-           models_dirs: list[Path] | None = None) -> tuple[Path, Resolved | None]:
+           models_dirs: list[Path] | None = None, source: str | None = None) -> tuple[Path, Resolved | None]:
     """A catalog model's GGUF, verified (hub.fetch_model), saying what it does on stderr."""
     from ..catalog import get_model
     from ..hub import fetch_model
 
     fetched = fetch_model(get_model(model), quant, repo=repo, revision=revision, offline=offline,
-                          models_dirs=models_dirs,
+                          models_dirs=models_dirs, source=source,
                           on_status=lambda message: err.print(message, highlight=False, markup=False),
                           on_progress=_HashProgress())
     return fetched.path, fetched.resolved
 
 
 class _HashProgress:
-    """A bar for each file's SHA-256 check, shown only while it runs (huggingface_hub draws the download bars)."""
+    """A bar for each file's SHA-256 check (and ModelScope download), shown only while it runs (huggingface_hub
+    draws its download bars)."""
 
     def __init__(self) -> None:
         self._progress: Progress | None = None
@@ -226,15 +246,17 @@ def _ollama_model(ollama: str, gguf: Path | None, model: str | None) -> OllamaMo
 
 def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None, synthetic: bool,
                         repo: str | None = None, revision: str | None = None, offline: bool = False,
-                        models_dir: list[Path] | None = None, ollama: str | None = None) -> ModelFile:
+                        models_dir: list[Path] | None = None, ollama: str | None = None,
+                        source: str | None = None) -> ModelFile:
     from ..catalog import get_model
     from ..modelfile import ensure_synthetic, open_model_file
 
     if gguf is not None and model is not None:
         raise UsageError("give either --gguf or --model, not both")
     local = "an --ollama model" if ollama is not None else "a --gguf file"
-    if (gguf is not None or ollama is not None) and (quant is not None or synthetic or repo or revision or offline):
-        raise UsageError("--quant, --synthetic, --repo, --revision and --offline go with --model; "
+    if (gguf is not None or ollama is not None) and (quant is not None or synthetic or repo or revision or offline
+                                                     or source):
+        raise UsageError("--quant, --synthetic, --repo, --revision, --source and --offline go with --model; "
                          f"{local} is measured as it is")
     origin: dict[str, str] = {}
     if ollama is not None:
@@ -243,8 +265,8 @@ def _resolve_model_file(gguf: Path | None, model: str | None, quant: str | None,
     elif gguf is not None:
         path = gguf
     elif model is not None and not synthetic:
-        path, resolved = _fetch(model, quant or "Q4_K_M", repo, revision, offline, models_dir)
-        origin = {"repo": resolved.repo, "revision": resolved.revision} if resolved else {}
+        path, resolved = _fetch(model, quant or "Q4_K_M", repo, revision, offline, models_dir, source)
+        origin = resolved.origin if resolved else {}
     elif model is not None:
         spec = get_model(model)
         with _progress_bytes() as progress:

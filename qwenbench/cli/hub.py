@@ -14,7 +14,18 @@ from ..errors import UsageError
 if TYPE_CHECKING:
     from ..catalog import ModelSpec
 
-from .common import EXISTING_FOLDER, SEED_RANGE, _bytes, _fetch, _progress_bytes, _quant_option, app, err, out
+from .common import (
+    EXISTING_FOLDER,
+    SEED_RANGE,
+    SOURCE_OPTION,
+    _bytes,
+    _fetch,
+    _progress_bytes,
+    _quant_option,
+    app,
+    err,
+    out,
+)
 
 
 def _shape_overrides(layers: int | None, hidden: int | None, ff: int | None, heads: int | None,
@@ -40,6 +51,7 @@ def synth_command(
     seed: int = typer.Option(0, "--seed", **SEED_RANGE, help="Seed of the random weights."),
     repo: str | None = typer.Option(None, "--repo", help="With --from-hub: this repo, not the catalog's list."),
     revision: str | None = typer.Option(None, "--revision", help="With --from-hub: a branch, tag or commit."),
+    source: str | None = SOURCE_OPTION,
     layers: int | None = typer.Option(None, "--layers", help="Tiny-model override: number of layers."),
     hidden: int | None = typer.Option(None, "--hidden", help="Tiny-model override: embedding width."),
     ff: int | None = typer.Option(None, "--ff", help="Tiny-model override: dense FFN width."),
@@ -69,14 +81,14 @@ def synth_command(
                          hint="e.g. qwenbench synth --from-hub qwen3-30b-a3b --quant UD-Q4_K_XL")
     if from_hub is not None and overrides:
         raise UsageError("the tiny-model overrides go with --model; a --from-hub twin has the real file's shape")
-    if model is not None and (repo or revision):
-        raise UsageError("--repo and --revision go with --from-hub")
+    if model is not None and (repo or revision or source):
+        raise UsageError("--repo, --revision and --source go with --from-hub")
     if from_hub is not None and mtp:
         raise UsageError("--mtp goes with --model; a --from-hub twin has the published file's tensors")
     extra: dict[str, Any] = {}
     if from_hub is not None:
         spec = get_model(from_hub)
-        path, written, extra = _write_twin(spec, quant, repo, revision, out_path, seed)
+        path, written, extra = _write_twin(spec, quant, repo, revision, out_path, seed, source)
     else:
         from ..modelfile import ensure_synthetic
 
@@ -106,24 +118,27 @@ def synth_command(
 
 
 def _write_twin(spec: ModelSpec, quant: str, repo: str | None, revision: str | None, out_path: Path | None,
-                seed: int) -> tuple[Path, bool, dict[str, Any]]:
-    """The synthetic twin of the published file of (spec, quant): its header from the Hub, random weights."""
-    from ..hub import resolve
+                seed: int, source: str | None = None) -> tuple[Path, bool, dict[str, Any]]:
+    """The synthetic twin of the published file of (spec, quant): its header from the Hub (or ModelScope), random
+    weights."""
+    from ..hub import resolve_from
     from ..hubheader import read_remote_header
     from ..modelfile import ensure_twin
     from ..paths import twin_model_path
 
     with err.status(escape(f"reading the {quant.upper()} header of {spec.name} from the Hub")):
-        resolved = resolve(spec, quant, repo=repo, revision=revision)
+        resolved = resolve_from(spec, quant, repo=repo, revision=revision, source=source,
+                                on_status=lambda message: err.print(message, highlight=False, markup=False))
         remote = read_remote_header(resolved, keep_arrays=True)
     first = resolved.files[0].path
-    twin_of = f"{resolved.repo}/{first}@{resolved.revision}"
+    twin_of = f"{resolved.origin['repo']}/{first}@{resolved.revision}"
     target = out_path or twin_model_path(resolved.repo, first.rsplit("/", 1)[-1])
     with _progress_bytes() as progress:
         task = progress.add_task(f"writing the twin of {first.rsplit('/', 1)[-1]}", total=None)
         path, written = ensure_twin(remote.header, target, model_key=spec.key, quant=resolved.quant, twin_of=twin_of,
                                     seed=seed, on_progress=lambda d, t: progress.update(task, completed=d, total=t))
-    return path, written, {"twin_of": twin_of, "repo": resolved.repo, "revision": resolved.revision,
+    return path, written, {"twin_of": twin_of, "repo": resolved.repo, "source": resolved.source,
+                           "revision": resolved.revision,
                            "header_bytes_fetched": remote.fetched_bytes, "real_file_bytes": resolved.size}
 
 
@@ -136,17 +151,21 @@ def pull_command(
     quant: str = typer.Option("Q4_K_M", "--quant", "-q", callback=_quant_option, help="Quant to fetch, e.g. Q3_K_L."),
     repo: str | None = typer.Option(None, "--repo", help="Take it from this repo instead of the catalog's list."),
     revision: str | None = typer.Option(None, "--revision", help="A branch, tag or commit to pin."),
-    offline: bool = typer.Option(False, "--offline", help="Use only the HF cache (also HF_HUB_OFFLINE=1)."),
+    offline: bool = typer.Option(False, "--offline",
+                                 help="Use only the caches, HF's and ModelScope's (also HF_HUB_OFFLINE=1)."),
     models_dir: list[Path] = typer.Option([], "--models-dir", **EXISTING_FOLDER,
                                           help="Also look for the GGUF in this folder."),
+    source: str | None = SOURCE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Download a model's GGUF into the Hugging Face cache: found by listing the repos, resumable, and
-    checked against the Hub's SHA-256 (a file that does not match is fetched again, then refused).
-    A verified copy in LM Studio's folders or --models-dir is used instead of downloading."""
-    path, resolved = _fetch(model, quant, repo, revision, offline, models_dir)
+    """Download a model's GGUF into the Hugging Face cache (ModelScope's, from ModelScope): found by listing
+    the repos, resumable, and checked against the source's SHA-256 (a file that does not match is fetched
+    again, then refused). A verified copy in LM Studio's folders or --models-dir is used instead of
+    downloading. Where the Hub cannot be reached, ModelScope is tried, with a note."""
+    path, resolved = _fetch(model, quant, repo, revision, offline, models_dir, source)
     if as_json:
         out.print_json(json.dumps({"repo": resolved.repo if resolved else None,
+                                   "source": resolved.source if resolved else None,
                                    "revision": resolved.revision if resolved else None, "quant": quant.upper(),
                                    "files": [{"path": f.path, "size": f.size, "sha256": f.sha256}
                                              for f in resolved.files] if resolved else [],

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 from .common import (
     CALIBRATE_OPTION,
     OLLAMA_OPTION,
+    SOURCE_OPTION,
     _bytes,
     _finite,
     _ollama_model,
@@ -190,6 +191,7 @@ def plan_command(
     repo: str | None = typer.Option(None, "--repo", help="Read the headers from this repo, not the catalog's list."),
     revision: str | None = typer.Option(None, "--revision", help="A branch, tag or commit to pin."),
     offline: bool = typer.Option(False, "--offline", help="Plan from the catalog's recipe, without the Hub."),
+    model_source: str | None = SOURCE_OPTION,
     rpc: str | None = typer.Option(None, "--rpc", metavar="HOST:PORT[@SIZE],...",
                                    help="Plan with the devices of these `qwenbench worker`s as offload devices."),
     auto_calibrate: bool = CALIBRATE_OPTION,
@@ -243,8 +245,8 @@ def plan_command(
         gguf, label = pulled.blob, f"ollama:{pulled.reference}"
     if (model is None) == (gguf is None):
         raise UsageError("give --model, --gguf or --ollama", hint="e.g. qwenbench plan --model qwen3-30b-a3b")
-    if gguf is not None and (repo or revision or quant):
-        raise UsageError("--quant, --repo and --revision go with --model; a local file is planned as it is")
+    if gguf is not None and (repo or revision or quant or model_source):
+        raise UsageError("--quant, --repo, --revision and --source go with --model; a local file is planned as it is")
     if backend is not None and backend not in BUILDS:
         raise UsageError(f"--backend {backend!r}: not a build it plans for", hint=f"one of {', '.join(BUILDS)}")
     machine, _ = _with_rpc_devices(describe_machine(bandwidth=True), parse_endpoints(rpc) if rpc else ())
@@ -264,12 +266,13 @@ def plan_command(
         spec = get_model(model or "")
         with err.status("reading GGUF headers from the Hub") as status:
             found = plan_tables(spec, candidate_quants(wanted), pinned=wanted, repo=repo, revision=revision,
-                                offline=offline_mode(offline),
+                                offline=offline_mode(offline), source=model_source,
                                 on_quant=lambda q, i, n: status.update(f"reading the {q} header ({i}/{n})"))
         name, shape, tables = spec.key, found.shape, found.tables
         source = {"source": found.source, "notes": list(found.notes),
                   "header_bytes_fetched": sum(h.fetched_bytes for h in found.remote.values()),
                   "files": {q: {"repo": h.resolved.repo, "revision": h.resolved.revision,
+                                "source": h.resolved.source,
                                 "paths": [f.path for f in h.resolved.files], "size": h.resolved.size,
                                 "header_bytes_fetched": h.fetched_bytes} for q, h in found.remote.items()}}
     plan = plan_quants(name, tables, shape, machine.hardware, ctx, calibration, min_tg,
@@ -335,7 +338,8 @@ def plan_command(
         fetched, size = source["header_bytes_fetched"], sum(f["size"] for f in source["files"].values())
         out.print(f"[dim]tensor tables from the published files' headers ({_bytes(fetched) if fetched else 'cached'}"
                   f"{f', {fetched / size:.2%} of {_bytes(size)}' if fetched else ''}): "
-                  + escape(", ".join(f"{q} {f['repo']}" for q, f in source["files"].items())) + "[/dim]")
+                  + escape(", ".join(f"{q} {'' if f['source'] == 'hf' else f['source'] + ':'}{f['repo']}"
+                                     for q, f in source["files"].items())) + "[/dim]")
     for note in source.get("notes", ()):
         out.print(f"[dim]note:[/dim] {escape(note)}")
     table = Table(title=f"every quant's best placement on this machine ({calibration.source} calibration)")

@@ -23,6 +23,7 @@ from .common import (
     CALIBRATE_OPTION,
     EXISTING_FOLDER,
     OLLAMA_OPTION,
+    SOURCE_OPTION,
     _append,
     _bytes,
     _check_shares,
@@ -113,7 +114,8 @@ def run_command(
     synthetic: bool = typer.Option(False, "--synthetic", help="With --model: a cached synthetic twin."),
     repo: str | None = typer.Option(None, "--repo", help="With --model: the Hub repo to take the GGUF from."),
     revision: str | None = typer.Option(None, "--revision", help="With --model: a branch, tag or commit."),
-    offline: bool = typer.Option(False, "--offline", help="With --model: only the HF cache, no network."),
+    offline: bool = typer.Option(False, "--offline", help="With --model: only the caches, no network."),
+    source: str | None = SOURCE_OPTION,
     models_dir: list[Path] = typer.Option([], "--models-dir", **EXISTING_FOLDER,
                                           help="With --model: also look for the GGUF here."),
     n_prompt: str = typer.Option("512", "-p", "--n-prompt", help="Prompt sizes, e.g. 512 or 128,512."),
@@ -204,7 +206,7 @@ def run_command(
     _execute_run(settings, machine, gguf=gguf, model=model, quant=quant, synthetic=synthetic, timeout=timeout,
                  out_csv=out_csv, as_json=as_json, force=force, pinned=pinned, calibrate=auto_calibrate,
                  source={"repo": repo, "revision": revision, "offline": offline, "models_dir": models_dir,
-                         "ollama": ollama},
+                         "ollama": ollama, "source": source},
                  links=links)
 
 
