@@ -192,7 +192,8 @@ def check_disk(resolved: Resolved, cache: Path, variable: str = "HF_HUB_CACHE") 
                        hint=f"free some space, or point {variable} at a larger disk")
 
 
-def _verify(path: Path, expected: RemoteFile, on_progress: Progress | None) -> bool:
+def verify_file(path: Path, expected: RemoteFile, on_progress: Progress | None) -> bool:
+    """Whether a downloaded file is the one listed: its SHA-256 (its size, for a small file listed without one)."""
     if expected.sha256 is None:
         return path.stat().st_size == expected.size
     name = f"verifying {expected.path}"
@@ -207,7 +208,7 @@ def _drop(path: Path) -> None:
     blob.unlink(missing_ok=True)
 
 
-class _HashingWriter:
+class HashingWriter:
     """The file huggingface_hub's http_get writes to, hashing bytes as they pass on a worker thread (hashlib
     releases the GIL), so the SHA-256 costs no second read and does not slow the transfer; the partial prefix a
     killed pull left is hashed first. Any rewind makes the digest unknown, and verification re-reads."""
@@ -281,7 +282,7 @@ def _fetch_blob(repo: str, remote: RemoteFile, revision: str, cache: Path) -> No
         if metadata.size is not None and done > metadata.size:  # not ours after all: start over
             handle.truncate(0)
             done = 0
-        writer = _HashingWriter(handle)
+        writer = HashingWriter(handle)
         try:
             if metadata.size is None or done < metadata.size:
                 headers = build_hf_headers()
@@ -324,7 +325,7 @@ def download(resolved: Resolved, *, offline: bool = False, on_progress: Progress
                                   hint="run the same command again: it continues where it stopped") from None
             except Exception as exc:
                 raise translate_error(exc, resolved.repo) from exc
-            if _verify(local, remote, on_progress):
+            if verify_file(local, remote, on_progress):
                 paths.append(local)
                 break
             _drop(local)
@@ -370,7 +371,7 @@ def find_local_copy(resolved: Resolved, dirs: list[Path], on_progress: Progress 
         name = remote.path.rsplit("/", 1)[-1]
         match = next((candidate for folder in dirs for candidate in folder.rglob(name)
                       if candidate.is_file() and candidate.stat().st_size == remote.size), None)
-        if match is None or not _verify(match, remote, on_progress):
+        if match is None or not verify_file(match, remote, on_progress):
             return None
         found.append(match)
     # split parts must sit side by side for llama.cpp to find them from the first

@@ -34,14 +34,14 @@ from .catalog import ModelSpec
 from .errors import Interrupted, UsageError
 from .hub import (
     DOWNLOAD_CHUNK_BYTES,
+    HashingWriter,
     HubError,
     HubUnreachable,
     Progress,
     RemoteFile,
     Resolved,
-    _HashingWriter,
-    _verify,
     check_disk,
+    verify_file,
 )
 from .hubfiles import files_for_quant
 from .modelfile import remember_sha256
@@ -234,7 +234,7 @@ def _fetch_file(session: Any, resolved: Resolved, remote: RemoteFile, target: Pa
         if done > remote.size:  # not this file after all: start over
             handle.truncate(0)
             done = 0
-        writer = _HashingWriter(handle)
+        writer = HashingWriter(handle)
         cuts = 0
         try:
             while done < remote.size:
@@ -299,7 +299,7 @@ def download(resolved: Resolved, *, offline: bool = False, on_progress: Progress
                     raise Interrupted(f"download of {remote.path} interrupted; the bytes so far are kept in "
                                       f"{partial_path(resolved.repo, remote.path)}",
                                       hint="run the same command again: it continues where it stopped") from None
-            if _verify(target, remote, on_progress):
+            if verify_file(target, remote, on_progress):
                 if not offline:
                     _index_file(resolved.repo, remote)
                 paths.append(target)
