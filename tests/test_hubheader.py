@@ -190,4 +190,4 @@ def test_plan_a_hybrid_moe_from_its_remote_header(tmp_path: Path, monkeypatch: p
     plan = json.loads(planned.stdout)
     assert plan["source"] == "hub" and {p["quant"] for p in plan["evaluated"]} == {"Q3_K_M"}
     assert text.returncode == 0, text.stderr
-    assert "attention: 3 recurrent + 1 full" in text.stdout and "recurrent state" in text.stdout
+    assert "attention: 3 linear + 1 full" in text.stdout and "recurrent state" in text.stdout
