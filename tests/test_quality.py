@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -148,3 +150,34 @@ def test_a_bad_corpus_is_one_line(tiny_f16: ModelFile, tmp_path: Path, content: 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("error:") and said in lines[0] and lines[1].startswith("hint:")
     assert not (tmp_path / "q.csv").exists()
+
+
+def test_ctrl_c_keeps_the_finished_chunks(tiny_f16: ModelFile, tiny_q2: ModelFile, tmp_path: Path) -> None:
+    """A real SIGINT to this process (what Ctrl-C sends) once a pass has finished a few chunks: the reference keeps
+    them in its cache, a scored model keeps them as an interrupted row with their figures."""
+    def interrupt_after(pass_name: str, index: int):
+        sent: list[bool] = []
+
+        def on_event(event: dict) -> None:
+            if (event.get("event") == "quality_chunk" and event["pass"] == pass_name and event["index"] >= index
+                    and not sent):
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGINT)
+        return on_event
+
+    def measure(on_event):
+        return measure_quality(tiny_f16, [tiny_q2], RunSettings(model_path="", n_threads=2),
+                               QualityRequest(read_corpus(EN, 32), 32, 12, 128), describe_machine(),
+                               log_dir=tmp_path / "logs", on_event=on_event)
+
+    stopped = measure(interrupt_after("reference", 1))
+    assert stopped.interrupted and not stopped.records and stopped.stop_signal == signal.SIGINT
+    kept = ReferenceCache(stopped.reference_dir).chunks_done()
+    assert 2 <= kept < 12
+    scored = measure(interrupt_after(tiny_q2.path.name, 1))
+    assert scored.reference_chunks_cached == kept and scored.reference_chunks_computed == 12 - kept
+    row, = scored.records
+    assert scored.interrupted and row.status == "interrupted" and "Ctrl-C" in row.error
+    done = row.repetitions
+    assert 2 <= done < 12 and f"after {done} of 12 chunks" in row.error
+    assert row.kld_mean > 0 and json.loads(row.quality_metrics)["n_tokens"] == done * quality.scored_per_chunk(32)
