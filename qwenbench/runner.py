@@ -479,6 +479,9 @@ def run(settings: RunSettings, emit: Emit) -> None:
         emit({"event": "timing", "llama_ns": bench.llama_ns, "peak_rss_bytes": peak_rss_of("self")})
 
 
+_SCORE_ROWS = 32  # positions scored together: 32 x 262,144 float64s are 64 MB
+
+
 class CorpusError(BenchmarkAbort):
     """The corpus cannot give one chunk: the parent names the file and what to do."""
 
@@ -505,7 +508,8 @@ class _QualityPass:
         return list(buffer[:n])
 
     def chunk_logits(self, ctx: Any, tokens: Any, index: int) -> Iterator[tuple[int, Any]]:
-        """Decode chunk `index` and yield (first scored row, logits of the scored positions in this batch)."""
+        """Decode chunk `index` and yield (first scored row, logits of some scored positions), block by block: each
+        block a view of llama.cpp's buffer, valid until the next decode."""
         import numpy as np
 
         from .quality import chunk_tokens, first_scored
@@ -534,7 +538,11 @@ class _QualityPass:
                     raise BenchmarkAbort(f"llama_decode failed with code {result}")
                 if n_out:
                     logits = np.ctypeslib.as_array(C.llama_get_logits(ctx), shape=(n_out, self.bench.n_vocab))
-                    yield max(begin, first) - first, logits
+                    row = max(begin, first) - first
+                    # a few rows at a time: the float64 arithmetic over a 262,144-token vocabulary (Gemma 3) would
+                    # need gigabytes for a batch's 256 rows at once
+                    for at in range(0, n_out, _SCORE_ROWS):
+                        yield row + at, logits[at:at + _SCORE_ROWS]
         finally:
             C.llama_batch_free(batch)
 
