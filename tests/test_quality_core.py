@@ -144,3 +144,18 @@ def _rows(ref: quality.CompactReference, rows: slice) -> quality.CompactReferenc
 def test_summarize_refuses_nothing() -> None:
     with pytest.raises(ValueError):
         quality.summarize([])
+
+
+def test_the_published_priors_name_known_quants_in_their_order() -> None:
+    import tomllib
+
+    from qwenbench.catalog import config_dir
+    from qwenbench.quants import PRESETS
+
+    priors = tomllib.loads((config_dir() / "quant_quality.toml").read_text())
+    assert priors["source"]["reference"] == "F16" and priors["source"]["n_ctx"] == 512
+    quants = priors["quants"]
+    assert set(quants) <= set(PRESETS)
+    assert all(entry["kld"] > 0 and entry["ppl_ratio"] >= 1 for entry in quants.values())
+    ladder = [quants[name]["kld"] for name in ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")]
+    assert ladder == sorted(ladder)  # fewer bits, more divergence
