@@ -99,7 +99,7 @@ def _log_excerpt(log_path: Path) -> str:
     return " | ".join(chosen)[:400]
 
 
-def _failure(outcome: ChildOutcome, error_event: str | None, log_path: Path) -> tuple[str, str]:
+def failure_of(outcome: ChildOutcome, error_event: str | None, log_path: Path) -> tuple[str, str]:
     """(status, error) for the tests a child did not finish."""
     if outcome.interrupted:
         return "interrupted", stop_reason(outcome.stop_signal or signal.SIGINT)
@@ -161,9 +161,10 @@ class _EventCollector:
             self.on_event(event)
 
 
-def _record(settings: RunSettings, model: ModelIdentity, machine: MachineInfo, loaded: dict[str, Any],
-            outcome: ChildOutcome | None, run_id: str, test: TestSpec, result: TestResult | None,
-            status: str, error: str, predicted: MemoryEstimate | None, labels: RunLabels) -> Record:
+def build_record(settings: RunSettings, model: ModelIdentity, machine: MachineInfo, loaded: dict[str, Any],
+                 outcome: ChildOutcome | None, run_id: str, test: TestSpec, result: TestResult | None,
+                 status: str, error: str, predicted: MemoryEstimate | None, labels: RunLabels) -> Record:
+    """One row of a test: its settings, the model, the machine, and what was measured (None: nothing)."""
     summary = summarize(result.samples_ns, result.n_tokens) if result else None
     is_ttft = test.kind == "ttft"
     return Record(
@@ -294,7 +295,7 @@ def run_batch(batch: list[RunSettings], *, log_dir: Path, timeout_s: float | Non
                 and all(len(results) == len(settings.tests()) for results, settings in
                         zip(collector.by_model, batch, strict=True)))
     if not complete or outcome.returncode != 0:
-        status, error = _failure(outcome, collector.error, log_path)
+        status, error = failure_of(outcome, collector.error, log_path)
         raise QwenbenchError(f"a calibration probe {status}: {error}", hint=f"llama.cpp's log: {log_path}")
     log_path.unlink(missing_ok=True)
     return collector.by_model
@@ -329,8 +330,8 @@ def unrun_records(settings: RunSettings, model: ModelIdentity, machine: MachineI
     run_id = new_run_id()
     labels = labels or RunLabels()
     placement = topology_columns(settings, machine, LlamaBuffers(), predicted, labels)
-    return [replace(_record(settings, model, machine, {}, None, run_id, test, None, status, error, predicted,
-                            labels), **placement) for test in settings.tests()]
+    return [replace(build_record(settings, model, machine, {}, None, run_id, test, None, status, error, predicted,
+                                 labels), **placement) for test in settings.tests()]
 
 
 def _is_host_buffer(name: str) -> bool:
@@ -398,15 +399,15 @@ def run_benchmark(settings: RunSettings, model: ModelFile, machine: MachineInfo,
               and not outcome.timed_out):
             status, error = "skipped", "; ".join(collector.notes) or "no TTFT measurement"
         else:
-            failure = failure or _failure(outcome, collector.error, log_path)
+            failure = failure or failure_of(outcome, collector.error, log_path)
             status, error = failure
             done = collector.partial.get(test.name)
             if done and status == "interrupted" and test.kind != "ttft":  # keep the repetitions done before Ctrl-C
                 result = TestResult(test, tuple(done), settings.n_ctx or test.n_ctx_needed,
                                     test.n_prompt + test.n_gen)
                 error += f" after {len(done)} of {settings.repetitions} repetitions"
-        records.append(_record(settings, model.identity, machine, collector.loaded, outcome, run_id, test, result,
-                               status, error, predicted, labels))
+        records.append(build_record(settings, model.identity, machine, collector.loaded, outcome, run_id, test,
+                                    result, status, error, predicted, labels))
     buffers = parse_buffers(log_path.read_text(errors="replace"))
     placement = topology_columns(settings, machine, buffers, predicted, labels)
     records = [replace(r, **placement) for r in records]

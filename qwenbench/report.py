@@ -97,7 +97,8 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
 
 
 def _ok(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[(frame["status"] == "ok") & frame["value"].notna()]
+    # a quality row's avg_ts is the speed of its scoring pass, not a speed test of the model: not in speed tables
+    return frame[(frame["status"] == "ok") & frame["value"].notna() & (frame["test"] != "quality")]
 
 
 def _machines(frame: pd.DataFrame) -> list[str]:

@@ -73,6 +73,17 @@ Schema (one row per test; llama-bench's column names where they overlap):
                        has kernels for (its use_extra_bufts; llama-bench -nr is off). Older rows ran with it on.
                        `compare` and `report` keep a run's own -nr apart (a suite's mode stays whole: there the
                        plan chose, as it chooses -ngl)
+  ref_quant, ref_sha256, corpus, corpus_sha256, kld_mean, kld_p99, same_top, ppl, ppl_ref, ppl_ratio, quality_metrics
+                       (schema 10+) `quality` rows (test quality; `qwenbench quality`): the model's next-token
+                       distributions against a reference file's (ref_quant, ref_sha256) over a corpus (its file name
+                       and SHA-256), with llama-perplexity's definitions: chunks of n_ctx tokens, each chunk's second
+                       half scored; kld_mean and kld_p99 the mean and 99th percentile of the per-token KL divergence
+                       KL(ref || model) in nats, same_top the share of tokens whose most likely next token is the
+                       reference's, ppl and ppl_ref the two perplexities and ppl_ratio = ppl / ppl_ref.
+                       quality_metrics, as JSON: scored tokens, chunks, the reference's top_k kept per token, the mean
+                       tail mass beyond them, kld_sd (the mean's uncertainty), kld_median, kld_max. repetitions is
+                       the chunks measured, samples_ns each chunk's decode, avg_ts the decode's tokens/s (n_prompt =
+                       n_ctx tokens a chunk). An interrupted row holds the chunks finished before the stop
 """
 
 from __future__ import annotations
@@ -101,8 +112,9 @@ except ImportError:  # pragma: no cover - Windows: appends stay atomic, header c
 # 2: predicted_host_bytes, predicted_vram_bytes; 3: model_repo, model_revision; 4: suite, mode, job_key,
 # host_bytes_per_token, gpu_bytes_per_token, ram_bandwidth_gbps, gpu_bandwidth_gbps; 5: server, serve_metrics;
 # 6: predicted_pp_ts, predicted_tg_ts, predicted_ttft_ms; 7: topology, devices, links; 8: predicted_network_ms;
-# 9: repack
-SCHEMA_VERSION = 9
+# 9: repack; 10: ref_quant, ref_sha256, corpus, corpus_sha256, kld_mean, kld_p99, same_top, ppl, ppl_ref, ppl_ratio,
+# quality_metrics
+SCHEMA_VERSION = 10
 STATUSES = ("ok", "failed", "crashed", "oom", "timeout", "interrupted", "skipped")
 
 
@@ -182,6 +194,17 @@ class Record:
     links: str = ""
     predicted_network_ms: float | None = None
     repack: str = ""
+    ref_quant: str = ""
+    ref_sha256: str = ""
+    corpus: str = ""
+    corpus_sha256: str = ""
+    kld_mean: float | None = None
+    kld_p99: float | None = None
+    same_top: float | None = None
+    ppl: float | None = None
+    ppl_ref: float | None = None
+    ppl_ratio: float | None = None
+    quality_metrics: str = ""
 
     def to_row(self) -> list[str]:
         return [_format(value) for value in astuple(self)]

@@ -28,7 +28,7 @@ from typing import Any
 
 from .lifetime import die_with_parent
 from .memtrack import peak_rss_of
-from .runspec import CACHE_TYPES, FLASH_ATTN, LOAD_MODES, RunSettings, TestResult, TestSpec
+from .runspec import CACHE_TYPES, FLASH_ATTN, LOAD_MODES, QualitySettings, RunSettings, TestResult, TestSpec
 from .vocab import TTFT_PROMPT
 
 Emit = Callable[[dict[str, Any]], None]
@@ -479,6 +479,179 @@ def run(settings: RunSettings, emit: Emit) -> None:
         emit({"event": "timing", "llama_ns": bench.llama_ns, "peak_rss_bytes": peak_rss_of("self")})
 
 
+_SCORE_ROWS = 32  # positions scored together: 32 x 262,144 float64s are 64 MB
+
+
+class CorpusError(BenchmarkAbort):
+    """The corpus cannot give one chunk: the parent names the file and what to do."""
+
+
+class _QualityPass:
+    """One model's logits over the corpus's chunks, scored as llama-perplexity scores them: each chunk decoded from
+    an empty cache, logits kept only for its second half, read batch by batch (n_batch rows at most in memory)."""
+
+    def __init__(self, bench: Bench, settings: QualitySettings) -> None:
+        self.bench, self.q = bench, settings
+        C = bench.C
+        self.bos = C.llama_vocab_bos(bench.vocab) if C.llama_vocab_get_add_bos(bench.vocab) else None
+        self.decode_ns = 0  # of the chunk in progress: llama_decode alone, not the scoring
+
+    def tokenize(self, text: str) -> list[int]:
+        """The whole corpus at once, BOS added where the vocabulary adds one, special tokens as plain text (as
+        llama-perplexity's common_tokenize(ctx, prompt, true) does)."""
+        C, data = self.bench.C, text.encode()
+        capacity = len(data) + 16
+        buffer = (C.llama_token * capacity)()
+        n = C.llama_tokenize(self.bench.vocab, data, len(data), buffer, capacity, True, False)
+        if n < 0:
+            raise BenchmarkAbort("tokenizing the corpus failed")
+        return list(buffer[:n])
+
+    def chunk_logits(self, ctx: Any, tokens: Any, index: int) -> Iterator[tuple[int, Any]]:
+        """Decode chunk `index` and yield (first scored row, logits of some scored positions), block by block: each
+        block a view of llama.cpp's buffer, valid until the next decode."""
+        import numpy as np
+
+        from .quality import chunk_tokens, first_scored
+
+        C, n_ctx = self.bench.C, self.q.n_ctx
+        chunk = chunk_tokens(tokens, index, n_ctx, self.bos)
+        first, step = first_scored(n_ctx), self.bench.settings.n_batch
+        self.bench._clear(ctx)
+        batch = C.llama_batch_init(step, 0, 1)
+        try:
+            for begin in range(0, n_ctx, step):
+                size = min(step, n_ctx - begin)
+                batch.n_tokens = size
+                for k in range(size):
+                    pos = begin + k
+                    batch.token[k], batch.pos[k], batch.n_seq_id[k] = chunk[pos], pos, 1
+                    batch.seq_id[k][0] = 0
+                    # the last position predicts nothing inside the chunk: llama-perplexity reads no logits for it
+                    batch.logits[k] = first <= pos < n_ctx - 1
+                n_out = sum(1 for pos in range(begin, begin + size) if first <= pos < n_ctx - 1)
+                start = time.perf_counter_ns()
+                result = C.llama_decode(ctx, batch)
+                C.llama_synchronize(ctx)
+                self.decode_ns += time.perf_counter_ns() - start
+                if result != 0:
+                    raise BenchmarkAbort(f"llama_decode failed with code {result}")
+                if n_out:
+                    logits = np.ctypeslib.as_array(C.llama_get_logits(ctx), shape=(n_out, self.bench.n_vocab))
+                    row = max(begin, first) - first
+                    # a few rows at a time: the float64 arithmetic over a 262,144-token vocabulary (Gemma 3) would
+                    # need gigabytes for a batch's 256 rows at once
+                    for at in range(0, n_out, _SCORE_ROWS):
+                        yield row + at, logits[at:at + _SCORE_ROWS]
+        finally:
+            C.llama_batch_free(batch)
+
+    def run(self) -> None:
+        import numpy as np
+
+        from .quality import chunk_count, chunk_targets, compact, score, scored_per_chunk
+        from .qualitycache import ReferenceCache
+
+        q, emit = self.q, self.bench.emit
+        cache = ReferenceCache(Path(q.reference_dir))
+        if q.role == "reference":
+            tokens = np.asarray(self._reference_tokens(cache), dtype=np.int32)
+        else:
+            manifest = cache.manifest()
+            if manifest.get("n_vocab") != self.bench.n_vocab:
+                raise BenchmarkAbort(f"this model's vocabulary has {self.bench.n_vocab} tokens, the reference's "
+                                     f"{manifest.get('n_vocab')}: it is another model")
+            tokens = cache.tokens()
+        available = chunk_count(len(tokens), q.n_ctx)
+        total = chunk_count(len(tokens), q.n_ctx, q.n_chunks)
+        start_at = cache.chunks_done() if q.role == "reference" else 0
+        emit({"event": "quality_started", "role": q.role, "n_tokens": len(tokens), "chunks": total,
+              "chunks_available": available, "chunks_cached": min(start_at, total)})
+        per_chunk = scored_per_chunk(q.n_ctx)
+        with self.bench.context(q.n_ctx) as ctx:
+            for index in range(min(start_at, total), total):
+                self.decode_ns = 0
+                targets = chunk_targets(tokens, index, q.n_ctx)
+                if q.role == "reference":
+                    parts = [compact(logits, targets[row:row + len(logits)], q.top_k)
+                             for row, logits in self.chunk_logits(ctx, tokens, index)]
+                    reference = _join_references(parts)
+                    cache.write_chunk(index, reference)
+                    emit({"event": "quality_chunk", "role": q.role, "index": index, "total": total,
+                          "ns": self.decode_ns, "n_scored": per_chunk,
+                          "tail_mass": float(reference.tail_mass.mean())})
+                    continue
+                reference = cache.read_chunk(index)
+                scores = [score(logits, targets[row:row + len(logits)], _slice(reference, row, len(logits)))
+                          for row, logits in self.chunk_logits(ctx, tokens, index)]
+                emit({"event": "quality_chunk", "role": q.role, "index": index, "total": total,
+                      "ns": self.decode_ns, "n_scored": per_chunk, "tail_mass": float(reference.tail_mass.mean()),
+                      "kld": [float(v) for s in scores for v in s.kld],
+                      "nll": [float(v) for s in scores for v in s.nll],
+                      "nll_ref": [float(v) for s in scores for v in s.nll_ref],
+                      "same_top": [bool(v) for s in scores for v in s.same_top]})
+
+    def _reference_tokens(self, cache: Any) -> list[int]:
+        """The corpus's tokens: those of an earlier, interrupted pass at this key, else tokenized anew."""
+        from .quality import chunk_count
+
+        if cache.manifest():
+            return list(cache.tokens())
+        text = Path(self.q.corpus_path).read_text(encoding="utf-8")
+        tokens = self.tokenize(text)
+        if chunk_count(len(tokens), self.q.n_ctx) < 1:
+            raise CorpusError(f"the corpus tokenizes to {len(tokens)} tokens, fewer than one chunk of "
+                              f"{self.q.n_ctx}")
+        cache.start(tokens, self.bench.n_vocab, self.q.n_ctx)
+        return tokens
+
+
+def _join_references(parts: list[Any]) -> Any:
+    import numpy as np
+
+    from .quality import CompactReference
+
+    return CompactReference(*(np.concatenate([getattr(p, name) for p in parts])
+                              for name in ("top_ids", "top_logprobs", "tail_mass", "target_logprob")))
+
+
+def _slice(reference: Any, row: int, n: int) -> Any:
+    from .quality import CompactReference
+
+    return CompactReference(reference.top_ids[row:row + n], reference.top_logprobs[row:row + n],
+                            reference.tail_mass[row:row + n], reference.target_logprob[row:row + n])
+
+
+def run_quality(settings: QualitySettings, emit: Emit) -> None:
+    """A quality pass (reference or test) of one model over the corpus."""
+    bench = Bench(settings.run, emit)
+    try:
+        emit({"event": "loading"})
+        emit({"event": "loaded", **bench.load()})
+        _QualityPass(bench, settings).run()
+    finally:
+        bench.close()
+        emit({"event": "timing", "llama_ns": bench.llama_ns, "peak_rss_bytes": peak_rss_of("self")})
+
+
+def requantize(source: str, target: str, file_type: int, n_threads: int, quant: str) -> None:
+    """llama-quantize's work through its library call: `source` to `target` as `file_type` (a llama_ftype),
+    requantizing already quantized tensors (a synthetic reference's copies at lower precision). A synthetic
+    source's own qwenbench.quant is overridden with `quant`: the copy is that quant, not its source's."""
+    C = load_llama_cpp().llama_cpp
+    params = C.llama_model_quantize_default_params()
+    params.nthread = n_threads
+    params.ftype = file_type
+    params.allow_requantize = True
+    overrides = (C.llama_model_kv_override * 2)()
+    overrides[0].tag = C.LLAMA_KV_OVERRIDE_TYPE_STR
+    overrides[0].key = b"qwenbench.quant"
+    overrides[0].value.val_str = quant.encode()
+    params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(C.llama_model_kv_override))
+    if C.llama_model_quantize(source.encode(), target.encode(), ctypes.byref(params)) != 0:
+        raise BenchmarkAbort(f"llama.cpp could not quantize {source}")
+
+
 def run_batch(batch: list[RunSettings], emit: Emit) -> None:
     """Several models one after another in this one process (calibration probes): a model's events follow its
     `model` event, so the parent knows which results are whose, and no process start is paid per model."""
@@ -502,12 +675,16 @@ def main() -> int:
 
     try:
         payload = json.loads(sys.stdin.read())
-        if isinstance(payload, list):
+        if isinstance(payload, dict) and "quality" in payload:
+            run_quality(QualitySettings.from_json(payload), emit)
+        elif isinstance(payload, dict) and "quantize" in payload:
+            requantize(**payload["quantize"])
+        elif isinstance(payload, list):
             run_batch([RunSettings.from_json(item) for item in payload], emit)
         else:
             run(RunSettings.from_json(payload), emit)
     except BenchmarkAbort as exc:
-        emit({"event": "error", "message": str(exc)})
+        emit({"event": "error", "message": str(exc), "corpus": isinstance(exc, CorpusError)})
         return 3
     emit({"event": "finished"})
     return 0

@@ -141,3 +141,42 @@ class TestResult:
     def from_json(cls, data: dict[str, Any]) -> TestResult:
         return cls(TestSpec(**data["test"]), tuple(data["samples_ns"]), data["n_ctx"], data["n_tokens"],
                    data.get("extra", {}))
+
+
+QUALITY_ROLES = ("reference", "test")
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """One quality measurement for the child: the reference's role tokenizes the corpus and writes each chunk's
+    compact next-token distributions into reference_dir; a test's reads them back and scores its own against
+    them. `run` carries the model and llama.cpp's settings (its test list is not used)."""
+
+    run: RunSettings
+    role: str
+    reference_dir: str
+    corpus_path: str = ""  # the reference's: the text to tokenize
+    n_ctx: int = 512
+    n_chunks: int = 0  # 0: every whole chunk of the corpus
+    top_k: int = 128
+
+    def to_json(self) -> dict[str, Any]:
+        return {"quality": {**asdict(self), "run": self.run.to_json()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QualitySettings:
+        body = dict(data["quality"])
+        return cls(**{**body, "run": RunSettings.from_json(body["run"])})
+
+    def validate(self) -> None:
+        checks = [
+            (self.role in QUALITY_ROLES, f"role must be one of {', '.join(QUALITY_ROLES)}"),
+            (self.n_ctx >= 8, "--ctx must be at least 8 tokens"),
+            (self.n_chunks >= 0, "--chunks must be >= 0 (0: all)"),
+            (self.top_k >= 1, "--top-k must be >= 1"),
+            (1 <= self.run.n_threads <= MAX_THREADS, f"-t/--threads must be from 1 to {MAX_THREADS}"),
+            (self.run.n_gpu_layers >= -1, "-ngl/--n-gpu-layers must be >= -1 (-1: all layers)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFWriter
 
-from qwenbench.harness import _failure, run_benchmark
+from qwenbench.harness import failure_of, run_benchmark
 from qwenbench.machine import describe_machine
 from qwenbench.memtrack import ChildOutcome
 from qwenbench.modelfile import open_model_file
@@ -109,12 +109,12 @@ def test_exit_signals_map_to_statuses(tmp_path: Path) -> None:
     def outcome(code: int, **kw: bool) -> ChildOutcome:
         return ChildOutcome(code, 1, None, kw.get("timed_out", False), kw.get("interrupted", False), 1.0)
 
-    assert _failure(outcome(-9), None, log)[0] == "oom"
-    status, error = _failure(outcome(-6), None, log)
+    assert failure_of(outcome(-9), None, log)[0] == "oom"
+    status, error = failure_of(outcome(-6), None, log)
     assert status == "crashed" and "SIGABRT" in error and "GGML_ASSERT" in error
-    assert _failure(outcome(-9, timed_out=True), None, log)[0] == "timeout"
-    assert _failure(outcome(-9, interrupted=True), None, log)[0] == "interrupted"
-    assert _failure(outcome(3), "llama_decode failed with code 1", log) == (
+    assert failure_of(outcome(-9, timed_out=True), None, log)[0] == "timeout"
+    assert failure_of(outcome(-9, interrupted=True), None, log)[0] == "interrupted"
+    assert failure_of(outcome(3), "llama_decode failed with code 1", log) == (
         "failed", "llama_decode failed with code 1 [llama.cpp: GGML_ASSERT(ne % 32 == 0) failed]")
 
 

@@ -1,9 +1,9 @@
 """The qwenbench command line: thin commands over the library, and the only place that prints.
 
 One module per command group (plan.py: models, probe, calibrate, plan; hub.py: synth, pull; run.py: run, demo;
-bench.py: bench, report, compare; serve.py: serve, bench-serve, chat; worker.py: worker), what they share in
-common.py. Imports stay light (no llama_cpp, numpy or pandas) so `qwenbench --help` starts fast; each command
-imports what it needs.
+quality.py: quality; bench.py: bench, report, compare; serve.py: serve, bench-serve, chat; worker.py: worker), what
+they share in common.py. Imports stay light (no llama_cpp, numpy or pandas) so `qwenbench --help` starts fast; each
+command imports what it needs.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from .. import lifetime
 from ..errors import Interrupted, QwenbenchError
 
 # each command group registers its commands on the app as it is imported
-from . import bench, hub, plan, run, serve, worker  # noqa: F401
+from . import bench, hub, plan, quality, run, serve, worker  # noqa: F401
 from .common import app, err
 
 __all__ = ["app", "main"]
 
 # --help lists them along the data flow: what is here, the model, a measurement, suites, serving, workers
-HELP_ORDER = ("models", "probe", "calibrate", "plan", "synth", "pull", "run", "demo", "bench", "report", "compare",
-              "serve", "bench-serve", "chat", "worker")
+HELP_ORDER = ("models", "probe", "calibrate", "plan", "synth", "pull", "run", "demo", "quality", "bench", "report",
+              "compare", "serve", "bench-serve", "chat", "worker")
 app.registered_commands.sort(key=lambda command: HELP_ORDER.index(command.name) if command.name in HELP_ORDER
                              else len(HELP_ORDER))
 
