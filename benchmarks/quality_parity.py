@@ -12,6 +12,9 @@ source vendored in the llama-cpp-python sdist:
     tar xzf llama_cpp_python-0.3.36.tar.gz && cd llama_cpp_python-0.3.36/vendor/llama.cpp
     cmake -B /tmp/lp-build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release
     cmake --build /tmp/lp-build --target llama-perplexity -j 2
+
+Measured (README, "How quality measures"): Gemma 3 270M Q4_K_M against its Q6_K, Q3_K_M and Q2_K copies, en corpus,
+ctx 512, 8 chunks: PPL and same-top equal, KLD p99 within 0.1 %, mean KLD -0.6 to -0.7 % at top-k 512.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=512)
     parser.add_argument("--chunks", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--top-k", type=int, default=128)
+    parser.add_argument("--top-k", type=int, default=512)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         theirs = llama_perplexity(args.llama_perplexity, args.ref, args.gguf, args.corpus, args.ctx, args.chunks,

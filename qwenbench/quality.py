@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_TOP_K = 128
+DEFAULT_TOP_K = 512  # within 1 % of llama-perplexity on Gemma 3 270M, whose top 128 leave 4 % of the mass out
 
 
 def first_scored(n_ctx: int) -> int:
@@ -132,8 +132,8 @@ def score(logits: np.ndarray, targets: np.ndarray, reference: CompactReference) 
     the KL divergence of the two distributions with the tail merged into one outcome. The error is exactly
         T * KL(P_tail / T || Q_tail / Q_T)  >= 0,
     T times the divergence of the two tails' shapes, so the figure is a lower bound of the true KLD, exact when
-    the test's tail is the reference's scaled; it is small when T is (the top 128 of a trained model hold most of
-    the mass). Since every tail token has p_i <= p_k (the k-th largest), the error is at most
+    the test's tail is the reference's scaled; it is small when T is (the top few hundred of a trained model hold
+    most of the mass). Since every tail token has p_i <= p_k (the k-th largest), the error is at most
         T * (log(p_k / min_{i not in K} q_i) - log(T / Q_T)),
     which `tail_error_bound` gives from what is at hand here.
     """

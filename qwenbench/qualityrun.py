@@ -24,6 +24,7 @@ from .machine import MachineInfo
 from .memtrack import ChildOutcome, run_child
 from .modelfile import ModelFile, file_sha256
 from .paths import cache_dir
+from .quality import DEFAULT_TOP_K
 from .qualitycache import ReferenceCache, ReferenceKey, reference_folder
 from .quants import PRESETS
 from .results import Record
@@ -73,7 +74,7 @@ class QualityRequest:
     corpus: Corpus
     n_ctx: int = 512
     n_chunks: int = 0  # 0: all the corpus holds
-    top_k: int = 128
+    top_k: int = DEFAULT_TOP_K
     timeout_s: float | None = None
 
 

@@ -158,7 +158,7 @@ class QualitySettings:
     corpus_path: str = ""  # the reference's: the text to tokenize
     n_ctx: int = 512
     n_chunks: int = 0  # 0: every whole chunk of the corpus
-    top_k: int = 128
+    top_k: int = 512  # quality.DEFAULT_TOP_K (that module imports numpy: not at the CLI's start)
 
     def to_json(self) -> dict[str, Any]:
         return {"quality": {**asdict(self), "run": self.run.to_json()}}

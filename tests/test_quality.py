@@ -59,7 +59,7 @@ def test_a_file_against_itself_and_its_requantized_copy(tiny_f16: ModelFile, tin
         assert row["ref_sha256"] == tiny_f16.sha256 and row["ref_quant"] == "F16" and row["corpus"] == "en.txt"
         assert row["n_ctx"] == 64 and row["repetitions"] == 3 and len(row["samples_ns"]) == 3 and row["avg_ts"] > 0
         metrics = json.loads(row["quality_metrics"])
-        assert metrics["n_tokens"] == 3 * quality.scored_per_chunk(64) and metrics["top_k"] == 128
+        assert metrics["n_tokens"] == 3 * quality.scored_per_chunk(64) and metrics["top_k"] == quality.DEFAULT_TOP_K
     assert abs(same["kld_mean"]) < 1e-9 and same["ppl_ratio"] == pytest.approx(1.0, abs=1e-9)
     assert same["same_top"] == 1.0 and same["ppl"] == pytest.approx(same["ppl_ref"], rel=1e-9)
     assert lower["quant"] == "Q2_K" and lower["kld_mean"] > 1e3 * max(abs(same["kld_mean"]), 1e-12)

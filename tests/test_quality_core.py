@@ -159,3 +159,9 @@ def test_the_published_priors_name_known_quants_in_their_order() -> None:
     assert all(entry["kld"] > 0 and entry["ppl_ratio"] >= 1 for entry in quants.values())
     ladder = [quants[name]["kld"] for name in ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")]
     assert ladder == sorted(ladder)  # fewer bits, more divergence
+
+
+def test_one_default_top_k() -> None:
+    from qwenbench.runspec import QualitySettings, RunSettings
+
+    assert QualitySettings(RunSettings(model_path=""), "test", "").top_k == quality.DEFAULT_TOP_K

@@ -148,7 +148,7 @@ def quality_command(
     corpus: str = typer.Option("en", "--corpus", help="A UTF-8 text file, or a shipped corpus: en, zh."),
     ctx: int = typer.Option(512, "--ctx", "-c", help="Tokens per chunk (llama-perplexity's -c)."),
     chunks: int = typer.Option(0, "--chunks", help="Chunks to score (0: all the corpus holds)."),
-    top_k: int = typer.Option(128, "--top-k", help="Reference tokens kept per position (the rest as one mass)."),
+    top_k: int = typer.Option(512, "--top-k", help="Reference tokens kept per position (the rest as one mass)."),
     threads: int | None = typer.Option(None, "-t", "--threads", help="CPU threads [physical cores]."),
     n_gpu_layers: int = typer.Option(-1, "-ngl", "--n-gpu-layers", help="Layers on the GPU (-1: all)."),
     timeout: float = typer.Option(36000, "--timeout", help="Seconds before a pass is stopped."),
