@@ -118,6 +118,10 @@ def compare(frame: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     A cell no machine measured stays empty (NaN) rather than dropping the row."""
     ok = _ok(frame)
     if ok.empty:
+        if (frame["test"] == "quality").any():
+            raise UsageError("no speed rows to compare: these files hold quality rows only",
+                             hint="compare puts speed tests side by side; a quality row's figures are its "
+                                  "kld_mean, kld_p99, same_top and ppl_ratio columns")
         raise UsageError("no measured rows to compare (every row failed or was skipped)")
     machines = _machines(ok)
     baseline = baseline or machines[0]

@@ -215,3 +215,12 @@ def test_a_runs_own_no_repack_is_another_mode_a_suites_plan_is_not(tmp_path: Pat
     ])
     modes = dict(zip(load_results([path])["run_id"], load_results([path])["mode"], strict=True))
     assert modes == {"a": "cpu", "b": "cpu no-repack", "c": "cpu"}
+
+
+def test_compare_says_a_file_of_quality_rows_has_no_speed_to_compare(tmp_path: Path) -> None:
+    quality = tmp_path / "quality.csv"
+    append_records(quality, [make_record(**LAPTOP, **QWEN3_4B, mode="cpu", test="quality", avg_ts=950.0, n_prompt=512,
+                                         n_gen=0, kld_mean=0.031, ppl_ratio=1.02)])
+    refused = run_cli("compare", str(quality))
+    assert refused.returncode == 2
+    assert "quality rows only" in refused.stderr and "kld_mean" in refused.stderr and "Traceback" not in refused.stderr
