@@ -114,15 +114,9 @@ def _gguf_is_moe(path: Path) -> bool:
 def build_key() -> str:
     """The llama.cpp build rows are measured with: llama-cpp-python's version (which pins the llama.cpp commit it
     vendors) and the backends compiled in. An upgrade or a rebuild for a GPU is another measurement."""
-    from importlib.metadata import PackageNotFoundError, version
+    from .probe.backends import installed_version, read_backends
 
-    from .probe.backends import read_backends
-
-    try:
-        package = version("llama-cpp-python")
-    except PackageNotFoundError:
-        package = "missing"
-    return f"llama-cpp-python {package}|{','.join(read_backends()[0])}"
+    return f"llama-cpp-python {installed_version() or 'missing'}|{','.join(read_backends()[0])}"
 
 
 def job_key(config: BenchConfig, job: Job, build: str = "") -> str:

@@ -217,12 +217,9 @@ def calibration_key(machine: MachineInfo, n_threads: int) -> str:
 
 
 def _llama_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from .probe.backends import installed_version
 
-    try:
-        return version("llama-cpp-python")
-    except PackageNotFoundError:
-        return "missing"
+    return installed_version() or "missing"
 
 
 def _path() -> Path:

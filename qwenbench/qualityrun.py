@@ -7,13 +7,13 @@ A pass stopped by Ctrl-C (SIGTERM, SIGHUP) keeps what finished: the reference's 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from .harness import RunLabels, build_record, failure_of, new_run_id
 from .lifetime import stop_reason
 from .machine import MachineInfo
 from .memtrack import ChildOutcome, run_child
-from .modelfile import ModelFile, file_sha256
+from .modelfile import ModelFile
 from .paths import cache_dir
 from .quality import DEFAULT_TOP_K
 from .qualitycache import ReferenceCache, ReferenceKey, reference_folder
@@ -66,7 +66,7 @@ def read_corpus(path: Path, n_ctx: int) -> Corpus:
     if len(data) + 1 < n_ctx:  # + 1: the BOS a vocabulary may add
         raise UsageError(f"the corpus {path} has {len(data)} bytes, too short for one chunk of {n_ctx} tokens",
                          hint="a longer text, or a smaller --ctx")
-    return Corpus(path, file_sha256(path), len(data))
+    return Corpus(path, hashlib.sha256(data).hexdigest(), len(data))  # the bytes just read: no second pass
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,9 @@ class QualityReport:
 
 
 def _llama_cpp_version() -> str:
-    try:
-        return metadata.version("llama_cpp_python")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    from .probe.backends import installed_version
+
+    return installed_version() or "unknown"
 
 
 def reference_key(reference: ModelFile, request: QualityRequest) -> ReferenceKey:

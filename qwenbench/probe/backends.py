@@ -26,15 +26,21 @@ def build_for_gpu(vendor: str, kind: str = "discrete") -> str | None:
     return {"nvidia": "cuda", "apple": "metal", "intel": "vulkan"}.get(vendor)
 
 
-def install_command(build: str) -> str:
-    """The command that rebuilds this llama-cpp-python for `build` (cuda, vulkan, metal, hip, cpu), RPC kept on
-    (qwenbench worker, --rpc) and pip's wheel cache bypassed (it ignores CMAKE_ARGS)."""
+def installed_version() -> str | None:
+    """The installed llama-cpp-python's version (it pins the llama.cpp commit it vendors); None: not installed."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        pinned = f"=={version('llama-cpp-python')}"
+        return version("llama-cpp-python")
     except PackageNotFoundError:
-        pinned = ""
+        return None
+
+
+def install_command(build: str) -> str:
+    """The command that rebuilds this llama-cpp-python for `build` (cuda, vulkan, metal, hip, cpu), RPC kept on
+    (qwenbench worker, --rpc) and pip's wheel cache bypassed (it ignores CMAKE_ARGS)."""
+    installed = installed_version()
+    pinned = f"=={installed}" if installed else ""
     flags = " ".join(f for f in (BUILDS[build][1], "-DGGML_RPC=ON") if f)
     return f'CMAKE_ARGS="{flags}" pip install --force-reinstall --no-cache-dir "llama-cpp-python{pinned}"'
 
