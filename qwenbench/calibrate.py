@@ -8,10 +8,10 @@ runs for real models) whose every matrix is of that type, with layers enough for
 (128-192 MiB; at most 10 layers, about 90 MB for Q2_K), so decode reads it from RAM as it does a real model.
 Overheads come from tiny models (n_embd 64) of 2 and 32 layers, dense and MoE, whose weights are small enough that
 the fixed costs dominate; MoE experts' prefill, whose kernels differ from a dense matrix's, from one probe per type
-with real expert matrices (Qwen3-30B-A3B's, 8 of them, random routers), and again without repacking for the types
-this CPU repacks; a Gated DeltaNet layer's work from a tiny hybrid of 32 layers with Qwen3.5-4B's linear-attention
-heads, against the tiny dense one; attention from tiny-weight models with
-real attention heads (at three GQA ratios) and a real model's layer count, decoded and prefilled at depth and
+with real expert matrices (Qwen3-30B-A3B's, 32 of them, 8 used, random routers) at two batch sizes, and again
+without repacking for the types this CPU repacks; a Gated DeltaNet layer's work from a tiny hybrid of 32 layers
+with Qwen3.5-4B's linear-attention heads, against the tiny dense one; attention from tiny-weight models with real
+attention heads (at three GQA ratios) and a real model's layer count, decoded and prefilled at depth and
 without. Probe weights are zeros in sparse files (nothing to write; the kernels' speed does not depend on the
 values). All probes run one after another in one child process, in two rounds (the second backwards; attention in
 the first only), each keeping its fastest.
@@ -38,6 +38,7 @@ from .recipe import tensor_layout, tensor_table
 from .runspec import RunSettings, TestSpec
 from .speed import (
     CALIBRATED_TYPES,
+    EXPERT_BATCH_TOKENS,
     PROBE_PROMPT_CELLS,
     SpeedCalibration,
     TypeRate,
@@ -83,11 +84,11 @@ ATTENTION_GEN, ATTENTION_REPS = 8, 2
 # an MoE layer's experts in a batch run other kernels than a dense matrix's (ggml's mul_mat_id: each expert's
 # rows gathered and multiplied apart), for some types far slower (measured on AVX-512: Q4_K experts prefill at
 # 0.6x the dense rate), so each type's experts have their own probe: Qwen3-30B-A3B's expert matrices (2048 x 768),
-# 8 experts, 2 used, prefilled at 128 tokens, 32 an expert as Qwen3-30B-A3B's pp512 gives; attention small beside
-# them, no decode. (These zero-weight probes also ran twice as slow at 8 tokens an expert, for Q3_K; a
-# random-weight Qwen3-30B-A3B Q3_K_L only 1.15x, so the batch's split is not modelled.) Of its 4 layers, a prompt's
-# tokens run the experts of the first 3: the last layer's FFN works for the output token only.
-MOE_PROBE_SHAPE = {"n_layer": 4, "n_embd": 2048, "n_ff_exp": 768, "n_expert": 8, "n_expert_used": 2, "n_head": 4,
+# 32 experts of which 8 used, as every Qwen MoE routes (a probe of 8 experts, 2 used, ran non-repacked types 20-30 %
+# slower than Qwen3-30B-A3B's 128 at as many tokens an expert), prefilled at 128 tokens (32 an expert, as Qwen3-30B-
+# A3B's pp512 gives) and at 16 (4 an expert, as a short chat prompt gives). Of its 3 layers, a prompt's tokens run
+# the experts of the first 2: the last layer's FFN works for the output token only. Attention is small beside them.
+MOE_PROBE_SHAPE = {"n_layer": 3, "n_embd": 2048, "n_ff_exp": 768, "n_expert": 32, "n_expert_used": 8, "n_head": 4,
                    "n_head_kv": 1, "head_dim": 64}
 # the expert types measured: the presets' quantized ones. 16-bit MoE files (60 GB and up) run on a CPU rarely; their
 # experts take their dense rate scaled as the measured types' are
@@ -98,7 +99,7 @@ ROUNDS = 2
 # (480 MiB on the Xeon of issue 10): eight times that took 4 to 28 s of a calibration, page faults and all
 BANDWIDTH_BYTES, BANDWIDTH_TRIALS = (512 << 20, 1 << 30), 7
 SOLVE_ITERATIONS = 4
-CALIBRATION_FORMAT = "f9"  # what the probes measure and how: a calibration of another format is not this one
+CALIBRATION_FORMAT = "f10"  # what the probes measure and how: a calibration of another format is not this one
 OnProgress = Callable[[str, int, int], None]  # (what, done, total)
 PLAIN_SUFFIX = "-no-repack"
 
@@ -176,27 +177,35 @@ def _moe_probe(type_name: str, shape: dict[str, int]) -> _Probe:
                   f"-l{shape['n_layer']}", spec, TensorTable(tuple(tensors)), moe_type=type_name)
 
 
-def _expert_pp_rate(probe: _Probe, seconds: float, rates: dict[str, TypeRate], fallback: TypeRate) -> float:
-    """A type's experts' prefill rate from its probe: its prefill less the small dense part (attention, router) and
-    the output token's share, at the dense rates."""
-    experts_s = max(seconds - _dense_prefill_s(probe, rates, fallback), 0.5 * seconds)
+def _few_prompt(probe: _Probe) -> int:
+    """The prompt that gives each of an expert probe's experts EXPERT_BATCH_TOKENS[0] tokens (PROBE_PROMPT gives
+    them EXPERT_BATCH_TOKENS[1] in MOE_PROBE_SHAPE)."""
+    return EXPERT_BATCH_TOKENS[0] * probe.spec.n_expert // probe.spec.n_expert_used
+
+
+def _expert_pp_rate(probe: _Probe, seconds: float, rates: dict[str, TypeRate], fallback: TypeRate,
+                    n_prompt: int = PROBE_PROMPT) -> float:
+    """A type's experts' prefill rate from its probe's `seconds` a token of an n_prompt-token prompt: its prefill less
+    the small dense part (attention, router) and the output token's share, at the dense rates."""
+    experts_s = max(seconds - _dense_prefill_s(probe, rates, fallback, n_prompt), 0.5 * seconds)
     return prefill_bytes_per_token(probe.table, probe.spec.shape(), experts=True) / experts_s
 
 
-def _dense_prefill_s(probe: _Probe, rates: dict[str, TypeRate], fallback: TypeRate) -> float:
+def _dense_prefill_s(probe: _Probe, rates: dict[str, TypeRate], fallback: TypeRate,
+                     n_prompt: int = PROBE_PROMPT) -> float:
     """Seconds a prompt token spends in a probe outside its experts' batch work, at the measured dense rates: its
     other layers' tensors, and the output token's share of its prompt."""
     shape, tied = probe.spec.shape(), has_tied_output(probe.table)
     return (sum(prefill_token_bytes(t, shape, tied) / rates.get(t.type_name, fallback).pp_bytes_per_s
                 for t in probe.table.tensors if not t.is_expert)
-            + _output_token_s(probe, lambda name: rates.get(name, fallback)))
+            + _output_token_s(probe, lambda name: rates.get(name, fallback), n_prompt))
 
 
-def _output_token_s(probe: _Probe, rate_of: Callable[[str], TypeRate]) -> float:
+def _output_token_s(probe: _Probe, rate_of: Callable[[str], TypeRate], n_prompt: int = PROBE_PROMPT) -> float:
     """A probe's prompt's one output token's extra seconds (the output layer, the last FFN), per prompt token."""
     shape, tied = probe.spec.shape(), has_tied_output(probe.table)
     return sum(output_token_bytes(t, shape, tied) / rate_of(t.type_name).tg_bytes_per_s
-               for t in probe.table.tensors) / PROBE_PROMPT
+               for t in probe.table.tensors) / n_prompt
 
 
 def _attention_probe(n_head: int, n_head_kv: int, n_layer: int) -> _Probe:
@@ -252,11 +261,12 @@ def _probe_settings(probe: _Probe, n_threads: int, depths: tuple[int, ...] = (0,
     n_gen, repetitions = (PRECISE_GEN, PRECISE_REPS) if probe.precise else (PROBE_GEN, PROBE_REPS)
     if probe.attention:
         n_gen, repetitions = ATTENTION_GEN, ATTENTION_REPS
+    n_prompt = (PROBE_PROMPT,)
     if probe.moe_type:
-        n_gen = 0
+        n_gen, n_prompt = 0, (PROBE_PROMPT, _few_prompt(probe))
     # no warm-up: each probe is measured repetitions x rounds times and keeps its fastest, so the first
     # (cold) repetition never counts unless nothing else did better
-    return RunSettings(model_path=str(probe.path), n_prompt=(PROBE_PROMPT,), n_gen=(n_gen,), n_depth=depths,
+    return RunSettings(model_path=str(probe.path), n_prompt=n_prompt, n_gen=(n_gen,), n_depth=depths,
                        repetitions=repetitions, n_threads=n_threads, n_gpu_layers=0, ttft=False, warmup=False,
                        repack=not probe.plain)
 
@@ -385,6 +395,10 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
     recurrent_byte_s = max(0.0, best[hybrid.name][0] - best[dense.name][0] - extra_weights) / state_bytes
     plain_moe_pp_rates = {t: _expert_pp_rate(p, best[p.name][1], rates | plain_rates, reference)
                           for t, p in plain_moe_probes.items()}
+    moe_pp_rates_few = {p.moe_type: _expert_pp_rate(p, fastest[p.name][f"pp{_few_prompt(p)}"], rates, reference,
+                                                    _few_prompt(p)) for p in moe_probes}
+    plain_moe_pp_rates_few = {t: _expert_pp_rate(p, fastest[p.name][f"pp{_few_prompt(p)}"], rates | plain_rates,
+                                                 reference, _few_prompt(p)) for t, p in plain_moe_probes.items()}
     points = []
     for probe in attention:
         spec = probe.spec
@@ -405,6 +419,7 @@ def calibrate(machine: MachineInfo, n_threads: int, *, types: tuple[str, ...] = 
                                    datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                    round(time.monotonic() - started, 1), moe_pp_rates=moe_pp_rates,
                                    plain_rates=plain_rates, plain_moe_pp_rates=plain_moe_pp_rates,
+                                   moe_pp_rates_few=moe_pp_rates_few, plain_moe_pp_rates_few=plain_moe_pp_rates_few,
                                    recurrent_byte_s=recurrent_byte_s)
     data = read_json(_path())
     data[calibration.key] = calibration.to_json()

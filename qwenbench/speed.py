@@ -46,6 +46,10 @@ CALIBRATED_TYPES = ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4
 # Qwen3 tokenizer needs fewer, so real files come out a little faster)
 TTFT_PROMPT_TOKENS = 136
 PROBE_PROMPT_CELLS = 64  # the cells a calibration probe's pp128 tokens attend over, on average
+# tokens an MoE expert multiplies in a batch, at which calibration measures experts' prefill: a batch of n tokens
+# gives each expert n x used / experts, 32 in Qwen3-30B-A3B's pp512 (8 of 128), 16 in Qwen3.6-35B-A3B's (8 of
+# 256), 4-9 in their chat prompt's TTFT
+EXPERT_BATCH_TOKENS = (4, 32)
 # share of the spec bandwidth a GPU's decode reaches (llama.cpp on current NVIDIA cards); a spec-table figure
 GPU_DECODE_EFFICIENCY = 0.7
 
@@ -113,6 +117,11 @@ class SpeedCalibration:
     # dense type's is (on a Zen 4 EPYC VM a Qwen3-30B-A3B Q4_K_M twin prefilled 1.8x as fast unrepacked, 29 % beyond
     # that scaling)
     plain_moe_pp_rates: dict[str, float] = field(default_factory=dict)
+    # the same two at EXPERT_BATCH_TOKENS[0] tokens an expert, where moe_pp_rates are at EXPERT_BATCH_TOKENS[1]: an
+    # expert multiplying few tokens streams its matrix for each of them (on a Zen 4 EPYC VM non-repacked Q3_K and
+    # Q5_K experts ran 2-2.5x slower at 4 tokens an expert than at 32; repacked Q4_K's rate held). Empty: one rate
+    moe_pp_rates_few: dict[str, float] = field(default_factory=dict)
+    plain_moe_pp_rates_few: dict[str, float] = field(default_factory=dict)
     # a linear-attention layer's decode work (Gated DeltaNet: its state decayed, updated, read) per byte of its state,
     # a decoded token; 0: not measured (the state read and written back at the F32 rate stands in)
     recurrent_byte_s: float = 0.0
@@ -135,21 +144,34 @@ class SpeedCalibration:
         nearest = min(self.rates, key=lambda name: abs(bits_per_weight(name) - bits))
         return self.rates[nearest], False
 
-    def expert_pp_rate(self, type_name: str, repacked: bool = True) -> tuple[float, bool]:
-        """(prefill rate, measured here) for MoE experts of a weight type. An unmeasured type takes its dense rate
-        scaled as the measured types' experts are on the median; without any measured, its dense rate.
-        repacked=False: as measured without repacking, else the repacked experts' rate scaled as the type's dense rate
-        is without repacking."""
-        if not repacked and type_name in self.plain_moe_pp_rates:
-            return self.plain_moe_pp_rates[type_name], True
-        if type_name in self.moe_pp_rates:
+    def expert_pp_rate(self, type_name: str, repacked: bool = True,
+                       tokens_per_expert: float = 0.0) -> tuple[float, bool]:
+        """(prefill rate, measured here) for MoE experts of a weight type, each multiplying `tokens_per_expert`
+        tokens of a batch (0: as many as the calibration's probe, EXPERT_BATCH_TOKENS[1]): between the two measured
+        batches the rate interpolated in log2 of the tokens, beyond them the nearest's."""
+        many, measured = self._expert_rate(type_name, repacked, self.moe_pp_rates, self.plain_moe_pp_rates)
+        few_tokens, many_tokens = EXPERT_BATCH_TOKENS
+        if not self.moe_pp_rates_few or not tokens_per_expert or tokens_per_expert >= many_tokens:
+            return many, measured
+        few, _ = self._expert_rate(type_name, repacked, self.moe_pp_rates_few, self.plain_moe_pp_rates_few)
+        at = math.log2(max(tokens_per_expert, few_tokens) / few_tokens) / math.log2(many_tokens / few_tokens)
+        return few + (many - few) * at, measured
+
+    def _expert_rate(self, type_name: str, repacked: bool, rates: dict[str, float],
+                     plain_rates: dict[str, float]) -> tuple[float, bool]:
+        """(rate, measured here) of a type's experts from one batch size's measured `rates` (`plain_rates` without
+        repacking). An unmeasured type takes its dense rate scaled as the measured types' experts are on the median;
+        without any measured, its dense rate. repacked=False: as measured without repacking, else the repacked
+        experts' rate scaled as the type's dense rate is without repacking."""
+        if not repacked and type_name in plain_rates:
+            return plain_rates[type_name], True
+        if type_name in rates:
             if not repacked and type_name in self.plain_rates and type_name in self.rates:
                 scale = self.plain_rates[type_name].pp_bytes_per_s / self.rates[type_name].pp_bytes_per_s
-                return self.moe_pp_rates[type_name] * scale, True
-            return self.moe_pp_rates[type_name], True
+                return rates[type_name] * scale, True
+            return rates[type_name], True
         rate, _ = self.rate(type_name)
-        ratios = [expert / self.rates[name].pp_bytes_per_s for name, expert in self.moe_pp_rates.items()
-                  if name in self.rates]
+        ratios = [expert / self.rates[name].pp_bytes_per_s for name, expert in rates.items() if name in self.rates]
         return rate.pp_bytes_per_s * (statistics.median(ratios) if ratios else 1.0), False
 
     def attention_at(self, depth: float, gqa: float = 4.0) -> tuple[float, float]:
@@ -173,6 +195,8 @@ class SpeedCalibration:
                           for name, r in self.rates.items()},
                 "moe_pp_rates": dict(self.moe_pp_rates),
                 "plain_moe_pp_rates": dict(self.plain_moe_pp_rates),
+                "moe_pp_rates_few": dict(self.moe_pp_rates_few),
+                "plain_moe_pp_rates_few": dict(self.plain_moe_pp_rates_few),
                 "recurrent_byte_s": self.recurrent_byte_s,
                 "plain_rates": {name: {"tg_bytes_per_s": r.tg_bytes_per_s, "pp_bytes_per_s": r.pp_bytes_per_s}
                                 for name, r in self.plain_rates.items()}}
@@ -186,15 +210,15 @@ class SpeedCalibration:
             raise ValueError("a calibration without positive rates")
         attention = tuple((int(ratio), int(depth), float(tg), float(pp))
                           for ratio, depth, tg, pp in data.get("attention", ()))
-        moe_pp_rates, plain_moe_pp_rates = ({str(name): float(rate) for name, rate in data.get(key, {}).items()}
-                                             for key in ("moe_pp_rates", "plain_moe_pp_rates"))
-        if any(rate <= 0 for rate in (*moe_pp_rates.values(), *plain_moe_pp_rates.values())):
+        expert_rates = {key: {str(name): float(rate) for name, rate in data.get(key, {}).items()}
+                        for key in ("moe_pp_rates", "plain_moe_pp_rates", "moe_pp_rates_few", "plain_moe_pp_rates_few")}
+        if any(rate <= 0 for rates_of in expert_rates.values() for rate in rates_of.values()):
             raise ValueError("a calibration with a non-positive expert rate")
         return cls(str(data["key"]), rates, float(data["token_s"]), float(data["layer_s"]),
                    float(data.get("moe_layer_s", 0.0)), attention, float(data.get("spread", 0.0)),
                    float(data.get("ram_gbps", 0.0)), float(data.get("ram_spread", 0.0)),
                    str(data.get("measured_at", "")), float(data.get("wall_s", 0.0)), tuple(data.get("notes", ())),
-                   moe_pp_rates=moe_pp_rates, plain_rates=plain_rates, plain_moe_pp_rates=plain_moe_pp_rates,
+                   plain_rates=plain_rates, **expert_rates,
                    recurrent_byte_s=max(0.0, float(data.get("recurrent_byte_s", 0.0))))
 
 
@@ -368,6 +392,7 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
     output_host = 0.0  # seconds a prompt's output token costs on the host beyond its other tokens, once a prompt
     borrowed: set[str] = set()
     borrowed_experts: set[str] = set()  # MoE expert types whose prefill rate was not measured
+    expert_bytes: dict[tuple[str, bool], float] = {}  # the host's experts' prefill bytes a token, by (type, repacked)
     output_copy = tied_output_on_gpu(table, shape, config)
     for tensor in table.tensors:
         if not loaded(tensor, shape):
@@ -387,11 +412,10 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
             continue
         output_host += output_token_bytes(tensor, shape, tied_output) / rate.tg_bytes_per_s
         if tensor.is_expert and shape.n_expert:
-            expert_rate, expert_measured = calibration.expert_pp_rate(tensor.type_name, repacked)
-            if not expert_measured:
+            if not calibration.expert_pp_rate(tensor.type_name, repacked)[1]:
                 borrowed_experts.add(tensor.type_name)
             tg_host += tg_bytes / rate.tg_bytes_per_s
-            pp_host += pp_bytes / expert_rate
+            expert_bytes[tensor.type_name, repacked] = expert_bytes.get((tensor.type_name, repacked), 0.0) + pp_bytes
         else:
             tg_host += tg_bytes / rate.tg_bytes_per_s
             pp_host += pp_bytes / rate.pp_bytes_per_s
@@ -417,7 +441,12 @@ def predict_speed(table: TensorTable, shape: ModelShape, config: RunConfig, cali
         output token's share, and attention over the depth and, on average, half the prompt, less the half-prompt
         the probes' rates already hold (PROBE_PROMPT_CELLS)."""
         attended = at_depth + n_tokens / 2
-        return (pp_host + output_host / n_tokens
+        # each of a batch's experts multiplies its share of the batch's tokens, fewer than the probe's in short prompts
+        # and in models of many experts
+        per_expert = min(n_tokens, config.n_ubatch) * shape.n_expert_used / max(1, shape.n_expert)
+        experts_s = sum(n_bytes / calibration.expert_pp_rate(type_name, repacked, per_expert)[0]
+                        for (type_name, repacked), n_bytes in expert_bytes.items())
+        return (pp_host + experts_s + output_host / n_tokens
                 + attended_cells(shape, range(host_layers), max(0.0, attended - PROBE_PROMPT_CELLS)) * head_work
                 * calibration.attention_at(attended, gqa)[1])
 

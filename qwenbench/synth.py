@@ -8,6 +8,7 @@ as it would the real one, so its speed is the real file's speed.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ SYNTHETIC_KEY = "qwenbench.synthetic"
 ValueTypes = dict[str, tuple[int, int | None]]  # GGUF metadata key -> (value type, array item type)
 POOL_BYTES = 4 << 20  # per-type pool of random blocks, tiled across each tensor
 WRITE_CHUNK = 16 << 20
+EMBEDDING_GAIN = 16384.0  # an MoE model's token embeddings against its other weights (see _write_gguf)
 
 # f16 scale fields (byte offsets inside one block) of each block type
 _F16_SCALES: dict[GGMLQuantizationType, tuple[int, ...]] = {
@@ -54,21 +56,22 @@ def _small_normals(rng: np.random.Generator, n: int, low: float, high: float) ->
     return rng.uniform(low, high, n) * rng.choice((-1.0, 1.0), n)
 
 
-def random_blocks(ggml_type: GGMLQuantizationType, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
-    """n_blocks valid random blocks of a type, as a flat uint8 array."""
+def random_blocks(ggml_type: GGMLQuantizationType, n_blocks: int, rng: np.random.Generator,
+                  gain: float = 1.0) -> np.ndarray:
+    """n_blocks valid random blocks of a type, as a flat uint8 array; gain (a power of two) scales the weights."""
     block_bytes = GGML_QUANT_SIZES[ggml_type][1]
     if ggml_type == T.F32:
-        return _small_normals(rng, n_blocks, 1e-3, 5e-2).astype(np.float32).view(np.uint8)
+        return _small_normals(rng, n_blocks, 1e-3 * gain, 5e-2 * gain).astype(np.float32).view(np.uint8)
     if ggml_type == T.F16:
-        return _small_normals(rng, n_blocks, 1e-3, 5e-2).astype(np.float16).view(np.uint8)
+        return _small_normals(rng, n_blocks, 1e-3 * gain, 5e-2 * gain).astype(np.float16).view(np.uint8)
     if ggml_type == T.BF16:
-        as_f32 = _small_normals(rng, n_blocks, 1e-3, 5e-2).astype(np.float32)
+        as_f32 = _small_normals(rng, n_blocks, 1e-3 * gain, 5e-2 * gain).astype(np.float32)
         return (as_f32.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
     if ggml_type not in _F16_SCALES and ggml_type != T.MXFP4:
         raise ValueError(f"no synthetic writer for type {ggml_type.name}")
     blocks = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
     for offset in _F16_SCALES.get(ggml_type, ()):
-        scales = rng.uniform(1e-4, 5e-4, n_blocks).astype(np.float16)
+        scales = _small_normals(rng, n_blocks, 1e-4 * gain, 5e-4 * gain).astype(np.float16)
         blocks[:, offset:offset + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
     if ggml_type in _SMALL_SCALE_BYTES:
         start, length, mask = _SMALL_SCALE_BYTES[ggml_type]
@@ -79,7 +82,8 @@ def random_blocks(ggml_type: GGMLQuantizationType, n_blocks: int, rng: np.random
         blocks[:, 2:4] = 0xAA  # 6-bit sub-block scales 32..35, so (scale - 32) stays small
         blocks[:, 4:8] &= 0x33
     if ggml_type == T.MXFP4:
-        blocks[:, 0] = rng.integers(118, 124, size=n_blocks, dtype=np.uint8)  # E8M0 exponent: 2^-9..2^-4
+        shift = round(math.log2(gain))
+        blocks[:, 0] = rng.integers(118 + shift, 124 + shift, size=n_blocks, dtype=np.uint8)  # E8M0: 2^-9..2^-4
     return blocks.reshape(-1)
 
 
@@ -105,19 +109,19 @@ class _BlockPools:
 
     def __init__(self, rng: np.random.Generator) -> None:
         self._rng = rng
-        self._pools: dict[GGMLQuantizationType, np.ndarray] = {}
+        self._pools: dict[tuple[GGMLQuantizationType, float], np.ndarray] = {}
 
-    def get(self, ggml_type: GGMLQuantizationType) -> np.ndarray:
-        pool = self._pools.get(ggml_type)
+    def get(self, ggml_type: GGMLQuantizationType, gain: float = 1.0) -> np.ndarray:
+        pool = self._pools.get((ggml_type, gain))
         if pool is None:
             block_bytes = GGML_QUANT_SIZES[ggml_type][1]
-            pool = random_blocks(ggml_type, max(1, POOL_BYTES // block_bytes), self._rng)
-            self._pools[ggml_type] = pool
+            pool = random_blocks(ggml_type, max(1, POOL_BYTES // block_bytes), self._rng, gain)
+            self._pools[(ggml_type, gain)] = pool
         return pool
 
 
 def _write_tensor(out, tensor: TensorInfo, pools: _BlockPools, rng: np.random.Generator,
-                  progress: Callable[[int], None], zero: bool = False) -> None:
+                  progress: Callable[[int], None], zero: bool = False, gain: float = 1.0) -> None:
     ggml_type = GGMLQuantizationType(tensor.ggml_type)
     special = _special_f32(tensor.name, tensor.n_elements, rng) if ggml_type == T.F32 else None
     if ggml_type == T.F32 and tensor.name.endswith("norm.weight"):
@@ -130,7 +134,7 @@ def _write_tensor(out, tensor: TensorInfo, pools: _BlockPools, rng: np.random.Ge
         out.seek(tensor.n_bytes, os.SEEK_CUR)
         progress(tensor.n_bytes)
         return
-    pool = memoryview(pools.get(ggml_type))
+    pool = memoryview(pools.get(ggml_type, gain))
     block_bytes = GGML_QUANT_SIZES[ggml_type][1]
     remaining = tensor.n_bytes
     # start each tensor at a different block of the pool so tensors do not repeat each other
@@ -265,12 +269,20 @@ def _write_gguf(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None
         out = writer.fout[0]
         writer.write_padding(out, out.tell())
         pools = _BlockPools(rng)
-        # an MoE model of zeros would send every token to the same experts (zero embeddings, zero router logits):
-        # its embeddings and routers stay random, so tokens spread over the experts as they do in a real model
-        routing = {"token_embd.weight"} if any(t.is_expert for t in table.tensors) else set()
+        # an MoE model's speed depends on how its tokens spread over the experts: a trained model's router spreads
+        # them (a 512-token batch touches nearly all of them), each expert then multiplying a few tokens. Zeros
+        # would send every token to the same experts (zero embeddings, zero router logits), so an MoE model's
+        # embeddings and routers stay random; and random layers of the embeddings' scale would let what every token
+        # shares (attention's average over the context) outgrow each token's own embedding in the residual stream
+        # within a layer or two, so tokens would again pick the same experts (measured: a Qwen3-30B-A3B twin then
+        # prefilled 1.5x as fast as with the tokens spread). Its embeddings are written EMBEDDING_GAIN times
+        # larger, so the residual stays the token's and routing follows the token.
+        moe = any(t.is_expert for t in table.tensors)
         for tensor in table.tensors:
-            keep_random = tensor.name in routing or "ffn_gate_inp" in tensor.name
-            _write_tensor(out, tensor, pools, rng, progress, zero_weights and not keep_random)
+            embedding = moe and tensor.name == "token_embd.weight"
+            keep_random = embedding or "ffn_gate_inp" in tensor.name
+            _write_tensor(out, tensor, pools, rng, progress, zero_weights and not keep_random,
+                          EMBEDDING_GAIN if embedding else 1.0)
             writer.write_padding(out, tensor.n_bytes)
         out.truncate(out.tell())  # a file ending in a hole is as long as its tensors
         writer.close()

@@ -4,6 +4,7 @@ machine, build, backend and thread count; a damaged cache is a note and a fresh 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,14 @@ from qwenbench.network import Link, network_cost
 from qwenbench.recipe import tensor_table
 from qwenbench.results import read_records
 from qwenbench.runspec import RunSettings
-from qwenbench.speed import SpeedCalibration, SpeedObservation, TypeRate, predict_speed, refine_from
+from qwenbench.speed import (
+    EXPERT_BATCH_TOKENS,
+    SpeedCalibration,
+    SpeedObservation,
+    TypeRate,
+    predict_speed,
+    refine_from,
+)
 from qwenbench.tensors import TensorInfo
 
 from .conftest import run_cli
@@ -148,6 +156,9 @@ def test_calibration_through_llama_cpp_is_cached_per_key(tmp_path: Path, tiny_de
     assert set(calibration.moe_pp_rates) == {"Q4_0"} and calibration.moe_pp_rates["Q4_0"] > 1e8
     assert set(calibration.plain_moe_pp_rates) == set(calibration.plain_rates)  # and without repacking, where so
     assert all(rate > 1e8 for rate in calibration.plain_moe_pp_rates.values())
+    # and at a batch that gives each expert few tokens, as a short prompt does
+    assert set(calibration.moe_pp_rates_few) == {"Q4_0"} and calibration.moe_pp_rates_few["Q4_0"] > 1e8
+    assert set(calibration.plain_moe_pp_rates_few) == set(calibration.plain_moe_pp_rates)
     assert calibration.recurrent_byte_s > 0  # a linear-attention layer's work per byte of state (tiny hybrid probe)
     assert all(r.tg_bytes_per_s > 1e8 and r.pp_bytes_per_s > 1e8 for r in calibration.rates.values())
     assert calibration.token_s >= 0 and calibration.layer_s >= 0 and seen[-1] == "done"
@@ -338,3 +349,34 @@ def test_a_hybrid_attends_in_its_attention_layers_only_and_carries_its_state() -
                         calibration, depth=4096)
     assert spec.shape(mtp=True).n_layer == 33
     assert (mtp.tg_ts, mtp.pp_ts, mtp.ttft_ms) == pytest.approx((deep.tg_ts, deep.pp_ts, deep.ttft_ms))
+
+
+def test_experts_multiplying_fewer_tokens_prefill_at_the_interpolated_rate() -> None:
+    """Between the two batch sizes calibration measures experts at, the rate interpolates in log2 of the tokens an
+    expert multiplies; beyond them it is the nearest's. A model's prompt gives its experts prompt x used / experts."""
+    few_tokens, many_tokens = EXPERT_BATCH_TOKENS
+    dense = _calibration(Q4_K=(10, 100), Q6_K=(10, 100), Q8_0=(10, 100), F32=(10, 100), F16=(10, 100))
+    calibration = replace(dense, moe_pp_rates={"Q4_K": 50 * GB, "Q6_K": 40 * GB},
+                          moe_pp_rates_few={"Q4_K": 20 * GB, "Q6_K": 10 * GB})
+    assert calibration.expert_pp_rate("Q4_K", tokens_per_expert=many_tokens) == (50 * GB, True)
+    assert calibration.expert_pp_rate("Q4_K", tokens_per_expert=few_tokens) == (pytest.approx(20 * GB), True)
+    middle = math.sqrt(few_tokens * many_tokens)
+    assert calibration.expert_pp_rate("Q4_K", tokens_per_expert=middle)[0] == pytest.approx(35 * GB)
+    assert calibration.expert_pp_rate("Q4_K", tokens_per_expert=1)[0] == pytest.approx(20 * GB)
+    assert calibration.expert_pp_rate("Q4_K", tokens_per_expert=512)[0] == pytest.approx(50 * GB)
+    assert calibration.expert_pp_rate("Q4_K")[0] == pytest.approx(50 * GB)  # unsaid: the probe's own batch
+    # an unmeasured type scales its dense rate as the measured ones' experts are, at each batch size
+    assert calibration.expert_pp_rate("Q8_0", tokens_per_expert=few_tokens) == (
+        pytest.approx(100e9 * statistics.median([0.2, 0.1])), False)
+    spec = get_model("qwen3-30b-a3b")  # 8 experts of 128 a token
+    table, shape, config = tensor_table(spec, "Q4_K_M"), spec.shape(), RunConfig(n_ctx=4096)
+    flat = predict_speed(table, shape, config, replace(calibration, moe_pp_rates_few={}))
+    split = predict_speed(table, shape, config, calibration)
+    assert split.pp_ts == pytest.approx(flat.pp_ts)  # pp512: 32 tokens an expert, the probe's
+    experts = {t: sum(x.n_bytes for x in table.tensors if x.is_expert and x.type_name == t and x.layer != 47) / 16
+               for t in ("Q4_K", "Q6_K")}  # a prompt token's share (8 of 128) of every layer's but the last
+    per_expert = 136 * 8 / 128
+    extra = sum(n / calibration.expert_pp_rate(t, tokens_per_expert=per_expert)[0] - n / (rate * GB)
+                for (t, n), rate in zip(experts.items(), (50, 40), strict=True))
+    assert split.ttft_ms - flat.ttft_ms == pytest.approx(136 * extra * 1e3)
+    assert SpeedCalibration.from_json(calibration.to_json()) == calibration
