@@ -213,6 +213,11 @@ def test_plan_of_a_file_shows_its_measured_kld_over_the_prior_and_max_kld_follow
     over = plan_json("--gguf", str(tiny_dense), "--max-kld", "0.02", cwd=tmp_path)
     assert over["fits"] is False and over["max_kld"] == 0.02
     assert "Q4_K_M skipped: KLD 0.0313 over --max-kld 0.02 (prior, LLaMA-3-8B)" in over["reasons"]
+    said = run_cli("plan", "--no-calibrate", "--ctx", "512", "--gguf", str(tiny_dense), "--max-kld", "0.02",
+                   cwd=tmp_path)
+    assert said.returncode == 0 and "nothing within --max-kld 0.02 fits this machine" in said.stdout
+    assert_refused(run_cli("plan", "--no-calibrate", "--gguf", str(tiny_dense), "--max-kld", "0.02", "--export",
+                           "ollama", cwd=tmp_path), "nothing within --max-kld 0.02 fits", "no plan to export")
 
     # `qwenbench quality --gguf` hashed the file (cached) and wrote its row to the default results file
     digest = file_sha256(tiny_dense)

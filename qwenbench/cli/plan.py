@@ -359,7 +359,10 @@ def plan_command(
                   markup=False, highlight=False)
     choice = plan.choice
     offloaded = "on the workers" if any(gpu.vendor == "rpc" for gpu in machine.hardware.gpus) else "VRAM"
-    if choice is None:
+    if choice is None and max_kld is not None and any(p.fits for p in plan.evaluated):
+        out.print(f"[red]{escape(name)}: nothing within --max-kld {max_kld:g} fits this machine at {ctx} tokens of "
+                  "context[/red]")
+    elif choice is None:
         out.print(f"[red]{escape(name)}: nothing fits this machine at {ctx} tokens of context[/red]")
     else:
         where = ("CPU" if not choice.n_gpu_layers else f"-ngl {choice.n_gpu_layers}" + (
@@ -463,7 +466,8 @@ def _export_plan(target: str, path: Path | None, plan: Any, gguf: Path | None, m
 
     choice = plan.choice
     if choice is None:
-        raise UsageError(f"{plan.model}: nothing fits this machine, so there is no plan to export",
+        raise UsageError(f"{plan.model}: {plan.reasons[0] if plan.reasons else 'nothing fits this machine'}, so "
+                         "there is no plan to export",
                          hint="`qwenbench plan` without --export says what would fit")
     if gguf is not None:
         where = ModelSource(path=str(gguf), ollama=ollama)
