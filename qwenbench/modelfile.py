@@ -108,6 +108,16 @@ def remember_sha256(path: Path, digest: str) -> None:
     write_json(cache_file, cache)
 
 
+def cached_sha256(path: Path) -> str:
+    """A file's SHA-256 where file_sha256 hashed it before (same path, size and mtime), else "": never reads the
+    file, so a plan can name a 16 GB model's measurements without hashing it."""
+    try:
+        cache_file, key = _sha_cache_key(Path(path).resolve())
+    except OSError:
+        return ""
+    return str(read_json(cache_file).get(key, ""))
+
+
 def file_sha256(path: Path, on_progress: Callable[[int, int], None] | None = None) -> str:
     """SHA-256 of a file, cached by (path, size, mtime) so a 16 GB model is hashed once."""
     path = Path(path).resolve()

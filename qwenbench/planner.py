@@ -7,6 +7,7 @@ Glue between the probe (Hardware), the GGUF header or catalog recipe, and the pu
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +23,7 @@ from .fit import (
 from .network import Link
 from .probe import GpuInfo, Hardware
 from .probe.backends import BUILDS, build_for_gpu
+from .qualityprior import QualityFigure, dynamic_base
 from .runspec import RunSettings
 from .speed import SpeedCalibration, predict_speed, wire_seconds
 from .tensors import TensorTable
@@ -137,8 +139,9 @@ def fit_problems(estimate: MemoryEstimate, hardware: Hardware, devices: tuple[Gp
 
 # ------------------------------------------------------------------------------------------- planning
 
-# quality order, best first; a plan never goes below Q4-class while a Q4-class quant fits
-QUALITY_ORDER = ("BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "IQ4_XS",
+# quality order, best first: the tie-break after the mean KLD (qualityprior.py), and the order of quants without
+# a figure; a plan never goes below Q4-class while a Q4-class quant fits (unless --max-kld sets the floor)
+QUALITY_ORDER = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "IQ4_XS",
                  "Q4_1", "Q4_0", "IQ4_NL", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
 Q4_CLASS_FLOOR = QUALITY_ORDER.index("Q4_0")
 DEFAULT_CANDIDATES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "Q3_K_L", "Q3_K_M", "Q2_K")
@@ -163,7 +166,7 @@ def quality_rank(quant: str) -> float:
     name = quant.upper()
     if name in QUALITY_ORDER:
         return float(QUALITY_ORDER.index(name))
-    base = name.removeprefix("UD-").replace("_XL", "_M").replace("_XXS", "_S")
+    base = dynamic_base(name)
     if base in QUALITY_ORDER:
         return QUALITY_ORDER.index(base) - 0.5
     return float(len(QUALITY_ORDER))
@@ -205,6 +208,7 @@ class Placement:
     device_bytes: tuple[int, ...] = ()  # predicted_vram_bytes device by device
     predicted_network_ms: float = 0.0  # of each decoded token's time, on the links to RPC workers (network.py)
     repack: bool = True  # the CPU backend's repacked weight copies; False: without them (-nr), where that is faster
+    quality: QualityFigure | None = None  # the quant's mean KLD and where it comes from; None: not looked up
 
     def to_json(self) -> dict[str, Any]:
         return {"quant": self.quant, "n_gpu_layers": self.n_gpu_layers, "n_cpu_moe": self.n_cpu_moe,
@@ -217,7 +221,8 @@ class Placement:
                 "speed_source": self.speed_source, "speed_uncertainty": round(self.speed_uncertainty, 3),
                 "use_mmap": self.use_mmap, "tensor_split": list(self.tensor_split),
                 "device_bytes": list(self.device_bytes), "predicted_network_ms": round(self.predicted_network_ms, 3),
-                "repack": self.repack, "problems": list(self.problems)}
+                "repack": self.repack, "problems": list(self.problems),
+                "quality": self.quality.to_json() if self.quality is not None else None}
 
 
 @dataclass(frozen=True)
@@ -342,38 +347,107 @@ def _better(a: Placement, b: Placement) -> bool:
             < b.predicted_host_required_bytes + b.predicted_vram_bytes)
 
 
-def choose(model: str, placements: list[Placement], min_tg: float, device: str = "the GPU") -> Plan:
-    """Quality first: the best quant that fits at a usable speed, never below Q4-class while one fits."""
-    ranked = sorted(placements, key=lambda p: quality_rank(p.quant))
-    fitting = [p for p in ranked if p.fits]
+def quality_key(placement: Placement) -> tuple[float, float]:
+    """Rank by quality, best first: the mean KLD (measured for this model, else the published prior), then
+    QUALITY_ORDER, which breaks ties (F32 and BF16 both 0; a dynamic mix given its base's prior) and orders the
+    quants without a figure, after every quant with one."""
+    figure = placement.quality
+    kld = figure.kld if figure is not None and figure.kld is not None else math.inf
+    return kld, quality_rank(placement.quant)
+
+
+def kld_words(placement: Placement) -> str:
+    """'mean KLD 0.0313, prior (LLaMA-3-8B)'; empty where no figure is known."""
+    figure = placement.quality
+    if figure is None or figure.kld is None:
+        return ""
+    return f"mean KLD {figure.kld:.3g}, {figure.label}"
+
+
+def within_max_kld(placement: Placement, max_kld: float | None) -> bool:
+    """Whether a quant may be chosen under --max-kld: its KLD known and at most the limit (a quant whose loss is
+    not known cannot be shown to be within it)."""
+    if max_kld is None:
+        return True
+    figure = placement.quality
+    return figure is not None and figure.kld is not None and figure.kld <= max_kld
+
+
+def _kld_skip(placement: Placement, max_kld: float) -> str:
+    figure = placement.quality
+    if figure is None or figure.kld is None:
+        return (f"{placement.quant} skipped: no KLD known for it to hold to --max-kld {max_kld:g} "
+                "(`qwenbench quality` measures it)")
+    where = f"{figure.source}, {figure.detail}" if figure.detail else figure.source
+    return f"{placement.quant} skipped: KLD {figure.kld:.3g} over --max-kld {max_kld:g} ({where})"
+
+
+def _sources_note(placements: list[Placement]) -> list[str]:
+    """Where measured and published figures are ranked together: they are not of the same model, corpus or
+    reference, so the order between the two kinds is the weakest part of the plan."""
+    sources = {p.quant: p.quality for p in placements if p.quality is not None}
+    measured = [quant for quant, figure in sources.items() if figure.source == "measured"]
+    prior = [figure.detail.split(",")[0] for figure in sources.values() if figure.source == "prior"]
+    if not measured or not prior:
+        return []
+    return [f"quality measured for this model at {', '.join(measured)}; the others ranked by the published "
+            f"figures of {prior[0]}, which a model can differ from by 2-4x: measure them together "
+            "(`qwenbench quality`) for a like-for-like order"]
+
+
+def choose(model: str, placements: list[Placement], min_tg: float, device: str = "the GPU",
+           max_kld: float | None = None) -> Plan:
+    """Quality first: the best quant (lowest mean KLD) that fits at a usable speed, never below Q4-class while one
+    fits. max_kld: the user's quality floor instead of Q4-class; quants over it (or without a figure) are left out."""
+    ranked = sorted(placements, key=quality_key)
+    allowed = [p for p in ranked if within_max_kld(p, max_kld)]
+    skipped = [_kld_skip(p, max_kld) for p in ranked if max_kld is not None and p not in allowed]
+    q4_floor = max_kld is None  # --max-kld is the floor the user set
+    fitting = [p for p in allowed if p.fits]
     usable = [p for p in fitting if p.predicted_tg_ts >= min_tg]
     reasons: list[str] = []
     choice: Placement | None = None
+
+    def quality(p: Placement) -> str:
+        words = kld_words(p)
+        return f"; {words}" if words else ""
+
     if usable:
         choice = usable[0]
         reasons.append(f"{choice.quant} is the highest-quality quant that fits and reaches {min_tg:g} t/s "
-                       f"(predicted {choice.predicted_tg_ts:.1f} t/s)")
-        better = [p for p in fitting if quality_rank(p.quant) < quality_rank(choice.quant)]
+                       f"(predicted {choice.predicted_tg_ts:.1f} t/s{quality(choice)})")
+        better = [p for p in fitting if quality_key(p) < quality_key(choice)]
         if better:
             reasons.append(f"{better[-1].quant} also fits but is predicted at {better[-1].predicted_tg_ts:.1f} t/s, "
                            f"under the {min_tg:g} t/s floor")
         q4_fitting = [p for p in fitting if quality_rank(p.quant) <= Q4_CLASS_FLOOR]
-        if quality_rank(choice.quant) > Q4_CLASS_FLOOR and q4_fitting:
+        # below Q4-class: below every Q4-class quant that fits, by name and by figure (a measured KLD that ranks a
+        # Q3 above a Q4 has the last word)
+        below = quality_rank(choice.quant) > Q4_CLASS_FLOOR and all(quality_key(p) < quality_key(choice)
+                                                                     for p in q4_fitting)
+        if q4_floor and below and q4_fitting:
             choice = q4_fitting[-1]
             reasons.append(f"kept at {choice.quant}: below Q4-class quality suffers more than speed gains "
                            f"(predicted {choice.predicted_tg_ts:.1f} t/s, under the floor)")
     elif fitting:
         # speed is what binds: the fastest that fits, but not below Q4-class while one of those fits
-        q4_fitting = [p for p in fitting if quality_rank(p.quant) <= Q4_CLASS_FLOOR]
+        q4_fitting = [p for p in fitting if quality_rank(p.quant) <= Q4_CLASS_FLOOR] if q4_floor else []
         choice = max(q4_fitting or fitting, key=lambda p: p.predicted_tg_ts)
         reasons.append(f"nothing reaches {min_tg:g} t/s; {choice.quant} is the fastest quant that fits"
                        + (" at Q4-class quality or better" if q4_fitting else "")
-                       + f" (predicted {choice.predicted_tg_ts:.1f} t/s)")
+                       + (f" within --max-kld {max_kld:g}" if max_kld is not None else "")
+                       + f" (predicted {choice.predicted_tg_ts:.1f} t/s{quality(choice)})")
+    elif max_kld is not None and any(p.fits for p in ranked):
+        best = next(p for p in ranked if p.fits)
+        reasons.append(f"nothing within --max-kld {max_kld:g} fits: the best quant that fits is {best.quant}"
+                       + (f" ({kld_words(best)})" if kld_words(best) else " (no KLD known)"))
     else:
-        smallest = ranked[-1] if ranked else None
+        smallest = (allowed or ranked)[-1] if ranked else None
         if smallest is not None:
             reasons.append(f"nothing fits: even {smallest.quant} {'; '.join(smallest.problems)}")
+    reasons += skipped
     if choice is not None:
+        reasons += _sources_note(ranked)
         if choice.n_cpu_moe:
             reasons.append(f"all layers on {device} with the experts of the first {choice.n_cpu_moe} layers in RAM: "
                            f"attention and the dense part stay on {device}, which beats offloading fewer layers")
@@ -500,15 +574,22 @@ def what_would_fit(quant: str, table: TensorTable, shape: ModelShape, hardware: 
 
 def plan_quants(name: str, tables: dict[str, TensorTable], shape: ModelShape, hardware: Hardware, n_ctx: int,
                 calibration: Calibration, min_tg: float, pinned_quant: str | None = None,
-                speed: SpeedCalibration | None = None) -> Plan:
-    """The plan across the given quants' tensor tables; a pinned quant is kept, with what the planner would pick."""
-    placements = [best_placement(q, table, shape, hardware, n_ctx, calibration, speed=speed)
-                  for q, table in tables.items()]
-    plan = choose(name, placements, min_tg, offload_words(hardware))
+                speed: SpeedCalibration | None = None, quality: Mapping[str, QualityFigure] | None = None,
+                max_kld: float | None = None) -> Plan:
+    """The plan across the given quants' tensor tables; a pinned quant is kept, with what the planner would pick.
+    quality: each quant's mean KLD (qualityprior.quality_figures), which ranks them; max_kld: the most it may be."""
+    quality = quality or {}
+    placements = [replace(best_placement(q, table, shape, hardware, n_ctx, calibration, speed=speed),
+                          quality=quality.get(q)) for q, table in tables.items()]
+    plan = choose(name, placements, min_tg, offload_words(hardware), max_kld)
     split = split_reasons(plan.choice, offload_devices(hardware)) if plan.choice is not None else []
     plan = replace(plan, reasons=(*plan.reasons, *split, *colocation_note(offload_devices(hardware))))
     if plan.choice is None:
-        smallest = min(tables, key=lambda q: tables[q].n_bytes)
+        # what would fit of the quants --max-kld allows; none allowed: the limit, not memory, is what binds
+        allowed = [p.quant for p in placements if within_max_kld(p, max_kld)]
+        if not allowed:
+            return plan
+        smallest = min(allowed, key=lambda q: tables[q].n_bytes)
         hints = what_would_fit(smallest, tables[smallest], shape, hardware, n_ctx, calibration)
         return replace(plan, reasons=(*plan.reasons, *hints))
     if pinned_quant is not None and plan.choice.quant != pinned_quant:

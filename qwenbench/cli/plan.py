@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ from ..runspec import MAX_THREADS
 if TYPE_CHECKING:
     from ..catalog import ModelSpec
     from ..fit import ModelShape
+    from ..machine import MachineInfo
+    from ..qualityprior import ModelMatch, QualityFigure
 from .common import (
     CALIBRATE_OPTION,
     OLLAMA_OPTION,
@@ -178,6 +181,45 @@ def calibrate_command(
 # ------------------------------------------------------------------------------------------- plan
 
 
+def _max_kld_option(value: float | None) -> float | None:
+    """--max-kld: a mean KLD in nats, finite and >= 0 (click's FloatRange lets nan through)."""
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise typer.BadParameter(f"must be a finite number >= 0, got {value}; a mean KL divergence in nats per "
+                                 "token, e.g. --max-kld 0.05 (Q4_K_M's published figure is 0.031)")
+    return value
+
+
+def _plan_quality(quants: list[str], match: ModelMatch, files: list[Path],
+                  machine: MachineInfo) -> tuple[dict[str, QualityFigure], list[str], list[str]]:
+    """Each quant's quality figure for the plan, the results files its measurements were read from, and notes.
+
+    Measured rows come from --quality-from, or else the file `qwenbench quality` writes by default
+    (results/<host>.csv, where the command runs), when it exists; a default file that cannot be read is a note,
+    a named one an error. The rest is the published prior (configs/quant_quality.toml)."""
+    from ..catalog import config_dir
+    from ..errors import QwenbenchError
+    from ..paths import default_results_path
+    from ..qualityprior import PRIORS_FILE, load_priors, measured_figures, quality_figures
+    from ..results import read_records
+
+    priors = load_priors(config_dir() / PRIORS_FILE)
+    named = bool(files)
+    paths = files or [path for path in [default_results_path(machine.hostname)] if path.is_file()]
+    rows: list[dict[str, Any]] = []
+    read: list[str] = []
+    notes: list[str] = []
+    for path in paths:
+        try:
+            rows += read_records(path)
+        except QwenbenchError as exc:
+            if named:
+                raise
+            notes.append(f"measured quality not read from {path}: {exc}")
+            continue
+        read.append(str(path))
+    return quality_figures(quants, priors, measured_figures(rows, match)), read, notes
+
+
 @app.command("plan")
 def plan_command(
     model: str | None = typer.Option(None, "--model", "-m", help="Catalog model key, e.g. qwen3-30b-a3b."),
@@ -188,6 +230,15 @@ def plan_command(
     ctx: int = typer.Option(4096, "--ctx", "-c", help="Context size to plan for."),
     min_tg: float = typer.Option(5.0, "--min-tg", callback=_finite(0, strict=False),
                                  help="Slowest generation speed (t/s) still usable."),
+    max_kld: float | None = typer.Option(None, "--max-kld", callback=_max_kld_option, metavar="KLD",
+                                         help="Most quality loss accepted: mean KL divergence (nats per token) from "
+                                              "full precision, e.g. 0.05. Quants over it, or without a figure, are "
+                                              "left out; it replaces the Q4-class floor."),
+    quality_from: list[Path] = typer.Option([], "--quality-from", exists=True, dir_okay=False, metavar="CSV",
+                                            help="Results files to take this model's measured KLD from (`qwenbench "
+                                                 "quality` rows; repeatable) [results/<host>.csv here, where "
+                                                 "quality writes]. A quant not measured takes its published "
+                                                 "prior (configs/quant_quality.toml)."),
     repo: str | None = typer.Option(None, "--repo", help="Read the headers from this repo, not the catalog's list."),
     revision: str | None = typer.Option(None, "--revision", help="A branch, tag or commit to pin."),
     offline: bool = typer.Option(False, "--offline", help="Plan from the catalog's recipe, without the Hub."),
@@ -208,6 +259,10 @@ def plan_command(
     """Choose the quant and GPU offload (layers, MoE experts in RAM, KV type) that fit this machine and
     decode fastest, from exact tensor sizes: quality first, never below Q4-class while one fits.
 
+    Quality is each quant's mean KL divergence from full precision: this model's own where `qwenbench quality`
+    measured it (the latest row per quant in --quality-from, or results/<host>.csv), else the published figure of
+    its type (LLaMA-3-8B, configs/quant_quality.toml); the quality column says which.
+
     With --model, the tensor tables come from the headers of the files the Hub publishes, read with
     range requests (a few MB per file, cached), so nothing is downloaded to plan; offline, or when the
     Hub cannot be reached, from the catalog's recipe of llama-quantize's rules."""
@@ -222,15 +277,18 @@ def plan_command(
     from ..hub import offline_mode
     from ..hubheader import plan_tables
     from ..machine import describe_machine
+    from ..modelfile import cached_sha256
     from ..planner import (
         as_if_built_for,
         candidate_quants,
         idle_gpu_build,
+        kld_words,
         offload_devices,
         plan_quants,
         usable_gpu,
     )
     from ..probe.backends import BUILDS, install_command
+    from ..qualityprior import ModelMatch
     from ..rpc import parse_endpoints
 
     if ctx < 1:
@@ -262,6 +320,7 @@ def plan_command(
     if gguf is not None:
         header = read_model_header(gguf)
         name, shape, tables = label or gguf.name, header.shape(), {header.quant: header.table}
+        match = ModelMatch(sha256=cached_sha256(gguf), filename=gguf.name, size=header.table.n_bytes)
     else:
         spec = get_model(model or "")
         with err.status("reading GGUF headers from the Hub") as status:
@@ -269,14 +328,16 @@ def plan_command(
                                 offline=offline_mode(offline), source=model_source,
                                 on_quant=lambda q, i, n: status.update(f"reading the {q} header ({i}/{n})"))
         name, shape, tables = spec.key, found.shape, found.tables
+        match = ModelMatch(model_key=spec.key)
         source = {"source": found.source, "notes": list(found.notes),
                   "header_bytes_fetched": sum(h.fetched_bytes for h in found.remote.values()),
                   "files": {q: {"repo": h.resolved.repo, "revision": h.resolved.revision,
                                 "source": h.resolved.source,
                                 "paths": [f.path for f in h.resolved.files], "size": h.resolved.size,
                                 "header_bytes_fetched": h.fetched_bytes} for q, h in found.remote.items()}}
+    quality, quality_read, quality_notes = _plan_quality(list(tables), match, quality_from, machine)
     plan = plan_quants(name, tables, shape, machine.hardware, ctx, calibration, min_tg,
-                       wanted if gguf is None else None, speed=speed)
+                       wanted if gguf is None else None, speed=speed, quality=quality, max_kld=max_kld)
     if export is not None:
         _export_plan(export, export_out, plan, gguf, model, source, shape.n_layer, machine.n_cpu_physical,
                      label.removeprefix("ollama:"))
@@ -284,11 +345,13 @@ def plan_command(
     # a GPU this install cannot drive: the plan its build would give, beside this install's
     other = idle_gpu_build(machine.hardware) if backend is None else None
     alternative = (plan_quants(name, tables, shape, as_if_built_for(machine.hardware, other), ctx, calibration,
-                               min_tg, wanted if gguf is None else None, speed=speed) if other else None)
+                               min_tg, wanted if gguf is None else None, speed=speed, quality=quality,
+                               max_kld=max_kld) if other else None)
     if as_json:
         extra = ({"with_backend": {"backend": other, "install": install_command(other), **alternative.to_json()}}
                  if other and alternative is not None else {})
-        out.print_json(json.dumps({**plan.to_json(), **source, **as_if, **extra}))
+        measured = {"max_kld": max_kld, "quality_from": quality_read, "quality_notes": quality_notes}
+        out.print_json(json.dumps({**plan.to_json(), **source, **as_if, **extra, **measured}))
         return
     if as_if:
         out.print(f"planned as if llama-cpp-python were built for {backend} (this one is built for "
@@ -296,7 +359,10 @@ def plan_command(
                   markup=False, highlight=False)
     choice = plan.choice
     offloaded = "on the workers" if any(gpu.vendor == "rpc" for gpu in machine.hardware.gpus) else "VRAM"
-    if choice is None:
+    if choice is None and max_kld is not None and any(p.fits for p in plan.evaluated):
+        out.print(f"[red]{escape(name)}: nothing within --max-kld {max_kld:g} fits this machine at {ctx} tokens of "
+                  "context[/red]")
+    elif choice is None:
         out.print(f"[red]{escape(name)}: nothing fits this machine at {ctx} tokens of context[/red]")
     else:
         where = ("CPU" if not choice.n_gpu_layers else f"-ngl {choice.n_gpu_layers}" + (
@@ -305,7 +371,8 @@ def plan_command(
         out.print(f"[bold]{escape(name)}: {escape(choice.quant)}[/bold], {where}, KV {choice.type_k}, context {ctx}: "
                   f"host {_bytes(choice.predicted_host_required_bytes)}, {offloaded} "
                   f"{_bytes(choice.predicted_vram_bytes)}, "
-                  f"about {choice.predicted_tg_ts:.1f} t/s generation")
+                  f"about {choice.predicted_tg_ts:.1f} t/s generation"
+                  + (f"; {escape(kld_words(choice))}" if kld_words(choice) else ""))
         devices = offload_devices(machine.hardware)
         if any(gpu.vendor == "rpc" for gpu in devices) and choice.n_gpu_layers:
             per_device = ", ".join(f"{gpu.name} {_bytes(size)}" for gpu, size in
@@ -340,12 +407,12 @@ def plan_command(
                   f"{f', {fetched / size:.2%} of {_bytes(size)}' if fetched else ''}): "
                   + escape(", ".join(f"{q} {'' if f['source'] == 'hf' else f['source'] + ':'}{f['repo']}"
                                      for q, f in source["files"].items())) + "[/dim]")
-    for note in source.get("notes", ()):
+    for note in (*source.get("notes", ()), *quality_notes):
         out.print(f"[dim]note:[/dim] {escape(note)}")
     table = Table(title=f"every quant's best placement on this machine ({calibration.source} calibration)")
     networked = any(p.predicted_network_ms for p in plan.evaluated)
     for column in ("quant", "fits", "placement", "KV", "host need", "peak RSS", offloaded, "tg t/s", "pp512 t/s",
-                   *(("network ms/token",) if networked else ())):
+                   *(("network ms/token",) if networked else ()), "mean KLD", "KLD from"):
         table.add_column(column)
     for p in plan.evaluated:
         mark = " ←" if p == choice else ""
@@ -356,8 +423,19 @@ def plan_command(
                       _bytes(p.predicted_host_required_bytes), _bytes(p.predicted_host_bytes),
                       _bytes(p.predicted_vram_bytes), f"{p.predicted_tg_ts:.1f}",
                       "-" if p.predicted_pp_ts is None else f"{p.predicted_pp_ts:.0f}",
-                      *((f"{p.predicted_network_ms:.2f}",) if networked else ()))
+                      *((f"{p.predicted_network_ms:.2f}",) if networked else ()),
+                      *_quality_cells(p.quality, max_kld))
     out.print(table)
+
+
+def _quality_cells(figure: QualityFigure | None, max_kld: float | None) -> tuple[str, str]:
+    """The table's mean KLD and where it comes from; a figure over --max-kld in red."""
+    if figure is None or figure.kld is None:
+        return "-", "unknown"
+    value = f"{figure.kld:.4g}"
+    if max_kld is not None and figure.kld > max_kld:
+        value = f"[red]{value}[/red]"
+    return value, escape(figure.label)
 
 
 # ------------------------------------------------------------------------------------------ synth
@@ -388,7 +466,8 @@ def _export_plan(target: str, path: Path | None, plan: Any, gguf: Path | None, m
 
     choice = plan.choice
     if choice is None:
-        raise UsageError(f"{plan.model}: nothing fits this machine, so there is no plan to export",
+        raise UsageError(f"{plan.model}: {plan.reasons[0] if plan.reasons else 'nothing fits this machine'}, so "
+                         "there is no plan to export",
                          hint="`qwenbench plan` without --export says what would fit")
     if gguf is not None:
         where = ModelSource(path=str(gguf), ollama=ollama)
