@@ -11,8 +11,11 @@ import re
 from collections import defaultdict
 
 _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
-_QUANT_TOKEN = re.compile(r"(?:^|[-_.])((?:UD-)?(?:I?Q\d_[A-Z0-9_]+|Q\d_\d|BF16|F16|F32|MXFP4(?:_MOE)?))$",
+_QUANT_TOKEN = re.compile(r"(?:^|[-_.])((?:UD-)?(?:I?Q\d_[A-Z0-9_]+|Q\d_\d|BF16|FP?16|FP?32|MXFP4(?:_MOE)?))$",
                           re.IGNORECASE)
+# Qwen's own repos name the full-precision files `-fp16` (`qwen2.5-7b-instruct-fp16-00001-of-00004.gguf`): the
+# F16 preset, as `-fp32` is F32
+_ALIASES = {"FP16": "F16", "FP32": "F32"}
 
 
 def _stem(path: str) -> tuple[str, int, int]:
@@ -39,9 +42,14 @@ def quant_of(path: str) -> str | None:
     stem, _, _ = _stem(path)
     match = _QUANT_TOKEN.search(stem)
     if match:
-        return match.group(1).upper()
+        return _canonical(match.group(1))
     folder = path.rsplit("/", 2)[-2] if "/" in path else ""
-    return folder.upper() if _QUANT_TOKEN.search("-" + folder) else None
+    return _canonical(folder) if _QUANT_TOKEN.search("-" + folder) else None
+
+
+def _canonical(token: str) -> str:
+    upper = token.upper()
+    return _ALIASES.get(upper, upper)
 
 
 def files_for_quant(paths: list[str], quant: str) -> list[str] | None:

@@ -44,6 +44,9 @@ PRESETS: dict[str, QuantPreset] = {
         QuantPreset("MXFP4_MOE", LlamaFileType.MOSTLY_MXFP4_MOE, T.MXFP4, 4.3),
         QuantPreset("F16", LlamaFileType.MOSTLY_F16, T.F16, 16.0),
         QuantPreset("BF16", LlamaFileType.MOSTLY_BF16, T.BF16, 16.0),
+        # llama-quantize's F32 (LLAMA_FTYPE_ALL_F32 = 0), or convert_hf_to_gguf --outtype f32: every weight it may
+        # change becomes F32, the rest (norms, routers, conv kernels) are F32 already; the precision ladder's top
+        QuantPreset("F32", LlamaFileType.ALL_F32, T.F32, 32.0),
     )
 }
 

@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,154 @@ def _memory_section(frame: pd.DataFrame, out_dir: Path) -> _Section | None:
     return section
 
 
+_SPLIT_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$", re.IGNORECASE)
+
+
+def _base_model(row: pd.Series) -> str:
+    """The model a row's file is a quant of: its catalog key, else its file name less the split suffix and quant."""
+    if row["model_key"]:
+        return str(row["model_key"])
+    stem = _SPLIT_SUFFIX.sub("", str(row["model_filename"]).removesuffix(".gguf"))
+    if row["quant"]:
+        stem = re.sub(rf"[-_.]{re.escape(str(row['quant']))}$", "", stem, flags=re.IGNORECASE)
+    return stem
+
+
+def _file_keys(rows: pd.DataFrame) -> pd.Series:
+    # the same file whatever command measured it: bench and quality fetch the same bytes and hash them
+    return rows["model_sha256"].where(rows["model_sha256"] != "", rows["model"])
+
+
+def _speed_of(rows: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Per (machine, model, weights, mode, file): the median t/s of one `kind` test (tg or pp) without depth, the
+    test the group measured for the most files (ties: the first name), so every quant of a group is timed alike."""
+    tests = rows[rows["test"].str.startswith(kind) & ~rows["test"].str.contains("@")]
+    if tests.empty:
+        return pd.DataFrame(columns=["machine", "base", "weights", "mode", "file", f"{kind}_test", f"{kind}_ts"])
+    medians = tests.groupby(["machine", "base", "weights", "mode", "file", "test"], sort=False)["value"].median()
+    medians = medians.reset_index()
+    coverage = medians.groupby(["machine", "base", "weights", "mode", "test"])["file"].transform("nunique")
+    medians = medians.assign(coverage=coverage).sort_values(["coverage", "test"], ascending=[False, True])
+    chosen = medians.drop_duplicates(["machine", "base", "weights", "mode"])[
+        ["machine", "base", "weights", "mode", "test"]]
+    picked = medians.merge(chosen, on=["machine", "base", "weights", "mode", "test"])
+    return picked.rename(columns={"test": f"{kind}_test", "value": f"{kind}_ts"}).drop(columns="coverage")
+
+
+def speed_quality(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each quant with both a speed and a quality measurement, one row per (machine, model, weights, quality
+    setting, mode, file): generation and prompt t/s (median of runs), mean KLD, tensor bytes, and whether it is on
+    that group's Pareto front and its knee (qwenbench.tradeoff: generation speed against mean KLD). A file's KLD
+    is the file's wherever it was scored; of several scorings with the same reference, corpus and context, the
+    latest counts. Empty where no file has both."""
+    from .tradeoff import TradeoffPoint, tradeoff
+
+    columns = ["machine", "model", "weights", "setting", "mode", "quant", "tg_test", "tg_ts", "pp_test", "pp_ts",
+               "kld_mean", "size_gb", "front", "knee"]
+    quality = frame[(frame["test"] == "quality") & (frame["status"] == "ok") & frame["kld_mean"].notna()]
+    speed = _ok(frame)
+    speed = speed[speed["test"].str.match(r"^(tg|pp)\d")]
+    if quality.empty or speed.empty:
+        return pd.DataFrame(columns=columns)
+    quality = quality.assign(file=_file_keys(quality), base=quality.apply(_base_model, axis=1))
+    quality = quality.assign(setting=("against " + quality["ref_quant"].where(quality["ref_quant"] != "",
+                                                                             quality["ref_sha256"].str[:8])
+                                      + " on " + quality["corpus"] + ", ctx "
+                                      + quality["n_ctx"].map(lambda n: f"{n:.0f}")))
+    quality = quality.sort_values("test_time").drop_duplicates(
+        ["file", "ref_sha256", "corpus_sha256", "n_ctx"], keep="last")[["file", "setting", "kld_mean"]]
+    speed = speed.assign(file=_file_keys(speed), base=speed.apply(_base_model, axis=1))
+    files = speed.drop_duplicates(["machine", "mode", "file"])[["machine", "mode", "file", "quant", "model_filename",
+                                                                "model_size"]]
+    tg, pp = _speed_of(speed, "tg"), _speed_of(speed, "pp")
+    keys = ["machine", "base", "weights", "mode", "file"]
+    joined = tg.merge(pp, on=keys, how="left").merge(files, on=["machine", "mode", "file"]).merge(quality, on="file")
+    if joined.empty:
+        return pd.DataFrame(columns=columns)
+    joined = joined.assign(quant=joined["quant"].where(joined["quant"] != "", joined["model_filename"]),
+                           size_gb=joined["model_size"] / GB, front=False, knee=False)
+    for _, group in joined.groupby(["machine", "base", "weights", "setting", "mode"], sort=False):
+        points = [TradeoffPoint(str(index), float(row["tg_ts"]), float(row["kld_mean"]))
+                  for index, row in group.iterrows()]
+        result = tradeoff(points)
+        joined.loc[[int(p.name) for p in result.front], "front"] = True
+        if result.knee is not None:
+            joined.loc[int(result.knee.name), "knee"] = True
+    joined = joined.rename(columns={"base": "model"})
+    joined = joined.sort_values(["machine", "model", "weights", "setting", "mode", "kld_mean", "tg_ts"],
+                                key=lambda c: _mode_key(pd.Index(c)) if c.name == "mode" else c,
+                                ascending=[True, True, True, True, True, True, False], kind="stable")
+    return joined[columns].reset_index(drop=True)
+
+
+def _speed_quality_section(frame: pd.DataFrame, out_dir: Path) -> _Section | None:
+    import matplotlib.pyplot as plt
+
+    scored = frame[(frame["test"] == "quality") & (frame["status"] == "ok") & frame["kld_mean"].notna()]
+    if scored.empty:
+        return None
+    section = _Section("Speed against quality", [
+        "What each quant costs in quality for what it gains in speed: generation t/s (and prompt t/s, for the "
+        "record) beside the mean KL divergence of its next-token distributions from the reference's (`qwenbench "
+        "quality`), per model, machine and device mode. The Pareto front holds the quants no other quant beats on "
+        "both generation speed and mean KLD: the only ones worth running. The knee is the front's point farthest "
+        "from the straight line joining its ends (its best-quality and its fastest quant), with speed and KLD each "
+        "scaled to the front's range: the quant that buys the largest share of the speed for the smallest share of "
+        "the quality loss (the Kneedle rule at its simplest). KLD stays linear: it is already an average cost in "
+        "nats per token, and on a log scale the near-zero KLDs of F32, BF16 and F16 (kernel rounding, the "
+        "reference's own 0) would weigh as much as the step from Q4_K_M to Q3_K_M. The knee depends on the ends: "
+        "a ladder that goes on to Q2_K bends lower. A front of fewer than three quants has none."])
+    table = speed_quality(frame)
+    if table.empty:
+        models = ", ".join(dict.fromkeys(scored["model"]))
+        section.text.append(f"Quality rows ({models}) but no speed rows of the same files: measure their speed "
+                            "with `qwenbench bench` (configs/precision.toml for the precision ladder) or "
+                            "`qwenbench run`, into the same CSV.")
+        return section
+    groups = table.groupby(["machine", "model", "weights", "setting"], sort=False)
+    for number, ((machine, model, weights, setting), rows) in enumerate(groups):
+        label = f"{model}{' (synthetic)' if weights == 'synthetic' else ''}"
+        for mode, points in rows.groupby("mode", sort=False):
+            front = points[points["front"]]
+            knee = points[points["knee"]]
+            words = f"On {machine} ({mode}), {label} {setting}: the front is {', '.join(front['quant'])}"
+            if not knee.empty:
+                point, best = knee.iloc[0], front.iloc[0]
+                words += (f"; the knee is {point['quant']}, {point['tg_ts']:.1f} t/s "
+                          f"({point['tg_ts'] / best['tg_ts']:.1f}x {best['quant']}'s) at mean KLD "
+                          f"{point['kld_mean']:.4g}")
+            section.text.append(words + ".")
+        shown = rows.assign(front=rows["front"].map({True: "yes", False: ""}).where(~rows["knee"], "knee"))
+        tests = ", ".join(dict.fromkeys([*rows["tg_test"], *rows["pp_test"].dropna()]))
+        # KLDs span decades (1e-06 to 0.1): significant digits, not the tables' two decimals
+        shown = shown.assign(kld_mean=shown["kld_mean"].map(lambda v: f"{v:.4g}"))
+        shown = shown[["mode", "quant", "tg_ts", "pp_ts", "kld_mean", "size_gb", "front"]].rename(columns={
+            "tg_ts": "tg t/s", "pp_ts": "pp t/s", "kld_mean": "mean KLD", "size_gb": "tensors (GB)",
+            "front": "Pareto front"})
+        section.tables.append((f"{machine}: {label}, {setting}; {tests}, median of runs", shown))
+        figure, axis = plt.subplots(figsize=(7.5, 4.8))
+        for mode, points in rows.groupby("mode", sort=False):
+            dots = axis.scatter(points["kld_mean"], points["tg_ts"], s=30, label=f"{mode}")
+            front = points[points["front"]].sort_values("tg_ts")
+            axis.plot(front["kld_mean"], front["tg_ts"], color=dots.get_facecolor()[0], linewidth=1)
+            knee = points[points["knee"]]
+            axis.scatter(knee["kld_mean"], knee["tg_ts"], marker="*", s=220, color=dots.get_facecolor()[0],
+                         edgecolors="black", linewidths=0.6, zorder=3)
+            for _, point in points.iterrows():
+                axis.annotate(point["quant"], (point["kld_mean"], point["tg_ts"]), fontsize=7, xytext=(4, 3),
+                              textcoords="offset points")
+        positive = rows.loc[rows["kld_mean"] > 0, "kld_mean"]
+        # symlog: the reference scored against itself sits at 0, the quants spread over decades above it
+        axis.set_xscale("symlog", linthresh=float(positive.min()) if not positive.empty else 1e-6)
+        axis.set_xlabel("mean KLD from the reference (nats/token; symlog: linear below the smallest)")
+        axis.set_ylabel("generation t/s")
+        axis.set_title(f"speed against quality: {label} on {machine} (★ knee, line: Pareto front)", fontsize=10)
+        axis.legend(title="mode", fontsize=8, loc="upper left")  # speed rises with KLD: that corner stays empty
+        _save_chart(figure, out_dir / f"speed-quality-{_slug(machine)}-{_slug(model)}-{number}.png", section,
+                    left=0.1, right=0.97, top=0.92, bottom=0.12)
+    return section
+
+
 def _link_words(links: str) -> str:
     """A row's links (schema 7 JSON) in words: each worker's endpoint, round trip and upload rate."""
     try:
@@ -483,7 +632,8 @@ def write_report(paths: list[Path], out_dir: Path) -> ReportFiles:
     ok = _ok(frame)
     machines = _machines(frame)
     sections = [_speed_section(ok, machine, out_dir) for machine in _machines(ok)]
-    sections += [s for s in (_dense_moe_section(ok, out_dir), _memory_section(frame, out_dir),
+    sections += [s for s in (_dense_moe_section(ok, out_dir), _speed_quality_section(frame, out_dir),
+                             _memory_section(frame, out_dir),
                              _split_section(frame), _prediction_section(frame), _failures_section(frame))
                  if s is not None]
     title = f"qwenbench report: {len(machines)} machine{'s' * (len(machines) != 1)}, {len(frame)} rows"

@@ -226,3 +226,45 @@ def test_another_llama_cpp_build_is_another_job(tmp_path: Path) -> None:
                                                       "llama-cpp-python 0.3.36|CPU,CUDA,RPC")}
     assert len(keys) == 3
     assert build_key().startswith("llama-cpp-python ") and "CPU" in build_key()
+
+
+def test_the_precision_ladder_suite_parses_and_plans() -> None:
+    """configs/precision.toml: Qwen2.5-3B-Instruct from F32 to Q3_K_M in both modes a dense model has, planned on
+    the seeds' machine (a 6 GB RTX 3060): every job fits, F32 and F16 by leaving layers on the CPU."""
+    from qwenbench.bench import expand_jobs, job_settings
+    from qwenbench.catalog import get_model
+    from qwenbench.fit import Calibration
+    from qwenbench.machine import MachineInfo
+    from qwenbench.planner import prepare_run
+    from qwenbench.probe import CpuInfo, GpuInfo, Hardware, RamInfo
+    from qwenbench.recipe import tensor_table
+
+    ladder = ["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M"]
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "precision.toml")
+    jobs = expand_jobs(config)
+    assert [job.label for job in jobs] == [f"qwen2.5-3b-instruct {q} {mode}" for q in ladder for mode in ("cpu", "gpu")]
+    assert config.n_prompt == (512,) and config.n_gen == (128,) and config.ttft
+    gib = 1 << 30
+    gpu = GpuInfo("nvidia", "NVIDIA GeForce RTX 3060 Laptop GPU", "discrete", 6 * gib, int(5.7 * gib), None,
+                  int(5.7 * gib), "nvml")
+    hardware = Hardware(CpuInfo("test CPU", 8, 16, ("SSE3", "AVX", "AVX2", "FMA", "F16C")),
+                        RamInfo(32 * gib, 28 * gib, 0, 0), (gpu,), ("CUDA", "CPU"), {"ram": 50.0})
+    machine = MachineInfo("m", "seed", "test CPU", 8, 16, 32 * gib, (gpu.name,), hardware)
+    spec = get_model("qwen2.5-3b-instruct")
+    planned = {}
+    for job in jobs:
+        settings, pinned = job_settings(config, job, machine, spec.n_layer)
+        table = tensor_table(spec, job.entry.quant)
+        prepared = prepare_run(settings, job.entry.quant, table, spec.shape(), hardware, Calibration(), pinned)
+        assert not prepared.problems, (job.label, prepared.problems)
+        planned[(job.entry.quant, job.mode)] = prepared
+    assert all(planned[(q, "cpu")].settings.n_gpu_layers == 0 for q in ladder)
+    on_gpu = {q: planned[(q, "gpu")].settings.n_gpu_layers for q in ladder}
+    assert 0 < on_gpu["F32"] < on_gpu["F16"] < spec.n_layer  # 13.6 and 6.8 GB do not fit in 6 GB
+    assert all(on_gpu[q] > spec.n_layer for q in ladder[3:])  # Q8_0 (3.6 GB) and below: every layer and the output
+    # memory follows the tensor bytes: F32's weights are twice F16's (the KV cache and buffers are the same)
+    host = {q: planned[(q, "cpu")].estimate.host_required_bytes for q in ladder}
+    assert 1.95 < host["F32"] / host["F16"] < 2.0 and host["F16"] == host["BF16"]
+    # what must stay resident falls with every step (the peak of a Q4_K or Q3_K file on an AVX2 CPU also counts
+    # llama.cpp's repacked copies of its weights, pages the kernel may drop)
+    assert host["F32"] > host["F16"] > host["Q8_0"] > host["Q6_K"] > host["Q5_K_M"] > host["Q4_K_M"] > host["Q3_K_M"]

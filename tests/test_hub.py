@@ -48,6 +48,11 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
             "Q4_K_M/Qwen3-235B-A22B-Q4_K_M-00001-of-00002.gguf": payload("part1"),
             "Q4_K_M/Qwen3-235B-A22B-Q4_K_M-00002-of-00002.gguf": payload("part2")}),
         "gated/Qwen3-0.6B-GGUF": FakeRepo({"Qwen3-0.6B-Q8_0.gguf": payload("g")}, gated=True),
+        # the precision ladder's files as published: Qwen's own `-fp16`, no F32 there; bartowski's `-f32`
+        "Qwen/Qwen2.5-3B-Instruct-GGUF": FakeRepo({"qwen2.5-3b-instruct-fp16.gguf": payload("fp16"),
+                                                   "qwen2.5-3b-instruct-q8_0.gguf": payload("3b-q8")}),
+        "bartowski/Qwen2.5-3B-Instruct-GGUF": FakeRepo({"Qwen2.5-3B-Instruct-f32.gguf": payload("f32"),
+                                                        "Qwen2.5-3B-Instruct-f16.gguf": payload("b-f16")}),
     })
     with FakeHubServer(fake) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)
@@ -80,6 +85,36 @@ def test_split_files_in_a_quant_folder(hub: FakeHub) -> None:
     assert [p.name for p in paths] == ["Qwen3-235B-A22B-Q4_K_M-00001-of-00002.gguf",
                                        "Qwen3-235B-A22B-Q4_K_M-00002-of-00002.gguf"]
     assert paths[0].parent == paths[1].parent  # llama.cpp finds the other parts beside the first
+
+
+def test_full_precision_files_by_every_name_they_go_by(hub: FakeHub) -> None:
+    spec = get_model("qwen2.5-3b-instruct")
+    f32 = resolve(spec, "F32")  # not in Qwen's repo (nor lmstudio's, absent here): bartowski's
+    assert f32.repo == "bartowski/Qwen2.5-3B-Instruct-GGUF"
+    assert [f.path for f in f32.files] == ["Qwen2.5-3B-Instruct-f32.gguf"]
+    f16 = resolve(spec, "f16")  # Qwen's `-fp16` is the F16 preset, and the official repo comes first
+    assert f16.repo == "Qwen/Qwen2.5-3B-Instruct-GGUF" and f16.files[0].path == "qwen2.5-3b-instruct-fp16.gguf"
+    with pytest.raises(UsageError) as caught:
+        resolve(spec, "BF16")
+    assert "Qwen/Qwen2.5-3B-Instruct-GGUF: F16, Q8_0" in (caught.value.hint or "")
+    assert "bartowski/Qwen2.5-3B-Instruct-GGUF: F16, F32" in (caught.value.hint or "")
+
+
+def test_f32_file_names_and_splits() -> None:
+    from qwenbench.hubfiles import available_quants, files_for_quant, quant_of
+
+    for name in ("Qwen2.5-3B-Instruct-f32.gguf", "Qwen2.5-3B-Instruct-F32.gguf", "qwen2.5-3b-instruct-fp32.gguf",
+                 "Qwen_Qwen3-4B-F32.gguf", "F32/Qwen3-32B-F32-00001-of-00003.gguf", "F32/model.gguf"):
+        assert quant_of(name) == "F32", name
+    assert quant_of("qwen2.5-7b-instruct-fp16-00002-of-00004.gguf") == "F16"
+    assert quant_of("Qwen3-4B-BF16.gguf") == "BF16" and quant_of("Qwen3-4B-UD-Q4_K_XL.gguf") == "UD-Q4_K_XL"
+    split = [f"F32/Qwen3-32B-F32-0000{i}-of-00003.gguf" for i in (2, 3, 1)]
+    listing = [*split, "Qwen3-32B-F16.gguf", "Qwen3-32B-BF16.gguf"]
+    assert files_for_quant(listing, "f32") == sorted(split)  # in order: llama.cpp loads the first part
+    assert files_for_quant(listing[1:], "F32") is None  # a part missing: incomplete, not a match
+    # a single file beats a split copy of the same quant
+    assert files_for_quant([*split, "Qwen3-32B-F32.gguf"], "F32") == ["Qwen3-32B-F32.gguf"]
+    assert available_quants(listing) == ["BF16", "F16", "F32"]
 
 
 def test_missing_quant_lists_what_exists(hub: FakeHub) -> None:

@@ -17,6 +17,7 @@ from qwenbench.machine import describe_machine
 from qwenbench.modelfile import ModelFile, ensure_synthetic, open_model_file
 from qwenbench.qualitycache import ReferenceCache, ReferenceKey
 from qwenbench.qualityrun import QualityRequest, measure_quality, read_corpus, requantize
+from qwenbench.recipe import tensor_table
 from qwenbench.results import SCHEMA_VERSION, read_records
 from qwenbench.runspec import RunSettings
 
@@ -181,3 +182,21 @@ def test_ctrl_c_keeps_the_finished_chunks(tiny_f16: ModelFile, tiny_q2: ModelFil
     done = row.repetitions
     assert 2 <= done < 12 and f"after {done} of 12 chunks" in row.error
     assert row.kld_mean > 0 and json.loads(row.quality_metrics)["n_tokens"] == done * quality.scored_per_chunk(32)
+
+
+def test_the_precision_ladder_from_an_f32_reference(tmp_path: Path) -> None:
+    """An F32 reference and llama-quantize's copies of it down the ladder: the divergence rises as bits fall."""
+    spec = tiny_spec("qwen2.5-3b-instruct", TINY_DENSE)
+    path, _ = ensure_synthetic(spec, "F32", tmp_path / "tiny-f32.gguf")
+    reference = open_model_file(path)
+    copies = [open_model_file(requantize(reference, quant, n_threads=2, log_dir=tmp_path / "logs"))
+              for quant in ("BF16", "Q8_0", "Q3_K_M")]
+    assert [c.quant for c in copies] == ["BF16", "Q8_0", "Q3_K_M"]
+    assert copies[0].header.table == tensor_table(spec, "BF16")  # llama-quantize's types are the recipe's
+    report = _measure(reference, [reference, *copies], EN, tmp_path, n_ctx=64, n_chunks=2)
+    kld = {r.quant: r.kld_mean for r in report.records}
+    assert all(r.status == "ok" and r.ref_quant == "F32" for r in report.records)
+    # random weights give near-uniform logits, so every KLD is small (here 3e-11, 8e-10, 5e-9, 3e-7): the order is
+    # what holds, each step 7x or more above the last
+    assert abs(kld["F32"]) < 1e-9
+    assert kld["F32"] < kld["BF16"] < kld["Q8_0"] < kld["Q3_K_M"], kld

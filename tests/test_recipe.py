@@ -98,3 +98,17 @@ def test_rows_not_divisible_by_the_block_fall_back() -> None:
     types = {t.name: t.type_name for t in tensor_table(spec, "Q4_K_M").tensors}
     assert types["blk.0.attn_q.weight"] == "Q5_0"  # Q4_K's 256-block does not divide 64
     assert types["token_embd.weight"] == "Q8_0"  # tied output rule with an odd row: Q8_0
+
+
+def test_f32_is_every_weight_in_f32_twice_the_bytes_of_f16() -> None:
+    spec = load_catalog()["qwen2.5-3b-instruct"]
+    f32, f16 = tensor_table(spec, "F32"), tensor_table(spec, "F16")
+    assert {t.type_name for t in f32.tensors} == {"F32"}  # the weights, and the norms and biases they keep
+    assert PRESETS["F32"].file_type == 0  # llama.cpp's LLAMA_FTYPE_ALL_F32
+    # the norms and biases are F32 in the F16 file too: only the matrices double
+    assert f32.n_bytes == sum(t.n_elements * 4 for t in f16.tensors)
+    assert 2 * f16.n_bytes - f32.n_bytes == sum(t.n_bytes for t in f16.tensors if t.type_name == "F32")
+    # 3.40 B parameters stored (the official layout keeps output.weight beside the tied embeddings): 13.6 GB;
+    # a file without the copy (bartowski's conversions) is 3.09 B parameters, 12.3 GB
+    assert round(f32.n_bytes / 1e9, 1) == 13.6
+    assert round(tensor_table(spec.with_overrides(store_output=False), "F32").n_bytes / 1e9, 1) == 12.3

@@ -224,3 +224,91 @@ def test_compare_says_a_file_of_quality_rows_has_no_speed_to_compare(tmp_path: P
     refused = run_cli("compare", str(quality))
     assert refused.returncode == 2
     assert "quality rows only" in refused.stderr and "kld_mean" in refused.stderr and "Traceback" not in refused.stderr
+
+
+# the precision ladder on one machine: generation t/s per mode, and each quant's mean KLD against the F32
+LADDER_TG = {"F32": (10.0, 30.0), "F16": (19.0, 60.0), "BF16": (20.0, 58.0), "Q8_0": (36.0, 100.0),
+             "Q6_K": (46.0, 120.0), "Q5_K_M": (52.0, 125.0), "Q4_K_M": (60.0, 140.0), "Q3_K_M": (70.0, 150.0)}
+LADDER_KLD = {"F32": 0.0, "F16": 2e-5, "BF16": 1e-6, "Q8_0": 0.0014, "Q6_K": 0.0055, "Q5_K_M": 0.011,
+              "Q4_K_M": 0.031, "Q3_K_M": 0.102}
+LADDER_GB = {"F32": 13.59, "F16": 6.79, "BF16": 6.79, "Q8_0": 3.61, "Q6_K": 2.79, "Q5_K_M": 2.43, "Q4_K_M": 2.10,
+             "Q3_K_M": 1.72, "Q2_K": 1.4}
+
+
+def ladder_model(quant: str) -> dict:
+    return {"model_key": "qwen2.5-3b-instruct", "quant": quant, "model_size": int(LADDER_GB[quant] * GB),
+            "model_sha256": f"{quant.lower():x<64}", "model_filename": f"Qwen2.5-3B-Instruct-{quant}.gguf",
+            "weights": "real", "is_moe": False}
+
+
+def ladder_quality(quant: str, kld: float, **extra: object) -> object:
+    return make_record(**LAPTOP, **ladder_model(quant), mode="", run_id=f"q-{quant}", test="quality", avg_ts=900.0,
+                       n_prompt=512, n_gen=0, n_ctx=512, ref_quant="F32", ref_sha256=f"{'f32':x<64}",
+                       corpus="en.txt", corpus_sha256="c" * 64, kld_mean=kld, ppl_ratio=1 + kld, **extra)
+
+
+def test_speed_against_quality_front_and_knee_through_the_report(tmp_path: Path) -> None:
+    speed, quality = tmp_path / "laptop.csv", tmp_path / "quality.csv"
+    records = []
+    for quant, (cpu_tg, gpu_tg) in LADDER_TG.items():
+        for mode, tg in (("cpu", cpu_tg), ("gpu", gpu_tg)):
+            common = {**LAPTOP, **ladder_model(quant), "mode": mode, "suite": "precision", "run_id": f"{quant}-{mode}"}
+            records += [make_record(**common, test="tg128", avg_ts=tg),
+                        make_record(**common, test="pp512", avg_ts=tg * 20, n_prompt=512, n_gen=0)]
+    # a second Q8_0 run on the CPU: the median of 34 and 38 is the 36 the ladder has
+    records = [r for r in records if not (r.quant == "Q8_0" and r.mode == "cpu" and r.test == "tg128")]
+    records += [make_record(**LAPTOP, **ladder_model("Q8_0"), mode="cpu", run_id=f"q8-{n}", test="tg128", avg_ts=tg)
+                for n, tg in enumerate((34.0, 38.0))]
+    # Q2_K was timed but never scored: it stays out of the trade-off
+    records.append(make_record(**LAPTOP, **ladder_model("Q2_K"), mode="cpu", run_id="q2", test="tg128", avg_ts=80.0))
+    append_records(speed, records)
+    append_records(quality, [
+        *(ladder_quality(quant, kld) for quant, kld in LADDER_KLD.items()),
+        # an earlier scoring of the same file, setting and corpus: the later one counts
+        ladder_quality("Q4_K_M", 0.5, test_time="2026-11-01T00:00:00+00:00"),
+        # an interrupted scoring holds a part of the corpus only
+        ladder_quality("Q3_K_M", 0.9, status="interrupted", test_time="2026-11-23T00:00:00+00:00"),
+    ])
+    table = report.speed_quality(load_results([speed, quality]))
+    cpu = table[table["mode"] == "cpu"].set_index("quant")
+    assert list(cpu.index) == ["F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M"]  # by KLD
+    assert cpu.loc["Q8_0", "tg_ts"] == 36.0 and cpu.loc["Q8_0", "pp_ts"] == 720.0
+    assert cpu.loc["Q4_K_M", "kld_mean"] == 0.031 and cpu.loc["Q3_K_M", "kld_mean"] == 0.102
+    assert cpu.loc["F32", "size_gb"] == pytest.approx(13.59)
+    assert set(table["setting"]) == {"against F32 on en.txt, ctx 512"}
+    assert list(cpu.index[cpu["front"]]) == ["F32", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M"]
+    assert list(cpu.index[cpu["knee"]]) == ["Q5_K_M"]
+    gpu = table[table["mode"] == "gpu"].set_index("quant")
+    assert gpu.loc["F16", "front"]  # on the GPU F16 outruns BF16: both on the front
+    assert list(gpu.index[gpu["knee"]]) == ["Q6_K"]  # the GPU's curve bends earlier
+
+    written = report.write_report([speed, quality], tmp_path / "out")
+    markdown = written.markdown.read_text()
+    assert "## Speed against quality" in markdown and "Kneedle" in markdown
+    assert ("On laptop (cpu), qwen2.5-3b-instruct against F32 on en.txt, ctx 512: the front is F32, BF16, Q8_0, "
+            "Q6_K, Q5_K_M, Q4_K_M, Q3_K_M; the knee is Q5_K_M, 52.0 t/s (5.2x F32's) at mean KLD 0.011.") in markdown
+    cells = {}
+    for line in markdown.splitlines():
+        parts = [c.strip() for c in line.strip("|").split("|")]
+        if len(parts) == 7 and parts[0] in ("cpu", "gpu"):
+            cells[(parts[0], parts[1])] = parts
+    assert cells[("cpu", "Q5_K_M")] == ["cpu", "Q5_K_M", "52.00", "1,040", "0.011", "2.43", "knee"]
+    assert cells[("cpu", "Q3_K_M")][4] == "0.102" and cells[("cpu", "BF16")][4] == "1e-06"
+    assert cells[("cpu", "F16")][6] == "" and cells[("cpu", "F32")][6] == "yes"
+    assert cells[("gpu", "Q6_K")][6] == "knee" and ("cpu", "Q2_K") not in cells
+    charts = [c for c in written.charts if c.name.startswith("speed-quality-")]
+    assert [c.name for c in charts] == ["speed-quality-laptop-qwen2-5-3b-instruct-0.png"]
+    assert charts[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert written.html.read_text().count("data:image/png;base64,") == len(written.charts)
+
+
+def test_speed_against_quality_is_absent_without_quality_and_says_how_without_speed(tmp_path: Path) -> None:
+    speed, quality = tmp_path / "speed.csv", tmp_path / "quality.csv"
+    append_records(speed, [make_record(**LAPTOP, **ladder_model("Q8_0"), mode="cpu", test="tg128", avg_ts=36.0)])
+    append_records(quality, [ladder_quality("Q4_K_M", 0.031)])
+    assert "Speed against quality" not in report.write_report([speed], tmp_path / "a").markdown.read_text()
+    # scored, but the speed rows are of another file: nothing to put side by side, and the way to get it
+    alone = report.write_report([speed, quality], tmp_path / "b").markdown.read_text()
+    assert "## Speed against quality" in alone and "no speed rows of the same files" in alone
+    assert "configs/precision.toml" in alone
+    assert report.speed_quality(load_results([quality])).empty

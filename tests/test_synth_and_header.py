@@ -153,3 +153,28 @@ def test_zero_weights_are_holes_of_a_sparse_file_with_the_same_table(tmp_path: P
     reader = GGUFReader(sparse.path)
     weights = {t.name: t for t in reader.tensors}
     assert not np.any(weights["blk.0.ffn_down.weight"].data) and np.all(weights["blk.0.attn_norm.weight"].data > 0)
+
+
+def test_an_f32_twin_is_all_f32_and_runs_in_llama_cpp(tmp_path: Path) -> None:
+    """The precision ladder's top: general.file_type 0 (ALL_F32) names the preset even without our marks, and
+    llama.cpp loads and decodes the file."""
+    import json
+
+    from .conftest import TINY_DENSE, run_cli
+
+    spec = tiny_spec("qwen2.5-3b-instruct", TINY_DENSE)
+    path, _ = ensure_synthetic(spec, "F32", tmp_path / "tiny-f32.gguf")
+    header = read_header(path)
+    assert header.table == tensor_table(spec, "F32") and header.quant == "F32"
+    assert {t.type_name for t in header.table.tensors} == {"F32"}
+    assert header.metadata["general.file_type"] == 0
+    unmarked = type(header)(header.path, header.version, {"general.file_type": 0}, header.table,
+                            header.data_offset, header.file_size)
+    assert unmarked.quant == "F32"
+    result = run_cli("run", "--json", "--gguf", str(path), "-p", "32", "-n", "8", "-r", "1", "--no-ttft", "-t", "2",
+                     "--out", str(tmp_path / "r.csv"))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    assert [r["test"] for r in rows] == ["pp32", "tg8"]
+    assert all(r["status"] == "ok" and r["avg_ts"] > 0 and r["quant"] == "F32" for r in rows)
+    assert rows[0]["model_size"] == tensor_table(spec, "F32").n_bytes

@@ -178,7 +178,8 @@ def report_command(
     as_json: bool = typer.Option(False, "--json", help="Print the written paths as JSON."),
 ) -> None:
     """Markdown and self-contained HTML reports with PNG charts: speed per machine by model and device mode,
-    dense vs MoE (bytes read per token, effective bandwidth and its share of the machine's), predicted vs
+    dense vs MoE (bytes read per token, effective bandwidth and its share of the machine's), speed against quality
+    (each quant's t/s beside its mean KLD from `quality` rows, the Pareto front and its knee), predicted vs
     measured memory, runs split over RPC workers beside the CPU alone with the network's share of their time,
     and every failed or skipped job with its reason."""
     from ..report import write_report
